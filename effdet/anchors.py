@@ -1,0 +1,88 @@
+"""Anchor grid and box coding.
+
+Anchors are absolute-pixel xyxy boxes in the network input frame, ordered level, y, x, then
+anchor (octave scale major, aspect ratio minor) - the order of the heads' flattened outputs.
+Box regressions are (dx, dy, dw, dh) with no scale factors:
+dx = (xc - xa) / wa, dy = (yc - ya) / ha, dw = log(w / wa), dh = log(h / ha).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# exp() argument cap when decoding, so that wild regressions cannot overflow to inf
+_MAX_LOG_SIZE = math.log(1000.0 / 16)
+
+
+def anchor_shapes(num_scales: int, aspect_ratios: tuple[tuple[float, float], ...], anchor_scale: float,
+                  stride: int) -> torch.Tensor:
+    """(A, 2) widths and heights of the anchors at one level, octave-major."""
+    sizes = []
+    for octave in range(num_scales):
+        base = anchor_scale * stride * 2 ** (octave / num_scales)
+        for aw, ah in aspect_ratios:
+            sizes.append((base * aw, base * ah))
+    return torch.tensor(sizes, dtype=torch.float64)
+
+
+def generate_anchors(image_size: tuple[int, int], min_level: int = 3, max_level: int = 7, num_scales: int = 3,
+                     aspect_ratios: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4)),
+                     anchor_scale: float = 4.0) -> torch.Tensor:
+    """All anchors for an input of ``image_size`` (H, W): float32 (N, 4) xyxy pixels.
+
+    Per level l (stride 2^l), centres at ((x + 0.5) * stride, (y + 0.5) * stride) over a
+    ceil(H / stride) x ceil(W / stride) grid; sizes ``anchor_scale * stride * 2^(o / num_scales)``
+    times each (w, h) aspect factor.
+    """
+    h, w = image_size
+    per_level = []
+    for level in range(min_level, max_level + 1):
+        stride = 2 ** level
+        shapes = anchor_shapes(num_scales, aspect_ratios, anchor_scale, stride)  # (A, 2)
+        ys = (torch.arange(math.ceil(h / stride), dtype=torch.float64) + 0.5) * stride
+        xs = (torch.arange(math.ceil(w / stride), dtype=torch.float64) + 0.5) * stride
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2)  # (HW, 1, 2)
+        half = shapes.reshape(1, -1, 2) / 2
+        per_level.append(torch.cat([centres - half, centres + half], dim=-1).reshape(-1, 4))
+    return torch.cat(per_level).float()
+
+
+def num_anchors_per_level(image_size: tuple[int, int], min_level: int, max_level: int, num_anchors: int) -> list[int]:
+    h, w = image_size
+    return [math.ceil(h / 2 ** l) * math.ceil(w / 2 ** l) * num_anchors for l in range(min_level, max_level + 1)]
+
+
+def encode_boxes(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Regression targets (..., 4) (dx, dy, dw, dh) of xyxy ``boxes`` relative to xyxy ``anchors``."""
+    wa = anchors[..., 2] - anchors[..., 0]
+    ha = anchors[..., 3] - anchors[..., 1]
+    xa = anchors[..., 0] + 0.5 * wa
+    ya = anchors[..., 1] + 0.5 * ha
+    w = (boxes[..., 2] - boxes[..., 0]).clamp(min=1e-6)
+    h = (boxes[..., 3] - boxes[..., 1]).clamp(min=1e-6)
+    x = boxes[..., 0] + 0.5 * w
+    y = boxes[..., 1] + 0.5 * h
+    return torch.stack([(x - xa) / wa, (y - ya) / ha, torch.log(w / wa), torch.log(h / ha)], dim=-1)
+
+
+def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`encode_boxes`: (..., 4) (dx, dy, dw, dh) -> (..., 4) xyxy pixels."""
+    wa = anchors[..., 2] - anchors[..., 0]
+    ha = anchors[..., 3] - anchors[..., 1]
+    xa = anchors[..., 0] + 0.5 * wa
+    ya = anchors[..., 1] + 0.5 * ha
+    dx, dy, dw, dh = deltas.unbind(-1)
+    x = dx * wa + xa
+    y = dy * ha + ya
+    half_w = 0.5 * torch.exp(dw.clamp(max=_MAX_LOG_SIZE)) * wa
+    half_h = 0.5 * torch.exp(dh.clamp(max=_MAX_LOG_SIZE)) * ha
+    return torch.stack([x - half_w, y - half_h, x + half_w, y + half_h], dim=-1)
+
+
+def flatten_outputs(outputs: list[torch.Tensor], num_outputs: int) -> torch.Tensor:
+    """Per-level N x (A*K) x H x W head outputs -> N x (sum_l H_l W_l A) x K, in anchor order."""
+    n = outputs[0].shape[0]
+    return torch.cat([o.permute(0, 2, 3, 1).reshape(n, -1, num_outputs) for o in outputs], dim=1)

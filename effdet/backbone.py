@@ -1,0 +1,151 @@
+"""EfficientNet B0..B7 feature extractor returning C3, C4, C5.
+
+The architecture is data: the B0 stage table and the per-model (width, depth) coefficients; the
+eight networks are computed from them. Blocks reuse torchvision's ``SqueezeExcitation`` and
+``StochasticDepth``; the convolutions are ours because torchvision has no TF "same" padding.
+Module names follow torchvision's EfficientNet (``features.<stage>.<block>.block.<i>``), so its
+ImageNet state dicts load directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+from torchvision.ops import SqueezeExcitation, StochasticDepth
+
+from effdet.layers import conv_bn_act
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One EfficientNet stage of MBConv blocks (B0 values before scaling)."""
+
+    expand_ratio: int
+    kernel: int
+    stride: int
+    in_channels: int
+    out_channels: int
+    repeats: int
+
+
+B0_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(1, 3, 1, 32, 16, 1),
+    StageSpec(6, 3, 2, 16, 24, 2),
+    StageSpec(6, 5, 2, 24, 40, 2),
+    StageSpec(6, 3, 2, 40, 80, 3),
+    StageSpec(6, 5, 1, 80, 112, 3),
+    StageSpec(6, 5, 2, 112, 192, 4),
+    StageSpec(6, 3, 1, 192, 320, 1),
+)
+STEM_CHANNELS = 32
+
+# name -> (width multiplier, depth multiplier, native resolution, classifier dropout)
+SCALING: dict[str, tuple[float, float, int, float]] = {
+    "efficientnet_b0": (1.0, 1.0, 224, 0.2),
+    "efficientnet_b1": (1.0, 1.1, 240, 0.2),
+    "efficientnet_b2": (1.1, 1.2, 260, 0.3),
+    "efficientnet_b3": (1.2, 1.4, 300, 0.3),
+    "efficientnet_b4": (1.4, 1.8, 380, 0.4),
+    "efficientnet_b5": (1.6, 2.2, 456, 0.4),
+    "efficientnet_b6": (1.8, 2.6, 528, 0.5),
+    "efficientnet_b7": (2.0, 3.1, 600, 0.5),
+}
+
+# Stage indices (1-based, as in the table) whose outputs are C3 (stride 8), C4 (16), C5 (32).
+FEATURE_STAGES = (3, 5, 7)
+
+
+def round_channels(channels: int, width_mult: float, divisor: int = 8) -> int:
+    """Scale by width and round to a multiple of ``divisor``, never below 90% of the scaled value."""
+    scaled = channels * width_mult
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:
+        rounded += divisor
+    return int(rounded)
+
+
+def round_repeats(repeats: int, depth_mult: float) -> int:
+    return int(math.ceil(depth_mult * repeats))
+
+
+def scaled_stages(width_mult: float, depth_mult: float) -> list[StageSpec]:
+    """The B0 table scaled by compound coefficients."""
+    return [StageSpec(s.expand_ratio, s.kernel, s.stride, round_channels(s.in_channels, width_mult),
+                      round_channels(s.out_channels, width_mult), round_repeats(s.repeats, depth_mult))
+            for s in B0_STAGES]
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck with squeeze-excite: N x C_in x H x W -> N x C_out x H/s x W/s.
+
+    ``block`` holds [expand 1x1 (if expand_ratio > 1), depthwise kxk, SE, project 1x1]; the residual
+    (with stochastic depth) applies when stride is 1 and channels are unchanged.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, expand_ratio: int, kernel: int, stride: int,
+                 drop_path: float, padding: str, bn_eps: float, bn_momentum: float) -> None:
+        super().__init__()
+        cba = partial(conv_bn_act, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        mid = in_channels * expand_ratio
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(cba(in_channels, mid, 1))
+        layers.append(cba(mid, mid, kernel, stride, groups=mid))
+        layers.append(SqueezeExcitation(mid, max(1, in_channels // 4), activation=partial(nn.SiLU, inplace=True)))
+        layers.append(cba(mid, out_channels, 1, act=False))
+        self.block = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.stochastic_depth = StochasticDepth(drop_path, "row")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        if self.use_residual:
+            out = self.stochastic_depth(out) + x
+        return out
+
+
+class EfficientNetFeatures(nn.Module):
+    """EfficientNet trunk (no classifier head) returning [C3, C4, C5].
+
+    Input N x 3 x H x W (normalised RGB); outputs with ``channels`` and ``strides`` (8, 16, 32).
+    """
+
+    def __init__(self, width_mult: float, depth_mult: float, drop_path_rate: float = 0.2,
+                 padding: str = "same", bn_eps: float = 1e-3, bn_momentum: float = 0.01) -> None:
+        super().__init__()
+        stages = scaled_stages(width_mult, depth_mult)
+        cba = partial(conv_bn_act, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        total_blocks = sum(s.repeats for s in stages)
+        features: list[nn.Module] = [cba(3, round_channels(STEM_CHANNELS, width_mult), 3, 2)]
+        block_id = 0
+        for spec in stages:
+            blocks = []
+            for i in range(spec.repeats):
+                blocks.append(MBConv(
+                    spec.in_channels if i == 0 else spec.out_channels, spec.out_channels, spec.expand_ratio,
+                    spec.kernel, spec.stride if i == 0 else 1, drop_path_rate * block_id / total_blocks,
+                    padding, bn_eps, bn_momentum))
+                block_id += 1
+            features.append(nn.Sequential(*blocks))
+        self.features = nn.Sequential(*features)
+        self.channels = [stages[i - 1].out_channels for i in FEATURE_STAGES]
+        self.strides = [8, 16, 32]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for i, stage in enumerate(self.features):
+            x = stage(x)
+            if i in FEATURE_STAGES:
+                out.append(x)
+        return out
+
+
+def efficientnet_features(name: str, drop_path_rate: float = 0.2, padding: str = "same",
+                          bn_eps: float = 1e-3, bn_momentum: float = 0.01) -> EfficientNetFeatures:
+    """EfficientNet-B0..B7 feature extractor by name (``efficientnet_b3``)."""
+    width, depth, _, _ = SCALING[name]
+    return EfficientNetFeatures(width, depth, drop_path_rate, padding, bn_eps, bn_momentum)

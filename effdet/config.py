@@ -1,0 +1,263 @@
+"""Model configuration: one frozen dataclass, the D0..D7x table, YAML files and overrides.
+
+The configuration is translated into constructor arguments in exactly one place,
+:func:`effdet.model.build_model`; nothing below the model reads a config object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+Padding = str  # "same" (TensorFlow SAME, for TF-trained weights) or "symmetric" (k // 2)
+PADDINGS = ("same", "symmetric")
+FPN_WEIGHT_METHODS = ("fastattn", "sum")
+BACKBONES = tuple(f"efficientnet_b{i}" for i in range(8))
+
+
+class ConfigError(ValueError):
+    """A configuration value, file or override that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class EfficientDetConfig:
+    """Everything that defines an EfficientDet network and its anchors.
+
+    Sizes are (height, width) in pixels. Levels are pyramid levels: level l has stride 2**l.
+    """
+
+    name: str = "efficientdet_d0"
+    backbone: str = "efficientnet_b0"
+    image_size: tuple[int, int] = (512, 512)
+    num_classes: int = 90
+    fpn_channels: int = 64
+    fpn_cells: int = 3
+    head_repeats: int = 3
+    min_level: int = 3
+    max_level: int = 7
+    num_scales: int = 3
+    aspect_ratios: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+    anchor_scale: float = 4.0
+    padding: Padding = "same"
+    fpn_weight_method: str = "fastattn"
+    redundant_bias: bool = True
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.01
+    backbone_bn_eps: float = 1e-3
+    backbone_bn_momentum: float = 0.01
+    drop_path_rate: float = 0.2
+
+    @property
+    def num_levels(self) -> int:
+        return self.max_level - self.min_level + 1
+
+    @property
+    def num_anchors(self) -> int:
+        """Anchors per feature-map location (A = num_scales * len(aspect_ratios))."""
+        return self.num_scales * len(self.aspect_ratios)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form (lists, numbers, strings) for YAML files and checkpoints."""
+        out = dataclasses.asdict(self)
+        out["image_size"] = list(self.image_size)
+        out["aspect_ratios"] = [list(a) for a in self.aspect_ratios]
+        return out
+
+
+def _phi_width(phi: int) -> int:
+    """BiFPN width 64 * 1.35^phi, as released (the official configs hand-pick these)."""
+    return {0: 64, 1: 88, 2: 112, 3: 160, 4: 224, 5: 288, 6: 384, 7: 384}[phi]
+
+
+def _family_member(phi: int, **changes: Any) -> EfficientDetConfig:
+    """The released EfficientDet-D{phi}: depth 3+phi cells, 3+phi//3 head repeats, 512+128*phi input."""
+    base = dict(
+        name=f"efficientdet_d{phi}",
+        backbone=f"efficientnet_b{phi}",
+        image_size=(512 + 128 * phi,) * 2,
+        fpn_channels=_phi_width(phi),
+        fpn_cells=3 + phi,
+        head_repeats=3 + phi // 3,
+    )
+    base.update(changes)
+    return EfficientDetConfig(**base)
+
+
+# The released family (google/automl efficientdet hparams, TF "same" padding).
+# D6, D7 and D7x fuse with a plain sum (no fusion weights), as the official configs do for stability.
+MODEL_CONFIGS: dict[str, EfficientDetConfig] = {
+    "efficientdet_d0": _family_member(0),
+    "efficientdet_d1": _family_member(1),
+    "efficientdet_d2": _family_member(2),
+    "efficientdet_d3": _family_member(3),
+    "efficientdet_d4": _family_member(4),
+    "efficientdet_d5": _family_member(5, fpn_cells=7),
+    "efficientdet_d6": _family_member(6, backbone="efficientnet_b6", fpn_cells=8,
+                                      image_size=(1280, 1280), fpn_weight_method="sum"),
+    "efficientdet_d7": _family_member(7, backbone="efficientnet_b6", fpn_cells=8, head_repeats=5,
+                                      image_size=(1536, 1536), anchor_scale=5.0,
+                                      fpn_weight_method="sum"),
+    "efficientdet_d7x": _family_member(7, name="efficientdet_d7x", backbone="efficientnet_b7",
+                                       fpn_cells=8, head_repeats=5, image_size=(1536, 1536),
+                                       max_level=8, fpn_weight_method="sum"),
+}
+
+# PyTorch-trained variants of the reference port (symmetric padding, PyTorch BN defaults in the
+# backbone, no redundant conv bias before BN).
+for _phi in (0, 1):
+    MODEL_CONFIGS[f"efficientdet_d{_phi}_symmetric"] = dataclasses.replace(
+        MODEL_CONFIGS[f"efficientdet_d{_phi}"],
+        name=f"efficientdet_d{_phi}_symmetric",
+        padding="symmetric",
+        redundant_bias=False,
+        backbone_bn_eps=1e-5,
+        backbone_bn_momentum=0.1,
+        drop_path_rate=0.1 if _phi == 0 else 0.2,
+    )
+
+
+def model_names() -> list[str]:
+    """Names accepted by :func:`get_config` and ``effdet.create_model``."""
+    return list(MODEL_CONFIGS)
+
+
+def _coerce_image_size(value: Any) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (int(value[0]), int(value[1]))
+    raise ConfigError(f"image_size must be an int or [height, width] of ints, got {value!r}")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn YAML / command-line values into the field's type (lists to tuples)."""
+    if name == "image_size":
+        return _coerce_image_size(value)
+    if name == "aspect_ratios":
+        try:
+            return tuple((float(a), float(b)) for a, b in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"aspect_ratios must be a list of [w, h] pairs, got {value!r}") from None
+    return value
+
+
+def validate(cfg: EfficientDetConfig) -> EfficientDetConfig:
+    """Check a configuration; raise :class:`ConfigError` with what to change."""
+    if cfg.backbone not in BACKBONES:
+        raise ConfigError(f"backbone {cfg.backbone!r} is not one of {', '.join(BACKBONES)}")
+    if cfg.padding not in PADDINGS:
+        raise ConfigError(f"padding {cfg.padding!r} must be one of {PADDINGS}")
+    if cfg.fpn_weight_method not in FPN_WEIGHT_METHODS:
+        raise ConfigError(f"fpn_weight_method {cfg.fpn_weight_method!r} must be one of {FPN_WEIGHT_METHODS}")
+    if not 3 <= cfg.min_level < cfg.max_level:
+        raise ConfigError(f"levels must satisfy 3 <= min_level < max_level, got {cfg.min_level}..{cfg.max_level}"
+                          " (the backbone provides C3..C5; higher levels are pooled)")
+    if cfg.min_level > 5:
+        raise ConfigError("min_level must be at most 5 (the backbone's deepest feature is C5)")
+    for key in ("num_classes", "fpn_channels", "fpn_cells", "num_scales"):
+        if int(getattr(cfg, key)) < 1:
+            raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.head_repeats < 0:
+        raise ConfigError(f"head_repeats must be >= 0, got {cfg.head_repeats}")
+    stride = 2 ** cfg.max_level
+    h, w = cfg.image_size
+    if h <= 0 or w <= 0 or h % stride or w % stride:
+        def up(v: int) -> int:
+            return max(stride, math.ceil(v / stride) * stride)
+        raise ConfigError(
+            f"image_size {h}x{w} must have each side a positive multiple of 2^max_level = {stride}"
+            f" (max_level {cfg.max_level}); use e.g. image_size=[{up(h)}, {up(w)}]")
+    return cfg
+
+
+def get_config(name: str) -> EfficientDetConfig:
+    """The named variant (see :func:`model_names`)."""
+    try:
+        return MODEL_CONFIGS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_CONFIGS)}"
+                          " or pass a YAML file from configs/") from None
+
+
+def replace(cfg: EfficientDetConfig, overrides: Mapping[str, Any]) -> EfficientDetConfig:
+    """A copy of ``cfg`` with ``overrides`` applied and validated (unknown keys are errors)."""
+    fields = {f.name for f in dataclasses.fields(EfficientDetConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ConfigError(f"unknown model config key(s) {unknown}; valid keys: {sorted(fields)}")
+    changes = {k: _coerce(k, v) for k, v in overrides.items()}
+    return validate(dataclasses.replace(cfg, **changes))
+
+
+def from_dict(data: Mapping[str, Any], source: str = "config") -> EfficientDetConfig:
+    """Build a config from a plain mapping (a YAML file or a checkpoint's stored config)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
+    try:
+        return replace(EfficientDetConfig(), data)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"config file {path} could not be read: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must contain a mapping of keys to values")
+    return data
+
+
+def resolve(name_or_path: str | Path | EfficientDetConfig, **overrides: Any) -> EfficientDetConfig:
+    """A config from a variant name, a YAML path or a config, with overrides applied.
+
+    A YAML file may hold the model fields at top level or under a ``model:`` key (training recipes).
+    """
+    if isinstance(name_or_path, EfficientDetConfig):
+        cfg = name_or_path
+    elif str(name_or_path).endswith((".yaml", ".yml")):
+        data = load_yaml(name_or_path)
+        data = dict(data.get("model", data))
+        base = data.pop("base", None)
+        try:
+            cfg = replace(get_config(base) if base else EfficientDetConfig(), data)
+        except ConfigError as e:
+            raise ConfigError(f"{name_or_path}: {e}") from None
+    else:
+        cfg = get_config(str(name_or_path))
+    return replace(cfg, overrides)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse command-line ``key=value`` strings; values are read as YAML (``image_size=[256,384]``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+    return out
+
+
+def write_yaml(cfg: EfficientDetConfig, path: str | Path) -> None:
+    """Write a config as the YAML that :func:`resolve` reads back to the same config."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+__all__ = [
+    "ConfigError", "EfficientDetConfig", "MODEL_CONFIGS", "get_config", "model_names", "replace",
+    "from_dict", "resolve", "parse_overrides", "load_yaml", "write_yaml", "validate",
+]

@@ -1,0 +1,105 @@
+"""Convolution and pooling primitives with the two padding modes EfficientDet needs.
+
+TensorFlow "SAME" padding is asymmetric for stride 2 (the extra pixel goes bottom/right), which
+``nn.Conv2d`` cannot express and torchvision's ``Conv2dNormActivation`` does not offer; TF-trained
+checkpoints need it. Stride-1 "same" convolutions with odd kernels are symmetric, so only strided
+convolutions and pools get the special modules below; everything else is a plain ``nn.Conv2d``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def same_pad_amounts(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF SAME padding (before, after) along one axis of length ``size``."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    """``nn.Conv2d`` with TF SAME padding, for strided convolutions of TF-trained weights.
+
+    Input N x C x H x W -> N x C' x ceil(H/s) x ceil(W/s). Same parameters (and state-dict keys)
+    as ``nn.Conv2d``; the padding is derived from the input size, which is known only at call time.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 groups: int = 1, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=0, groups=groups, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel_size[0], self.stride[0]
+        top, bottom = same_pad_amounts(x.shape[-2], k, s)
+        left, right = same_pad_amounts(x.shape[-1], k, s)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
+           bias: bool = True, padding: str = "same") -> nn.Conv2d:
+    """A convolution whose output has ceil(size / stride) pixels per side in either padding mode."""
+    if padding == "same" and stride > 1:
+        return Conv2dSame(in_channels, out_channels, kernel_size, stride, groups=groups, bias=bias)
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2,
+                     groups=groups, bias=bias)
+
+
+def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
+                padding: str = "same", bn_eps: float = 1e-3, bn_momentum: float = 0.01,
+                act: bool = True, bias: bool = False) -> nn.Sequential:
+    """conv -> BN -> SiLU as an ``nn.Sequential`` indexed 0, 1, 2.
+
+    The indices match torchvision's ``Conv2dNormActivation``, so torchvision's EfficientNet state
+    dicts load without renaming.
+    """
+    layers: list[nn.Module] = [
+        conv2d(in_channels, out_channels, kernel_size, stride, groups=groups, bias=bias, padding=padding),
+        nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
+    ]
+    if act:
+        layers.append(nn.SiLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class SeparableConv2d(nn.Module):
+    """Depthwise 3x3 (no bias) then pointwise 1x1 convolution: N x C x H x W -> N x C' x H x W."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True,
+                 padding: str = "same") -> None:
+        super().__init__()
+        self.conv_dw = conv2d(in_channels, in_channels, kernel_size, groups=in_channels, bias=False,
+                              padding=padding)
+        self.conv_pw = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_pw(self.conv_dw(x))
+
+
+class MaxPool2dDown(nn.Module):
+    """3x3 stride-2 max pool halving the resolution (rounding up), in either padding mode.
+
+    "same": TF SAME pooling, where padded pixels never win. For an even side that is
+    ``ceil_mode`` pooling without padding (windows 0..2, 2..4, ..., the last one reaching one pixel
+    past the edge); for an odd side it is symmetric padding of one pixel. "symmetric": padding 1.
+    """
+
+    def __init__(self, padding: str = "same") -> None:
+        super().__init__()
+        self.same = padding == "same"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.same and h % 2 == 0 and w % 2 == 0:
+            return F.max_pool2d(x, 3, 2, 0, ceil_mode=True)
+        if self.same and (h % 2 == 0 or w % 2 == 0):  # mixed parities: pad explicitly with -inf
+            top, bottom = same_pad_amounts(h, 3, 2)
+            left, right = same_pad_amounts(w, 3, 2)
+            x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+            return F.max_pool2d(x, 3, 2, 0)
+        return F.max_pool2d(x, 3, 2, 1)
