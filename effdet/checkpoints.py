@@ -197,12 +197,16 @@ def load_backbone_weights(backbone: nn.Module, weights: str | Path, backbone_nam
             raise CheckpointError(f"backbone weights {weights} are not for {backbone_name}; use {expected}_Weights.*")
         state = w.get_state_dict(progress=True)
     own = backbone.state_dict()
-    trunk = {k: v for k, v in state.items() if k in own}
+    num_stages = len(backbone.features)
+    # torchvision's trunk is features.0..7; features.8 (last 1x1 conv) and the classifier are not ours
+    trunk = {k: v for k, v in state.items()
+             if k.startswith("features.") and int(k.split(".")[1]) < num_stages}
     missing = [k for k in own if k not in trunk]
-    bad = [k for k in trunk if tuple(trunk[k].shape) != tuple(own[k].shape)]
-    if missing or bad:
+    extra = [k for k in trunk if k not in own]
+    bad = [k for k in trunk if k in own and tuple(trunk[k].shape) != tuple(own[k].shape)]
+    if missing or extra or bad:
         raise CheckpointError(
             f"backbone weights {weights} do not fit {backbone_name}: {len(missing)} tensors missing "
-            f"(e.g. {missing[:3]}), {len(bad)} with other shapes (e.g. {bad[:3]}). "
-            "Pass the weights of the same EfficientNet variant.")
+            f"(e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]}), {len(bad)} with other shapes "
+            f"(e.g. {bad[:3]}). Pass the weights of the same EfficientNet variant.")
     backbone.load_state_dict(trunk)

@@ -12,6 +12,7 @@ import torch
 from effdet.anchors import generate_anchors
 from effdet.letterbox import letterbox, normalize, to_rgb_array
 from effdet.model import EfficientDet
+from effdet.optimize import optimize_for_inference
 from effdet.postprocess import PostprocessSettings, postprocess
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray (H x W x 3 uint8) | torch.Tensor (3 x H x W)
@@ -27,12 +28,17 @@ class Predictor:
     ``boxes`` (K, 4) float32 xyxy in that image's pixels, ``scores`` (K,), ``labels`` (K,) int64
     class indices, and ``names`` (list of K class names) when class names are known.
     A single image in gives a single dict out.
+
+    ``optimize=True`` runs :func:`effdet.optimize.optimize_for_inference` on the network (BN
+    folded, static padding, channels_last): the same detections, faster; the model passed in is
+    not modified.
     """
 
     def __init__(self, model: EfficientDet, image_size: tuple[int, int] | None = None,
                  class_names: Sequence[str] | None = None, category_ids: Sequence[int] | None = None,
                  device: str | torch.device | None = None, batch_size: int = 8,
-                 settings: PostprocessSettings | None = None, **setting_overrides: Any) -> None:
+                 settings: PostprocessSettings | None = None, optimize: bool = False,
+                 **setting_overrides: Any) -> None:
         cfg = model.config
         if cfg is None:
             raise ValueError("Predictor needs a model built by effdet.create_model / build_model (with a config)")
@@ -40,6 +46,8 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.config = cfg
         self.image_size = tuple(image_size) if image_size is not None else tuple(cfg.image_size)
+        if optimize:
+            self.model = optimize_for_inference(self.model, self.image_size)
         self.class_names = list(class_names) if class_names is not None else None
         self.category_ids = list(category_ids) if category_ids is not None else None
         self.batch_size = batch_size

@@ -147,16 +147,22 @@ class TrainTransform:
             float(scale),
         )
 
-    def _seed_once_per_process(self) -> None:
-        pid = os.getpid()
-        if self._seeded_pid == pid:
-            return
-        self._seeded_pid = pid
-        self._rng = np.random.default_rng(torch.initial_seed())
+    def reseed(self, seed: int) -> None:
+        """Restart this transform's random streams from ``seed`` (in this process).
+
+        The training loop calls it per sample with a seed derived from (run seed, epoch, image
+        index), so augmentation is independent of workers and a resumed run repeats it exactly.
+        """
+        self._seeded_pid = os.getpid()
+        self._rng = np.random.default_rng(seed)
         seed = int(self._rng.integers(2**31))
         self._geometry.set_random_seed(seed)
         if self._photometric is not None:
             self._photometric.set_random_seed(seed + 1)
+
+    def _seed_once_per_process(self) -> None:
+        if self._seeded_pid != os.getpid():
+            self.reseed(torch.initial_seed())
 
 
 def train_transform(

@@ -211,13 +211,14 @@ def _pip_install(target: pathlib.Path) -> Optional[str]:
                 return f"cannot run pip: {e}"
             if proc.returncode != 0:
                 return (f"pip install of the reference failed (rc={proc.returncode}): "
-                        f"{' '.join(REQUIREMENTS)}\n{_tail(proc.stdout + proc.stderr)}")
+                        f"{' '.join(REQUIREMENTS)}\n{_tail(proc.stdout + proc.stderr, 1500)}")
             marker = {
                 "requirements": list(REQUIREMENTS),
                 "python": sys.version.split()[0],
                 "installed_with": sys.executable,
             }
             (tmp / _MARKER).write_text(json.dumps(marker, indent=1))
+            os.chmod(tmp, 0o755)  # mkdtemp creates 0700
             os.rename(tmp, target)  # atomic on the same filesystem
         finally:
             if tmp.exists():

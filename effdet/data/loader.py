@@ -1,0 +1,99 @@
+"""Batching detection samples and building (optionally distributed) DataLoaders.
+
+Skipped samples: a dataset may return ``None`` for a sample it could not read (see
+``effdet.data.coco``). ``collate`` drops those and returns their count as the third element
+of every batch, so the training loop can keep going and keep a tally. A batch can therefore
+be smaller than ``batch_size``, or even empty (0 x 3 x 0 x 0 images, no targets).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+Sample = tuple[torch.Tensor, dict[str, Any]]
+
+
+def collate(batch: Sequence[Sample | None]) -> tuple[torch.Tensor, list[dict[str, Any]], int]:
+    """Stack samples into a batch, dropping ``None`` (unreadable) samples.
+
+    Args:
+        batch: items of a detection dataset: ``(image 3 x H x W uint8, target dict)`` or
+            ``None``. All images must have the same H x W (use a transform with a fixed
+            ``image_size``).
+
+    Returns:
+        (images, targets, skipped): images is a B x 3 x H x W uint8 tensor (B may be 0),
+        targets the B target dicts unchanged, skipped the number of ``None`` samples dropped.
+    """
+    samples = [sample for sample in batch if sample is not None]
+    skipped = len(batch) - len(samples)
+    if not samples:
+        return torch.empty((0, 3, 0, 0), dtype=torch.uint8), [], skipped
+    shapes = {tuple(image.shape) for image, _ in samples}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"cannot batch images of different sizes {sorted(shapes)}; give the dataset a "
+            "transform with a fixed image_size (effdet.data.transforms)"
+        )
+    images = torch.stack([image for image, _ in samples])
+    return images, [target for _, target in samples], skipped
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and ``random`` from the worker's torch seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    distributed: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """DataLoader over a detection dataset, batches from ``collate``.
+
+    Args:
+        dataset: yields ``(image, target)`` or ``None`` per item.
+        batch_size: samples per batch (per process when distributed).
+        shuffle: shuffle every epoch.
+        workers: worker processes; 0 loads in the main process. Workers are persistent.
+        distributed: shard with a ``DistributedSampler`` (needs an initialised process
+            group). The caller must call ``loader.sampler.set_epoch(epoch)`` every epoch.
+        seed: seeds shuffling and the per-worker torch seeds (offset by rank when
+            distributed), from which the transforms draw their randomness: same seed, same
+            batches. With ``workers=0`` augmentation follows torch's global seed instead
+            (``torch.manual_seed``).
+        drop_last: drop the last incomplete batch (and, distributed, uneven tail samples).
+        pin_memory: page-locked batches for faster host-to-GPU copies.
+    """
+    generator = torch.Generator()
+    sampler = None
+    if distributed:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        generator.manual_seed(seed + sampler.rank)
+    else:
+        generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )

@@ -1,0 +1,316 @@
+"""COCO bbox evaluation of an EfficientDet on a COCO-format dataset.
+
+``evaluate_coco`` runs the network over a :class:`effdet.data.CocoDetection` (with
+``eval_transform``), decodes detections with :func:`effdet.postprocess.postprocess` (official
+settings by default: no pre-NMS threshold beyond 0.001, 5000 candidates, hard NMS 0.5, 100
+detections), maps class indices to dataset category ids, and scores them with pycocotools'
+COCOeval restricted to the images evaluated. ``coco_stats`` scores a ready results list.
+
+Horizontal-flip test-time augmentation (``flip=True``): the network also sees the horizontally
+flipped input frame (the whole letterboxed frame, padding included). Its outputs are mapped back
+by mirroring its anchors (x -> W - x) and negating its dx regressions, so ``decode(dx', a') ==
+mirror(decode(dx, a))``. The candidates of both views are pooled *before* top-k and NMS:
+post-processing sees 2M anchors and picks the top 5000 class scores over both, then NMS merges
+duplicates. Nothing is averaged, so a box found in only one view keeps its score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch.utils.data import Dataset, Subset
+from tqdm import tqdm
+
+from effdet.anchors import generate_anchors
+from effdet.letterbox import normalize
+from effdet.model import EfficientDet
+from effdet.postprocess import PostprocessSettings, postprocess
+from effdet.results import detections_to_coco, write_results
+
+EVAL_SETTINGS = PostprocessSettings(score_threshold=0.001)
+"""The official COCO-eval post-processing: threshold 0.001, 5000 candidates, NMS 0.5, 100 boxes."""
+
+SUMMARY_NAMES: tuple[str, ...] = (
+    "AP @[IoU=0.50:0.95 | area=all | maxDets=100]",
+    "AP @[IoU=0.50      | area=all | maxDets=100]",
+    "AP @[IoU=0.75      | area=all | maxDets=100]",
+    "AP @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]",
+    "AP @[IoU=0.50:0.95 | area=large | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=all | maxDets=1]",
+    "AR @[IoU=0.50:0.95 | area=all | maxDets=10]",
+    "AR @[IoU=0.50:0.95 | area=all | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
+)
+"""Names of COCOeval's 12 summary numbers, in ``stats`` order."""
+
+
+def mirror_outputs(box_regressions: list[torch.Tensor], anchors: torch.Tensor, width: int
+                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Map box outputs of a horizontally flipped input back to the unflipped frame.
+
+    box_regressions: per-level N x (A*4) x H_l x W_l (dx, dy, dw, dh), computed on the flipped
+    frame; anchors: (M, 4) xyxy; width: input width W in pixels. Returns (regressions with dx
+    negated, mirrored anchors (W - x2, y1, W - x1, y2)), which decode to the mirrored boxes.
+    """
+    mirrored = []
+    for r in box_regressions:
+        n, c, h, w = r.shape
+        sign = r.new_tensor([-1.0, 1.0, 1.0, 1.0]).view(1, 1, 4, 1, 1)
+        mirrored.append((r.view(n, c // 4, 4, h, w) * sign).view(n, c, h, w))
+    x1, y1, x2, y2 = anchors.unbind(-1)
+    return mirrored, torch.stack([width - x2, y1, width - x1, y2], dim=-1)
+
+
+@torch.inference_mode()
+def detect_batch(model: EfficientDet, images: torch.Tensor, anchors: torch.Tensor,
+                 valid_sizes: torch.Tensor | None, scales: torch.Tensor | None,
+                 settings: PostprocessSettings = EVAL_SETTINGS, flip: bool = False) -> list[dict[str, torch.Tensor]]:
+    """Detections for a letterboxed batch.
+
+    images: B x 3 x H x W uint8 (or normalised float) on the model's device; anchors (M, 4)
+    xyxy for H x W; valid_sizes (B, 2) (h, w) of each image's content in the frame; scales (B,)
+    letterbox scales. Returns per image ``boxes`` (K, 4) float32 xyxy in original pixels (input
+    pixels without ``scales``), ``scores`` (K,), ``labels`` (K,) int64. ``flip`` adds
+    horizontal-flip TTA (see the module docstring).
+    """
+    x = normalize(images) if images.dtype == torch.uint8 else images
+    class_logits, box_regressions = model(x)
+    if flip:
+        flip_logits, flip_boxes = model(x.flip(-1))
+        flip_boxes, flip_anchors = mirror_outputs(flip_boxes, anchors, x.shape[-1])
+        class_logits = class_logits + flip_logits
+        box_regressions = box_regressions + flip_boxes
+        anchors = torch.cat([anchors, flip_anchors])
+    return postprocess(class_logits, box_regressions, anchors, valid_sizes, scales, settings)
+
+
+def evaluate_coco(model: EfficientDet, dataset: Dataset, batch_size: int = 8, device: str | torch.device = "cpu",
+                  settings: PostprocessSettings = EVAL_SETTINGS, workers: int = 0, flip: bool = False,
+                  progress: bool = True, results_file: str | Path | None = None,
+                  category_ids: Sequence[int] | Mapping[int, int] | None = None,
+                  verbose: bool = False) -> dict[str, Any]:
+    """COCO bbox AP of ``model`` on ``dataset``.
+
+    Args:
+        model: the network; put in eval mode for the run, its previous mode restored after.
+        dataset: a :class:`effdet.data.CocoDetection` with ``eval_transform`` (or a ``Subset``
+            of one); all images must come out at one size.
+        batch_size, workers: DataLoader settings. device: where the network runs.
+        settings: post-processing (official COCO eval settings by default).
+        flip: horizontal-flip test-time augmentation.
+        progress: show a tqdm bar.
+        results_file: also write the COCO results JSON here (atomically).
+        category_ids: class index -> dataset category id. Default: the dataset's own mapping
+            (``dataset.category_ids``); a reference COCO model uses ``range(1, 91)``. Classes whose
+            category id is not in the dataset (COCO's 10 unused ids) are dropped.
+        verbose: let pycocotools print its summary.
+
+    Returns:
+        dict with ``stats`` (COCOeval's 12 numbers, -1 where undefined), ``map`` (stats[0]),
+        ``map50`` (stats[1]), ``per_class`` (list of {category_id, name, ap, ap50}; None where
+        the class has no ground truth), ``num_images`` (evaluated), ``num_skipped`` (unreadable
+        images), ``num_detections``. The COCO results themselves go to ``results_file``.
+    """
+    from effdet.data.loader import collate
+
+    base = _base_dataset(dataset)
+    mapping = _class_mapping(model, base, category_ids)
+    device = torch.device(device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=collate)
+    was_training = model.training
+    model.eval()
+    results: list[dict[str, Any]] = []
+    image_ids: list[int] = []
+    skipped = 0
+    anchors: dict[tuple[int, int], torch.Tensor] = {}
+    try:
+        for images, targets, n_skipped in tqdm(loader, desc="eval", disable=not progress, unit="batch"):
+            skipped += n_skipped
+            if not targets:
+                continue
+            size = (images.shape[-2], images.shape[-1])
+            if size not in anchors:
+                anchors[size] = _anchors_for(model, size).to(device)
+            scales = torch.tensor([t["scale"] for t in targets], dtype=torch.float32, device=device)
+            valid = torch.tensor([[min(t["orig_size"][0] * t["scale"], size[0]), min(t["orig_size"][1] * t["scale"],
+                                  size[1])] for t in targets], dtype=torch.float32, device=device)
+            detections = detect_batch(model, images.to(device), anchors[size], valid, scales, settings, flip)
+            ids = [int(t["image_id"]) for t in targets]
+            results.extend(detections_to_coco(detections, ids, mapping))
+            image_ids.extend(ids)
+    finally:
+        model.train(was_training)
+    if skipped:
+        warnings.warn(f"evaluation skipped {skipped} unreadable image(s); they are left out of the COCO metrics",
+                      stacklevel=2)
+    if results_file is not None:
+        write_results(results, results_file)
+    metrics = coco_stats(base.coco_api(), results, image_ids, verbose=verbose)
+    metrics.update(num_images=len(image_ids), num_skipped=skipped, num_detections=len(results))
+    return metrics
+
+
+def coco_stats(coco_gt: Any, results: Sequence[Mapping[str, Any]], image_ids: Sequence[int] | None = None,
+               verbose: bool = False) -> dict[str, Any]:
+    """Run COCOeval (bbox) for a COCO results list.
+
+    Args:
+        coco_gt: a ``pycocotools.coco.COCO`` ground-truth index.
+        results: COCO results entries (``image_id``, ``category_id``, ``bbox`` xywh, ``score``).
+        image_ids: evaluate only these images (default: every image in ``coco_gt``).
+        verbose: let pycocotools print; otherwise its output is captured.
+
+    Returns:
+        dict with ``stats`` (12 floats), ``map``, ``map50`` and ``per_class`` (list of
+        ``{category_id, name, ap, ap50}``; ap/ap50 are None for classes without ground truth in
+        the evaluated images). With no detections every defined number is 0.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    gt_ids = set(coco_gt.getImgIds())
+    unknown = sorted({int(r["image_id"]) for r in results} - gt_ids)
+    if unknown:
+        raise ValueError(f"{len(unknown)} image id(s) in the results are not in the annotation file "
+                         f"(e.g. {unknown[:5]}); evaluate against the annotation file the detections were made for")
+    ids = sorted(gt_ids if image_ids is None else set(int(i) for i in image_ids))
+    out = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with out:
+        coco_dt = _load_results(coco_gt, results)
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator.params.imgIds = ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = [float(v) for v in evaluator.stats]
+    return dict(stats=stats, map=stats[0], map50=stats[1], per_class=_per_class(coco_gt, evaluator))
+
+
+def _load_results(coco_gt: Any, results: Sequence[Mapping[str, Any]]) -> Any:
+    """A COCO index of the detections (``loadRes`` on copies; an empty index for no detections)."""
+    from pycocotools.coco import COCO
+
+    if results:
+        return coco_gt.loadRes([dict(r) for r in results])  # loadRes adds keys to the dicts
+    empty = COCO()
+    empty.dataset = dict(images=list(coco_gt.dataset.get("images", [])),
+                         categories=list(coco_gt.dataset.get("categories", [])), annotations=[])
+    empty.createIndex()
+    return empty
+
+
+def _per_class(coco_gt: Any, evaluator: Any) -> list[dict[str, Any]]:
+    """AP (IoU .50:.95) and AP50 per category, area all, 100 detections."""
+    precision = evaluator.eval["precision"]  # T x R x K x A x M; -1 where undefined
+    rows = []
+    for k, cid in enumerate(evaluator.params.catIds):
+        p_all = precision[:, :, k, 0, -1]
+        p_50 = precision[0, :, k, 0, -1]
+        rows.append(dict(category_id=int(cid), name=str(coco_gt.cats[cid]["name"]),
+                         ap=float(p_all[p_all > -1].mean()) if (p_all > -1).any() else None,
+                         ap50=float(p_50[p_50 > -1].mean()) if (p_50 > -1).any() else None))
+    return rows
+
+
+def format_summary(stats: Sequence[float]) -> str:
+    """COCOeval's 12 numbers, one per line, with their names."""
+    return "\n".join(f"{name:<48} = {value:6.3f}" for name, value in zip(SUMMARY_NAMES, stats))
+
+
+def format_per_class(per_class: Sequence[Mapping[str, Any]]) -> str:
+    """A fixed-width table: category id, name, AP and AP50 in percent ('-' without ground truth)."""
+    width = max([len("class")] + [len(str(row["name"])) for row in per_class])
+    lines = [f"{'id':>5}  {'class':<{width}}  {'AP':>6}  {'AP50':>6}"]
+    for row in per_class:
+        ap, ap50 = (f"{100 * v:6.2f}" if v is not None and not math.isnan(v) else f"{'-':>6}"
+                    for v in (row["ap"], row["ap50"]))
+        lines.append(f"{row['category_id']:>5}  {row['name']:<{width}}  {ap}  {ap50}")
+    return "\n".join(lines)
+
+
+def _base_dataset(dataset: Dataset) -> Any:
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    if not hasattr(dataset, "coco_api") or not hasattr(dataset, "category_ids"):
+        raise TypeError(f"evaluate_coco needs an effdet.data.CocoDetection (or a Subset of one), "
+                        f"got {type(dataset).__name__}")
+    return dataset
+
+
+def _class_mapping(model: EfficientDet, dataset: Any, category_ids: Sequence[int] | Mapping[int, int] | None
+                   ) -> dict[int, int]:
+    num_classes = model.config.num_classes if model.config is not None else None
+    if category_ids is None:
+        if num_classes is not None and num_classes != len(dataset.category_ids):
+            raise ValueError(
+                f"the model predicts {num_classes} classes but {dataset.annotation_file} has "
+                f"{len(dataset.category_ids)} categories; pass category_ids (class index -> category id), "
+                "e.g. range(1, 91) for a 90-class COCO model")
+        return dict(enumerate(dataset.category_ids))
+    mapping = dict(category_ids) if isinstance(category_ids, Mapping) else dict(enumerate(category_ids))
+    if num_classes is not None and any(not 0 <= k < num_classes for k in mapping):
+        raise ValueError(f"category_ids maps class indices outside the model's 0..{num_classes - 1}")
+    known = set(dataset.category_ids)
+    kept = {k: int(v) for k, v in mapping.items() if int(v) in known}
+    if not kept:
+        raise ValueError(f"none of the model's category ids occur in {dataset.annotation_file}; "
+                         "the checkpoint was trained for other categories")
+    return kept
+
+
+def _anchors_for(model: EfficientDet, size: tuple[int, int]) -> torch.Tensor:
+    cfg = model.config
+    if cfg is None:
+        raise ValueError("evaluate_coco needs a model built by effdet.create_model / build_model (with a config)")
+    return generate_anchors(size, cfg.min_level, cfg.max_level, cfg.num_scales, cfg.aspect_ratios, cfg.anchor_scale)
+
+
+def checkpoint_category_ids(class_names: Sequence[str] | None, category_ids: Sequence[int] | None,
+                            num_classes: int, dataset: Any, source: str = "checkpoint") -> list[int]:
+    """Class index -> dataset category id for a loaded checkpoint, checked against ``dataset``.
+
+    ``class_names`` / ``category_ids``: what the checkpoint recorded (``load_model``'s info).
+    With category ids, each must be in the annotation file under the same name (case-insensitive;
+    unnamed placeholder slots such as COCO's 10 unused ids are allowed to be absent). Without
+    them, the model must have as many classes as the file has categories, taken in sorted id
+    order (how ``CocoDetection`` numbers classes).
+
+    Raises:
+        ValueError: the checkpoint's classes do not match the annotation file's categories.
+    """
+    names = {cid: name for cid, name in zip(dataset.category_ids, dataset.class_names)}
+    where = f"{source} vs {dataset.annotation_file}"
+    if category_ids is None:
+        if num_classes != len(dataset.category_ids):
+            raise ValueError(f"{where}: the model has {num_classes} classes and records no category ids, the "
+                             f"annotation file has {len(dataset.category_ids)} categories; evaluate on the dataset "
+                             "the model was trained for")
+        if class_names is not None and [n.lower() for n in class_names] != [n.lower() for n in dataset.class_names]:
+            raise ValueError(f"{where}: class names differ: checkpoint {list(class_names)[:5]}..., annotation file "
+                             f"{dataset.class_names[:5]}...")
+        return list(dataset.category_ids)
+    if len(category_ids) != num_classes:
+        raise ValueError(f"{where}: the checkpoint records {len(category_ids)} category ids for {num_classes} classes")
+    problems = []
+    for index, cid in enumerate(category_ids):
+        name = class_names[index] if class_names is not None else None
+        if cid in names:
+            if name is not None and name.lower() != names[cid].lower():
+                problems.append(f"category {cid} is {name!r} in the checkpoint but {names[cid]!r} in the file")
+        elif name is None or not name.startswith("unused"):
+            problems.append(f"category {cid} ({name}) is not in the file")
+    if problems or not set(category_ids) & set(names):
+        raise ValueError(f"{where}: the checkpoint's classes do not match the annotation file's categories: "
+                         f"{'; '.join(problems[:3]) or 'no category in common'}"
+                         f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}. "
+                         "Evaluate on the dataset the model was trained for.")
+    return list(category_ids)

@@ -1,0 +1,234 @@
+"""Running a trained detector over image files: load weights, read, predict, draw, write.
+
+``load_predictor`` turns a checkpoint (this project's, or a reference-port state dict plus a
+model name) into an :class:`effdet.predictor.Predictor`. ``run_inference`` reads every image of
+a list of sources (files, folders, glob patterns), skips unreadable files with a warning, runs
+the predictor in batches and writes annotated copies and/or a COCO results JSON.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image
+from tqdm import tqdm
+
+from effdet.checkpoints import CheckpointError, load_model
+from effdet.config import ConfigError, resolve
+from effdet.data.coco import DatasetError
+from effdet.data.images import ImageReadError, find_images, read_image
+from effdet.draw import draw_detections
+from effdet.postprocess import PostprocessSettings
+from effdet.predictor import Predictor
+from effdet.results import ResultsError, detections_to_coco, write_results
+
+
+class InferenceError(ValueError):
+    """Bad input to an inference run (class-names file, sources, annotation file); says what to do."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (InferenceError, CheckpointError, ConfigError, DatasetError, ResultsError,
+                                            FileNotFoundError)
+"""Errors caused by the user's input; command-line tools print them in one line and exit with 2."""
+
+
+@dataclass
+class InferenceSummary:
+    """What ``run_inference`` did."""
+
+    num_images: int = 0
+    num_detections: int = 0
+    skipped: list[str] = field(default_factory=list)
+    """Unreadable files, with the reason."""
+    output_dir: Path | None = None
+    json_path: Path | None = None
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names from a text file (one per line, blank lines ignored) or a JSON list of strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise InferenceError(f"class-names file {path} does not exist; check the path")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InferenceError(f"class-names file {path} looks like JSON but is not valid: {error}") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise InferenceError(f"class-names file {path} must hold a JSON list of strings")
+        return names
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_predictor(weights: str | Path, model: str | None = None, class_names: str | Path | Sequence[str] | None = None,
+                   device: str = "cpu", image_size: int | Sequence[int] | None = None, batch_size: int = 8,
+                   settings: PostprocessSettings | None = None) -> Predictor:
+    """A :class:`Predictor` for a checkpoint.
+
+    Args:
+        weights: this project's checkpoint, or a reference-port state dict (then ``model``, e.g.
+            ``tf_efficientdet_d0``, is required; COCO checkpoints get the 90 COCO names and ids).
+        model: model name / YAML for reference-port weights (or to override a checkpoint's).
+        class_names: list or file (see :func:`read_class_names`); replaces the checkpoint's names.
+        image_size: network input (h, w) or side; default the model's. Must be a multiple of
+            2^max_level (128 for D0..D7).
+        settings: post-processing; default the Predictor's (score threshold 0.05).
+    """
+    net, info = load_model(weights, model=model, device=device)
+    cfg = net.config
+    if isinstance(image_size, Sequence) and len(image_size) == 1:
+        image_size = image_size[0]
+    size = resolve(cfg, image_size=image_size).image_size if image_size is not None else cfg.image_size
+    names = info.get("class_names")
+    if class_names is not None:
+        names = read_class_names(class_names) if isinstance(class_names, (str, Path)) else list(class_names)
+        if len(names) != cfg.num_classes:
+            raise InferenceError(f"{len(names)} class names given for a model with {cfg.num_classes} classes "
+                                 f"({weights}); give exactly one name per class")
+    return Predictor(net, image_size=size, class_names=names, category_ids=info.get("category_ids"), device=device,
+                     batch_size=batch_size, settings=settings)
+
+
+def output_names(paths: Sequence[Path], sources: Sequence[str | Path]) -> list[Path]:
+    """Relative output path of each image: its path below the folder (or glob base) it came
+    from, else its file name; duplicates get ``_1``, ``_2``... suffixes."""
+    roots = []
+    for source in sources:
+        p = Path(source)
+        if p.is_dir():
+            roots.append(p.resolve())
+        elif not p.is_file() and glob.has_magic(str(source)):
+            base = _plain_prefix(p.parts)
+            roots.append(Path(*base).resolve() if base else Path.cwd())
+    names, used = [], set()
+    for path in paths:
+        resolved = path.resolve()
+        parents = [r for r in roots if resolved.is_relative_to(r)]
+        name = resolved.relative_to(max(parents, key=lambda r: len(r.parts))) if parents else Path(path.name)
+        candidate, counter = name, 0
+        while candidate.as_posix() in used:
+            counter += 1
+            candidate = name.with_name(f"{name.stem}_{counter}{name.suffix}")
+        used.add(candidate.as_posix())
+        names.append(candidate)
+    return names
+
+
+def _plain_prefix(parts: Sequence[str]) -> list[str]:
+    """Leading path components without glob wildcards."""
+    out = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        out.append(part)
+    return out
+
+
+def annotation_image_ids(ann_file: str | Path, names: Sequence[Path]) -> list[int | None]:
+    """COCO image id of each relative image name, matched by ``file_name`` (then by unique base
+    name); None where the annotation file does not list the image (warned once)."""
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise InferenceError(f"annotation file {ann_file} does not exist; check the path")
+    try:
+        images = json.loads(ann_file.read_text(encoding="utf-8"))["images"]
+        by_path = {str(im["file_name"]).replace("\\", "/"): int(im["id"]) for im in images}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        raise InferenceError(f"{ann_file} is not a COCO annotation file with 'images' entries "
+                             f"(id, file_name): {error}") from None
+    by_base: dict[str, int | None] = {}
+    for file_name, image_id in by_path.items():
+        base = file_name.rsplit("/", 1)[-1]
+        by_base[base] = None if base in by_base else image_id  # None: ambiguous
+    ids = [by_path.get(name.as_posix(), by_base.get(name.name)) for name in names]
+    missing = [name.as_posix() for name, image_id in zip(names, ids) if image_id is None]
+    if len(missing) == len(names):
+        raise InferenceError(f"none of the {len(names)} images is listed in {ann_file} (matched by file_name); "
+                             "run on the images the annotation file lists, or drop --ann")
+    if missing:
+        warnings.warn(f"{len(missing)} image(s) are not (uniquely) listed in {ann_file}, e.g. {missing[:3]}; "
+                      "they are drawn but left out of the results JSON", stacklevel=2)
+    return ids
+
+
+def save_image_atomic(image: Image.Image, path: Path) -> Path:
+    """Save ``image`` in the format of ``path``'s suffix (PNG for unknown suffixes), atomically."""
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        path, fmt = path.with_suffix(".png"), "PNG"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_dir: str | Path | None = "runs/infer",
+                  json_path: str | Path | None = None, ann_file: str | Path | None = None,
+                  progress: bool = True) -> InferenceSummary:
+    """Detect objects in every image of ``sources`` and write the outputs.
+
+    Args:
+        predictor: its settings (score threshold, NMS) decide what is drawn and written.
+        sources: files, folders (recursive) and glob patterns (``effdet.data.images.find_images``).
+        output_dir: annotated copies go here, at each image's relative path (None: no images).
+        json_path: COCO results JSON (``image_id``, ``file_name``, ``category_id``, ``bbox`` xywh
+            in original pixels, ``score``). Category ids are the checkpoint's dataset ids when it
+            has them, else the class indices.
+        ann_file: take ``image_id`` from this COCO annotation file (matched by file name);
+            otherwise images are numbered 1, 2, ... in sorted path order. Images the file does
+            not list are left out of the JSON (with a warning).
+
+    Unreadable files are skipped with a warning and listed in the summary.
+    """
+    try:
+        paths = find_images(sources)
+    except FileNotFoundError as error:
+        raise InferenceError(f"{error}; pass image files, folders or glob patterns") from None
+    if not paths:
+        raise InferenceError(f"no image files found in {', '.join(map(str, sources))} "
+                             "(looked for .jpg .jpeg .png .bmp .webp .tif .tiff)")
+    names = output_names(paths, sources)
+    ids = annotation_image_ids(ann_file, names) if ann_file is not None else list(range(1, len(paths) + 1))
+    categories = predictor.category_ids or list(range(predictor.config.num_classes))
+    summary = InferenceSummary(output_dir=Path(output_dir) if output_dir is not None else None)
+    results: list[dict[str, Any]] = []
+    bar = tqdm(total=len(paths), desc="infer", unit="img", disable=not progress)
+    for start in range(0, len(paths), predictor.batch_size):
+        batch = []
+        for index in range(start, min(start + predictor.batch_size, len(paths))):
+            try:
+                batch.append((index, read_image(paths[index])))
+            except ImageReadError as error:
+                warnings.warn(f"skipped: {error}", stacklevel=2)
+                summary.skipped.append(str(error))
+        bar.update(min(predictor.batch_size, len(paths) - start))
+        if not batch:
+            continue
+        detections = predictor([image for _, image in batch])
+        for (index, image), det in zip(batch, detections):
+            summary.num_images += 1
+            summary.num_detections += len(det["scores"])
+            if ids[index] is not None:
+                results.extend(detections_to_coco([det], [ids[index]], categories, [names[index].as_posix()]))
+            if summary.output_dir is not None:
+                drawn = draw_detections(Image.fromarray(image), det["boxes"], det["labels"], det["scores"],
+                                        predictor.class_names)
+                save_image_atomic(drawn, summary.output_dir / names[index])
+    bar.close()
+    if json_path is not None:
+        summary.json_path = write_results(results, json_path)
+    return summary

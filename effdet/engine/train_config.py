@@ -1,0 +1,251 @@
+"""Training recipes: ``TrainConfig`` + ``DataConfig`` + the model config, read from one YAML file.
+
+A recipe YAML has three sections that map one-to-one onto dataclasses::
+
+    model:            # effdet.config.EfficientDetConfig fields; ``base`` names a variant to start from
+      base: efficientdet_d0
+      image_size: 256
+    data:             # DataConfig: COCO-format annotation files and image folders
+      train_ann: demo_data/annotations/train.json
+      ...
+    train:            # TrainConfig: optimisation, augmentation, logging
+      epochs: 30
+      ...
+
+Command-line overrides are ``key=value`` strings; keys are ``section.field`` (``train.epochs=3``,
+``model.fpn_channels=48``, ``data.val_ann=...``) or a bare field name when exactly one section
+has it (``epochs=3``). Values are parsed as YAML (``scale_range=[0.5,1.5]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from effdet.config import ConfigError, EfficientDetConfig, from_dict, get_config, load_yaml, resolve
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Defaults are the official COCO recipe (EfficientDet paper / google/automl).
+
+    Batch and learning rate: ``batch_size`` is per process; the global batch is
+    ``batch_size * world_size``. The peak LR is ``lr`` when given, else
+    ``lr_per_64 * global_batch / 64`` (linear scaling). The LR warms up linearly from
+    ``peak * warmup_factor`` over ``warmup_epochs`` and then follows a cosine to
+    ``peak * min_lr_ratio``, updated every iteration.
+    """
+
+    epochs: int = 300
+    batch_size: int = 16
+    lr: float | None = None
+    lr_per_64: float = 0.08
+    warmup_epochs: float = 1.0
+    warmup_factor: float = 0.1
+    min_lr_ratio: float = 0.0
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    grad_clip: float = 10.0
+    ema_decay: float = 0.9998
+    ema_warmup: bool = True
+    amp: bool = True
+    sync_bn: bool = True
+    workers: int = 4
+    seed: int = 0
+    eval_interval: int = 1
+    eval_batch_size: int | None = None
+    scale_range: tuple[float, float] = (0.1, 2.0)
+    hflip: float = 0.5
+    photometric: bool = False
+    max_boxes: int = 100
+    log_interval: int = 20
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["scale_range"] = list(self.scale_range)
+        return out
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """COCO-format training and validation data: annotation JSON files and image folders."""
+
+    train_ann: str | None = None
+    train_images: str | None = None
+    val_ann: str | None = None
+    val_images: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole training run: model architecture, data and optimisation settings."""
+
+    model: EfficientDetConfig
+    data: DataConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "data": self.data.to_dict(), "train": self.train.to_dict()}
+
+
+SECTIONS: dict[str, type] = {"model": EfficientDetConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def validate_train(cfg: TrainConfig) -> TrainConfig:
+    """Check a ``TrainConfig``; raise :class:`ConfigError` saying what to change."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer {cfg.optimizer!r} must be one of {OPTIMIZERS}")
+    for key in ("epochs", "batch_size", "max_boxes", "log_interval"):
+        if int(getattr(cfg, key)) < 1:
+            raise ConfigError(f"train.{key} must be at least 1, got {getattr(cfg, key)}")
+    for key in ("workers", "eval_interval", "warmup_epochs", "grad_clip", "weight_decay", "momentum"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"train.{key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise ConfigError(f"train.lr must be positive (or null to scale lr_per_64), got {cfg.lr}")
+    if not cfg.lr_per_64 > 0:
+        raise ConfigError(f"train.lr_per_64 must be positive, got {cfg.lr_per_64}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1) (0 turns EMA off), got {cfg.ema_decay}")
+    if not (0 < cfg.warmup_factor <= 1 and 0 <= cfg.min_lr_ratio <= 1 and 0 <= cfg.hflip <= 1):
+        raise ConfigError("train.warmup_factor must be in (0, 1], train.min_lr_ratio and train.hflip in [0, 1]")
+    low, high = cfg.scale_range
+    if not 0 < low <= high:
+        raise ConfigError(f"train.scale_range must be [low, high] with 0 < low <= high, got {list(cfg.scale_range)}")
+    if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
+        raise ConfigError(f"train.eval_batch_size must be at least 1 or null, got {cfg.eval_batch_size}")
+    return cfg
+
+
+def _build_section(cls: type, values: Mapping[str, Any], base: Any, source: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    changes = dict(values)
+    if "scale_range" in changes:
+        value = changes["scale_range"]
+        if not (isinstance(value, (list, tuple)) and len(value) == 2):
+            raise ConfigError(f"{source}: scale_range must be [low, high], got {value!r}")
+        changes["scale_range"] = (float(value[0]), float(value[1]))
+    for name, value in changes.items():
+        if name in ("lr", "lr_per_64", "warmup_epochs", "weight_decay", "momentum", "grad_clip", "ema_decay",
+                    "hflip", "warmup_factor", "min_lr_ratio") and isinstance(value, int) and not isinstance(value, bool):
+            changes[name] = float(value)
+        elif name.endswith(("_ann", "_images")) and value is not None:
+            changes[name] = str(value)
+    try:
+        return dataclasses.replace(base, **changes)
+    except TypeError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def split_overrides(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Sort ``{key: value}`` overrides into ``{"model": ..., "data": ..., "train": ...}``.
+
+    Keys are ``section.field`` or a bare ``field`` that exactly one section has.
+    """
+    out: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in overrides.items():
+        section, dot, field = key.partition(".")
+        if dot:
+            if section not in SECTIONS:
+                raise ConfigError(f"override {key}={value!r}: unknown section {section!r}; "
+                                  f"use one of {', '.join(SECTIONS)} (e.g. train.epochs=3)")
+            if field not in _field_names(SECTIONS[section]):
+                raise ConfigError(f"override {key}: {section} has no field {field!r}; "
+                                  f"valid fields: {', '.join(_field_names(SECTIONS[section]))}")
+            out[section][field] = value
+            continue
+        owners = [name for name, cls in SECTIONS.items() if key in _field_names(cls)]
+        if not owners:
+            raise ConfigError(f"override {key}={value!r}: no section has a field {key!r}; "
+                              "see the model:, data: and train: sections of configs/demo.yaml")
+        if len(owners) > 1:
+            raise ConfigError(f"override {key} is ambiguous: it is a field of {' and '.join(owners)}; "
+                              f"write {owners[0]}.{key}=... or {owners[1]}.{key}=...")
+        out[owners[0]][key] = value
+    return out
+
+
+def load_run_config(source: str | Path | Mapping[str, Any] | None = None,
+                    overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """A :class:`RunConfig` from a recipe YAML, a variant name, a stored dict or defaults.
+
+    Args:
+        source: a recipe YAML path (``model:``/``data:``/``train:`` sections; a YAML holding only
+            model fields works too), a model variant name (``efficientdet_d0``), a mapping such as
+            :meth:`RunConfig.to_dict` output stored in a checkpoint, or ``None`` (EfficientDet-D0).
+        overrides: ``{key: value}`` as in :func:`split_overrides`.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, invalid value; the message says which.
+    """
+    parts = split_overrides(overrides or {})
+    where = "config"
+    if isinstance(source, Mapping):
+        data = dict(source)
+        model = from_dict(data.get("model", {}), source="stored run config")
+    elif source is not None and str(source).endswith((".yaml", ".yml")):
+        where = str(source)
+        data = load_yaml(source)
+        model = resolve(source)
+    else:
+        data = {}
+        model = get_config(str(source)) if source is not None else get_config("efficientdet_d0")
+    try:
+        model = resolve(model, **parts["model"])
+    except ConfigError as e:
+        raise ConfigError(f"{where} + overrides: {e}") from None
+    extra = sorted(set(data) - set(SECTIONS) - set(_field_names(EfficientDetConfig)) - {"base"})
+    if "model" in data and extra:
+        raise ConfigError(f"{where}: unknown top-level key(s) {extra}; a recipe has sections model:, data:, train:")
+    data_cfg = _build_section(DataConfig, data.get("data") or {}, DataConfig(), f"{where} data:")
+    data_cfg = _build_section(DataConfig, parts["data"], data_cfg, "data override")
+    train_cfg = _build_section(TrainConfig, data.get("train") or {}, TrainConfig(), f"{where} train:")
+    train_cfg = validate_train(_build_section(TrainConfig, parts["train"], train_cfg, "train override"))
+    return RunConfig(model=model, data=data_cfg, train=train_cfg)
+
+
+def with_model(run: RunConfig, **changes: Any) -> RunConfig:
+    """A copy of ``run`` with model fields changed (e.g. ``num_classes`` from the dataset)."""
+    return dataclasses.replace(run, model=resolve(run.model, **changes))
+
+
+def write_run_config(run: RunConfig, path: str | Path) -> Path:
+    """Write ``run`` atomically as a recipe YAML that :func:`load_run_config` reads back to ``run``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "# Resolved training run config (effdet.engine.train_config); reuse with --config.\n"
+    text += yaml.safe_dump(run.to_dict(), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+__all__ = ["TrainConfig", "DataConfig", "RunConfig", "OPTIMIZERS", "load_run_config", "split_overrides",
+           "validate_train", "with_model", "write_run_config"]

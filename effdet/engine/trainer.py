@@ -1,0 +1,367 @@
+"""The training loop: epochs of SGD steps, EMA, periodic COCO evaluation, checkpoints, resume.
+
+One step: uint8 batch -> normalise on the device -> network (autocast on CUDA) -> anchor
+labelling -> focal + Huber loss (float32) -> backward -> clip the gradient norm -> optimizer
+step at the scheduled LR -> EMA update. Under DDP every rank runs the same number of steps;
+the loss of each rank is normalised by the positive anchors of its own batch (as the
+official TPU/multi-GPU recipe does per replica) and DDP averages the gradients.
+
+Stops: Ctrl-C / SIGTERM end the run after the current step and save ``last.pt`` (recording the
+step inside the epoch); ``Trainer(resume=...)`` continues exactly from there. A non-finite
+loss or gradient norm raises :class:`TrainingDiverged` before the weights change, and
+``last.pt`` keeps the last good state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from effdet.anchors import generate_anchors
+from effdet.checkpoints import load_weights, save_checkpoint
+from effdet.engine import distributed as D
+from effdet.engine.checkpointing import (TrainState, read_training_checkpoint, rng_states, set_rng_states,
+                                         write_metrics_csv)
+from effdet.engine.ema import ModelEma
+from effdet.engine.interrupt import StopSignals
+from effdet.engine.optim import WarmupCosine, build_optimizer, scaled_lr, set_lr
+from effdet.engine.setup import amp_settings, build_datasets, build_train_loader, build_train_model
+from effdet.engine.train_config import RunConfig, with_model, write_run_config
+from effdet.labeler import AnchorLabeler
+from effdet.letterbox import normalize
+from effdet.loss import DetectionLoss
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN/inf; the message says where and what to try."""
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` did. ``status`` is ``"finished"`` or ``"interrupted"``."""
+
+    status: str
+    output: Path
+    epoch: int
+    global_step: int
+    best_map: float | None
+    last_metrics: dict[str, Any] | None
+
+
+class Trainer:
+    """Trains an EfficientDet on a COCO-format dataset as described by a :class:`RunConfig`.
+
+    Args:
+        run: model, data and training settings; ``num_classes`` is taken from the training set.
+        output: folder for ``last.pt``, ``best.pt``, ``metrics.csv`` and ``config.yaml``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or None/"auto" (CUDA if available).
+        weights: initialise from this checkpoint (project or reference port; class head
+            re-initialised when the class count differs). Ignored when resuming.
+        resume: a ``last.pt`` to continue from (its run config should be ``run``, see
+            ``effdet.engine.resume_run_config``).
+        progress: show tqdm bars (rank 0 only).
+        on_step: called as ``on_step(trainer, global_step)`` after every optimizer step.
+    """
+
+    def __init__(self, run: RunConfig, output: str | Path, device: str | None = None,
+                 weights: str | Path | None = None, resume: str | Path | None = None, progress: bool = True,
+                 on_step: Callable[["Trainer", int], None] | None = None) -> None:
+        self.run, self.output, self.device_arg = run, Path(output), device
+        self.weights, self.resume, self.progress, self.on_step = weights, resume, progress, on_step
+        self.state = TrainState()
+        self.last_eval: dict[str, Any] | None = None
+        self._saved_step: int | None = None  # global step of the latest last.pt
+        self._in_step = False
+
+    # ----------------------------------------------------------------- setup
+    def _setup(self, ctx: D.DistContext) -> None:
+        self.ctx, train = ctx, self.run.train
+        self.train_set, self.val_set = build_datasets(self.run, with_val=ctx.is_main)
+        self.run = with_model(self.run, num_classes=self.train_set.num_classes)
+        self.class_names, self.category_ids = self.train_set.class_names, self.train_set.category_ids
+        torch.manual_seed(train.seed)  # the same initial weights on every rank
+        self.model = build_train_model(self.run.model, None if self.resume else self.weights).to(ctx.device)
+        self.ema = ModelEma(self.model, train.ema_decay, train.ema_warmup) if train.ema_decay > 0 else None
+        self.net = D.wrap_model(self.model, ctx, train.sync_bn)
+        self.loader = build_train_loader(self.train_set, self.run, ctx)
+        self.sampler = self.loader.batch_sampler
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.global_batch = train.batch_size * ctx.world_size
+        peak = scaled_lr(train.lr, train.lr_per_64, self.global_batch)
+        self.schedule = WarmupCosine(peak, train.epochs * self.steps_per_epoch,
+                                     round(train.warmup_epochs * self.steps_per_epoch), train.warmup_factor,
+                                     train.min_lr_ratio)
+        self.optimizer = build_optimizer(self.model, train.optimizer, peak, train.weight_decay, train.momentum)
+        self.use_amp, self.amp_dtype = amp_settings(train.amp, ctx.device)
+        torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed input size: pick the fastest kernels
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        cfg = self.run.model
+        anchors = generate_anchors(cfg.image_size, cfg.min_level, cfg.max_level, cfg.num_scales,
+                                   cfg.aspect_ratios, cfg.anchor_scale)
+        self.labeler = AnchorLabeler(anchors.to(ctx.device))
+        self.loss_fn = DetectionLoss(cfg.num_classes)
+        torch.manual_seed(train.seed + ctx.rank)  # per-rank stream for stochastic depth
+        self.state = TrainState(steps_per_epoch=self.steps_per_epoch)
+        if self.resume:
+            self._restore(Path(self.resume))
+        if ctx.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            write_run_config(self.run, self.output / "config.yaml")
+
+    def _restore(self, path: Path) -> None:
+        ckpt = read_training_checkpoint(path)
+        load_weights(self.model, ckpt["model"], source=str(path))
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict({"module": ckpt["ema"], "num_updates": ckpt.get("ema_updates", 0)})
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        state = TrainState.from_dict(ckpt["train_state"])
+        if state.steps_per_epoch != self.steps_per_epoch and state.step_in_epoch:
+            self._log(f"Notice: an epoch now has {self.steps_per_epoch} steps (was {state.steps_per_epoch}: the "
+                      "batch size, process count or data changed); resuming at the same fraction of the epoch.")
+            state.step_in_epoch = min(self.steps_per_epoch - 1,
+                                      round(state.step_in_epoch * self.steps_per_epoch / state.steps_per_epoch))
+        state.steps_per_epoch = self.steps_per_epoch
+        state.global_step = state.epoch * self.steps_per_epoch + state.step_in_epoch
+        self.state = state
+        rngs = ckpt.get("rng") or []
+        if rngs:
+            set_rng_states(rngs[self.ctx.rank] if len(rngs) == self.ctx.world_size else rngs[0])
+        self._log(f"Resumed from {path}: epoch {state.epoch + 1}, step {state.step_in_epoch}/{self.steps_per_epoch} "
+                  f"(global step {state.global_step}).")
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> TrainResult:
+        """Train until ``train.epochs`` are done or a stop signal arrives; see the module docstring."""
+        ctx = D.setup_distributed(self.device_arg)
+        try:
+            with StopSignals(self._on_signal) as stop:
+                self.stop = stop
+                self._setup(ctx)
+                self._log_start()
+                while self.state.epoch < self.run.train.epochs:
+                    if not self._train_epoch():
+                        return self._interrupted()
+                    self._end_epoch(evaluate=stop.requested is None)
+                    if stop.requested is not None:
+                        return self._interrupted()
+                return self._finished()
+        finally:
+            D.cleanup_distributed(ctx)
+
+    def _train_epoch(self) -> bool:
+        """Run the rest of the current epoch; False when stopped early by a signal."""
+        state, train = self.state, self.run.train
+        self.sampler.set_epoch(state.epoch, state.step_in_epoch)
+        self.net.train()
+        bar = tqdm(total=self.steps_per_epoch, initial=state.step_in_epoch, unit="step", dynamic_ncols=True,
+                   desc=f"epoch {state.epoch + 1}/{train.epochs}", disable=not (self.progress and self.ctx.is_main))
+        start, images_seen = time.perf_counter(), 0
+        try:
+            for images, targets, skipped in self.loader:
+                stop, empty = D.any_across_ranks(self.ctx, self.stop.requested is not None, not targets)
+                if stop:
+                    return False
+                lr = self.schedule(state.global_step)
+                self._in_step = True  # a KeyboardInterrupt now leaves no consistent state to save
+                values = [math.nan] * 4 if empty else self._step(images, targets, lr)
+                self._count(values, len(targets), skipped)
+                self._in_step = False
+                images_seen += len(targets) * self.ctx.world_size
+                bar.update(1)
+                if state.step_in_epoch % train.log_interval == 0 or state.step_in_epoch == self.steps_per_epoch:
+                    rate = images_seen / max(time.perf_counter() - start, 1e-9)
+                    bar.set_postfix(loss=f"{values[0]:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.1f}",
+                                    skipped=state.skipped_images, refresh=False)
+                    if not self.progress:
+                        self._log(f"epoch {state.epoch + 1} step {state.step_in_epoch}/{self.steps_per_epoch}: "
+                                  f"loss {values[0]:.4f}, lr {lr:.3g}, {rate:.1f} img/s")
+                if self.on_step is not None:
+                    self.on_step(self, state.global_step)
+        except KeyboardInterrupt:  # raised outside a step (e.g. while loading data): save like a signal
+            if self._in_step:
+                raise
+            self.stop.requested = self.stop.requested or "KeyboardInterrupt"
+            return False
+        finally:
+            state.train_time_s += time.perf_counter() - start
+            bar.close()
+        return True
+
+    def _step(self, images: torch.Tensor, targets: list[dict[str, Any]], lr: float) -> list[float]:
+        """One optimizer step; returns [loss, class_loss, box_loss, grad_norm] as floats."""
+        set_lr(self.optimizer, lr)
+        x = normalize(images.to(self.ctx.device, non_blocking=True))
+        labeled = self.labeler([t["boxes"] for t in targets], [t["labels"] for t in targets],
+                               [t["iscrowd"] for t in targets])
+        with torch.autocast(self.ctx.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            class_logits, box_regressions = self.net(x)
+        losses = self.loss_fn(class_logits, box_regressions, labeled)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.run.train.grad_clip if self.run.train.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        values = torch.stack([losses["loss"], losses["class_loss"], losses["box_loss"],
+                              grad_norm.float().to(losses["loss"].device)]).tolist()
+        bad_loss = not math.isfinite(values[0])
+        bad_grad = not math.isfinite(values[3]) and not self.scaler.is_enabled()  # fp16 overflow: scaler skips
+        bad_loss, bad_grad = D.any_across_ranks(self.ctx, bad_loss, bad_grad)
+        if bad_loss or bad_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(self._diverged_message("loss" if bad_loss else "gradient norm", values, lr))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return values
+
+    def _count(self, values: list[float], images: int, skipped: int) -> None:
+        state, sums = self.state, self.state.sums
+        for key, value in zip(("loss", "class_loss", "box_loss"), values):
+            if math.isfinite(value):
+                sums[key] = sums.get(key, 0.0) + value
+        sums["steps"] = sums.get("steps", 0) + int(math.isfinite(values[0]))
+        sums["images"] = sums.get("images", 0) + images
+        sums["skipped"] = sums.get("skipped", 0) + skipped
+        state.skipped_images += skipped
+        state.step_in_epoch += 1
+        state.global_step += 1
+
+    def _end_epoch(self, evaluate: bool) -> None:
+        """Metrics row, evaluation (rank 0, EMA weights), ``best.pt`` / ``last.pt``, ``metrics.csv``."""
+        state, train = self.state, self.run.train
+        epoch = state.epoch + 1
+        skipped = self._sum_over_ranks(state.sums.get("skipped", 0))
+        steps = max(1, state.sums.get("steps", 0))
+        row: dict[str, Any] = dict(epoch=epoch, step=state.global_step, lr=self.schedule(state.global_step - 1),
+                                   images=int(state.sums.get("images", 0)) * self.ctx.world_size,
+                                   skipped_images=skipped, time_s=round(state.train_time_s, 2),
+                                   images_per_s=None, map=None, map50=None)
+        row.update({k: state.sums.get(k, 0.0) / steps for k in ("loss", "class_loss", "box_loss")})
+        due = (train.eval_interval > 0 and epoch % train.eval_interval == 0) or epoch == train.epochs
+        state.epoch, state.step_in_epoch, state.sums = epoch, 0, {}
+        if evaluate and due and self.ctx.is_main and self.val_set is not None:
+            result = self._evaluate()
+            row.update(map=result["map"], map50=result["map50"])
+            if state.best_map is None or result["map"] > state.best_map:
+                state.best_map, state.best_epoch = result["map"], epoch
+                save_checkpoint(self.output / "best.pt", self.eval_model, self.run.model, self.class_names,
+                                self.category_ids, epoch=epoch, map=result["map"], map50=result["map50"],
+                                run_config=self.run.to_dict())
+            self.last_eval = {k: v for k, v in result.items() if k != "results"}
+        D.barrier(self.ctx)
+        if self.ctx.is_main:
+            row["images_per_s"] = round(row["images"] / max(row["time_s"] - self._previous_time(), 1e-9), 2)
+        state.metrics.append(row)
+        self._save_last()
+        if self.ctx.is_main:
+            write_metrics_csv(state.metrics, self.output / "metrics.csv")
+            ap = f", mAP {row['map']:.4f}, AP50 {row['map50']:.4f}" if row["map"] is not None else ""
+            self._log(f"epoch {epoch}/{train.epochs}: loss {row['loss']:.4f} (class {row['class_loss']:.4f}, "
+                      f"box {row['box_loss']:.5f}), lr {row['lr']:.3g}{ap}"
+                      + (f", {skipped} unreadable image(s) skipped" if skipped else ""))
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are evaluated and kept as best: the EMA when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _evaluate(self) -> dict[str, Any]:
+        from effdet.engine.evaluate import evaluate_coco
+
+        train = self.run.train
+        return evaluate_coco(self.eval_model, self.val_set, batch_size=train.eval_batch_size or train.batch_size,
+                             device=self.ctx.device, workers=train.workers, progress=self.progress)
+
+    # ------------------------------------------------------------ saving, logs
+    def _save_last(self) -> None:
+        """Write ``last.pt`` (rank 0; every rank contributes its RNG state)."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise TrainingDiverged("the weights contain NaN/inf; last.pt was not overwritten. "
+                                   "Lower the learning rate (train.lr) and check the data.")
+        self._saved_step = self.state.global_step
+        rngs = D.gather_to_main(self.ctx, rng_states())
+        if self.ctx.is_main:
+            ema = self.ema.state_dict() if self.ema is not None else None
+            save_checkpoint(self.output / "last.pt", self.model, self.run.model, self.class_names, self.category_ids,
+                            ema=ema["module"] if ema else None, ema_updates=ema["num_updates"] if ema else 0,
+                            optimizer=self.optimizer.state_dict(),
+                            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                            train_state=self.state.to_dict(), run_config=self.run.to_dict(), rng=rngs)
+        D.barrier(self.ctx)
+
+    def _interrupted(self) -> TrainResult:
+        s = self.state
+        if self._saved_step != s.global_step:  # not saved at an epoch end just now
+            self._save_last()
+        self._log(f"Stopped by {self.stop.requested}: saved {self.output / 'last.pt'} at epoch {s.epoch + 1}, "
+                  f"step {s.step_in_epoch}/{self.steps_per_epoch}. Continue with: "
+                  f"python tools/train.py --resume {self.output}")
+        return TrainResult("interrupted", self.output, s.epoch, s.global_step, s.best_map, self.last_eval)
+
+    def _finished(self) -> TrainResult:
+        s, out = self.state, self.output
+        if s.best_map is not None:
+            best = f"best.pt (EMA weights, mAP {s.best_map:.4f} at epoch {s.best_epoch})"
+        else:
+            best = "no best.pt (no validation set)" if self.val_set is None else "best.pt"
+        if self.last_eval is not None:
+            self._log(f"Validation mAP@[.5:.95] {self.last_eval['map']:.4f}, AP50 {self.last_eval['map50']:.4f} "
+                      f"(EMA weights, epoch {s.epoch}, {self.last_eval['num_images']} images)")
+        self._log(f"Finished {s.epoch} epochs ({s.global_step} steps, {s.train_time_s / 60:.1f} min training). "
+                  f"Outputs in {out}: {best}, last.pt, metrics.csv, config.yaml")
+        return TrainResult("finished", out, s.epoch, s.global_step, s.best_map, self.last_eval)
+
+    def _log_start(self) -> None:
+        cfg, t, ctx = self.run.model, self.run.train, self.ctx
+        params = sum(p.numel() for p in self.model.parameters())
+        self._log(f"Training {cfg.name} ({params / 1e6:.2f}M params, {cfg.image_size[0]}x{cfg.image_size[1]}) on "
+                  f"{len(self.train_set)} images, {cfg.num_classes} classes; {t.epochs} epochs x "
+                  f"{self.steps_per_epoch} steps, batch {t.batch_size} x {ctx.world_size} process(es), "
+                  f"{t.optimizer} peak LR {self.schedule.peak:.4g}, EMA {t.ema_decay or 'off'}, device {ctx.device}"
+                  f"{', AMP ' + str(self.amp_dtype).replace('torch.', '') if self.use_amp else ''}. "
+                  f"Outputs -> {self.output}")
+
+    def _log(self, message: str) -> None:
+        if self.ctx.is_main:
+            tqdm.write(message)
+
+    def _on_signal(self, name: str) -> None:
+        if getattr(self, "ctx", None) is None or self.ctx.is_main:
+            tqdm.write(f"\n{name} received: finishing the current step, then saving last.pt "
+                       "(press Ctrl-C again to abort without saving).")
+
+    def _previous_time(self) -> float:
+        rows = self.state.metrics
+        return float(rows[-1]["time_s"]) if rows else 0.0
+
+    def _sum_over_ranks(self, value: int) -> int:
+        values = D.gather_to_main(self.ctx, int(value))
+        return sum(values) if values is not None else int(value)
+
+    def _diverged_message(self, what: str, values: list[float], lr: float) -> str:
+        s, last = self.state, self.output / "last.pt"
+        saved = f"{last} holds the state saved at the end of epoch {s.epoch}" if last.is_file() and s.epoch else \
+            (f"{last} holds the last saved state" if last.is_file() else "no checkpoint had been saved yet")
+        return (f"training diverged at epoch {s.epoch + 1}, step {s.step_in_epoch + 1}/{self.steps_per_epoch} "
+                f"(global step {s.global_step + 1}): the {what} is not finite (loss {values[0]}, grad norm "
+                f"{values[3]}). The weights were not updated and {saved}. Try a lower learning rate (now {lr:.3g}; "
+                f"e.g. train.lr={self.schedule.peak / 4:.3g}), a longer warm-up (train.warmup_epochs), "
+                + ("fp32 (train.amp=false), " if self.use_amp else "")
+                + "and check the data (COCO bbox must be [x, y, width, height] in pixels).")
+
+
+def train(run: RunConfig, output: str | Path, **kwargs: Any) -> TrainResult:
+    """``Trainer(run, output, **kwargs).fit()``."""
+    return Trainer(run, output, **kwargs).fit()
+
+
+__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "train"]

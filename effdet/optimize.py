@@ -1,0 +1,459 @@
+"""Inference-time transformations of an EfficientDet: the same outputs with less work per image.
+
+:func:`optimize_for_inference` builds a new network from a trained one (the original is left
+untouched) that computes the same function in eval mode:
+
+* every BatchNorm is folded into the convolution before it (backbone, BiFPN resample and
+  pointwise convolutions, head pointwise convolutions). The head's BN layers are per level while
+  its convolutions are shared, so the folded head holds one pointwise convolution per level;
+* TF "same" padding of strided convolutions is made static and folded into the convolution:
+  padding (p, p + 1) equals a kernel one tap larger, whose leading tap is zero, with symmetric
+  padding p + 1 (exact: the extra tap only ever multiplies zeros into the sum);
+* the BiFPN fusion weights relu(w) / (eps + sum relu(w)) are normalised once into constants;
+* squeeze-excite uses two linear layers on the pooled vector; SiLU, gating and residual additions
+  run in place; stochastic depth (identity in eval mode) is dropped;
+* weights and activations use the ``channels_last`` memory format (optional), which the
+  depthwise convolutions of oneDNN (CPU) and cuDNN run faster in.
+
+The optimised network is specialised to one input size (static padding and resampling sizes);
+it raises a clear error for another size.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torchvision.ops import SqueezeExcitation
+
+from effdet.backbone import FEATURE_STAGES, EfficientNetFeatures, MBConv
+from effdet.bifpn import BiFpn, FusionNode
+from effdet.config import EfficientDetConfig
+from effdet.head import HeadNet
+from effdet.layers import Conv2dSame, MaxPool2dDown, same_pad_amounts
+from effdet.model import EfficientDet
+
+Size = tuple[int, int]
+
+
+# ------------------------------------------------------------------------------------------------
+# convolution rewrites
+# ------------------------------------------------------------------------------------------------
+
+def static_conv(conv: nn.Conv2d, input_size: Size | None = None) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` equal to ``conv`` (a copy of its parameters).
+
+    For a :class:`Conv2dSame` the TF "same" padding for ``input_size`` (H, W) is folded into the
+    convolution: asymmetric padding (before, after) becomes ``after - before`` leading zero taps in
+    the kernel and symmetric padding ``after``, which selects exactly the same input windows.
+    """
+    weight = conv.weight.detach()
+    padding = conv.padding
+    if isinstance(conv, Conv2dSame):
+        if input_size is None:
+            raise ValueError("static_conv needs the input size of a Conv2dSame to fix its padding")
+        (top, bottom), (left, right) = (same_pad_amounts(input_size[i], conv.kernel_size[i], conv.stride[i])
+                                        for i in range(2))
+        weight = F.pad(weight, (right - left, 0, bottom - top, 0))
+        padding = (bottom, right)
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, tuple(weight.shape[-2:]), conv.stride, padding,
+                    conv.dilation, conv.groups, bias=conv.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if conv.bias is not None:
+            out.bias.copy_(conv.bias.detach())
+    return out
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, input_size: Size | None = None) -> nn.Conv2d:
+    """``bn(conv(x))`` (BN in eval mode, running statistics) as one static convolution with bias."""
+    return static_conv(fuse_conv_bn_eval(conv, bn), input_size)
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_fusion_available() -> bool:
+    """Whether oneDNN's fused convolution + bias + activation op runs here and agrees with ``F.conv2d``.
+
+    ``torch.ops.mkldnn._convolution_pointwise`` is the op ``torch.compile`` emits for such
+    fusions on CPU; it is checked once per process on a tiny input.
+    """
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 4, 6, 6, generator=g).contiguous(memory_format=torch.channels_last)
+        w, b = torch.randn(4, 1, 3, 3, generator=g), torch.randn(4, generator=g)
+        with torch.no_grad():
+            fused = torch.ops.mkldnn._convolution_pointwise(x, w, b, [1, 1], [1, 1], [1, 1], 4, "swish", [], "")
+            plain = F.silu(F.conv2d(x, w, b, 1, 1, 1, 4))
+        return bool(torch.allclose(fused, plain, atol=1e-5))
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+class ConvAct(nn.Module):
+    """A convolution with bias, optionally followed by SiLU: N x C x H x W -> N x C' x H' x W'.
+
+    On CPU (float32, no autocast, not tracing) it runs as one oneDNN op with the SiLU (or the
+    residual addition) fused into the convolution; elsewhere as ``F.conv2d`` then in-place ops.
+    ``weight_scale`` (1 x C, batch 1 only) multiplies the input channels, folded into the weight
+    (a squeeze-excite gate before a 1x1 conv); ``residual`` (N x C' x H' x W') is added to the
+    output (not with ``act``).
+    """
+
+    def __init__(self, conv: nn.Conv2d, act: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        bias = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.act = act
+        self.fused = onednn_fusion_available()
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
+                f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, groups={self.groups}, silu={self.act}")
+
+    def forward(self, x: torch.Tensor, weight_scale: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        weight = self.weight if weight_scale is None else self.weight * weight_scale.reshape(1, -1, 1, 1)
+        if self.fused and x.device.type == "cpu" and x.dtype == torch.float32 and not _tracing():
+            if residual is not None:
+                return torch.ops.mkldnn._convolution_pointwise.binary(
+                    x, residual, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "add",
+                    None, None, [], None)
+            return torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, self.padding, self.stride,
+                                                           self.dilation, self.groups,
+                                                           "swish" if self.act else "none", [], "")
+        y = F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if residual is not None:
+            return y.add_(residual)
+        return F.silu(y, inplace=True) if self.act else y
+
+
+def _tracing() -> bool:
+    """Inside torch.jit tracing / ONNX export / torch.compile, or under CPU autocast: use plain ops."""
+    return (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+            or torch.is_autocast_enabled("cpu"))
+
+
+def conv_act(conv: nn.Conv2d, act: bool) -> ConvAct:
+    """Conv followed by SiLU when ``act``, as one :class:`ConvAct`."""
+    return ConvAct(conv, act)
+
+
+def fold_conv_bn_act(seq: nn.Sequential, sizes: dict[nn.Module, Size]) -> nn.Module:
+    """A ``conv_bn_act`` Sequential (conv, BN[, SiLU]) as a folded conv[ + SiLU]."""
+    conv, bn = seq[0], seq[1]
+    return conv_act(fold_conv_bn(conv, bn, sizes.get(conv)), act=len(seq) > 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# backbone
+# ------------------------------------------------------------------------------------------------
+
+class InferenceSqueezeExcite(nn.Module):
+    """The squeeze-excite gate of a block: N x C x H x W -> N x C gate, with linear layers."""
+
+    def __init__(self, se: SqueezeExcitation) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(se.fc1.in_channels, se.fc1.out_channels)
+        self.fc2 = nn.Linear(se.fc2.in_channels, se.fc2.out_channels)
+        with torch.no_grad():
+            for linear, conv in ((self.fc1, se.fc1), (self.fc2, se.fc2)):
+                linear.weight.copy_(conv.weight.detach().flatten(1))
+                linear.bias.copy_(conv.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """sigmoid(fc2(silu(fc1(mean over H, W of x)))): N x C."""
+        return torch.sigmoid(self.fc2(F.silu(self.fc1(x.mean((2, 3))), inplace=True)))
+
+
+class InferenceMBConv(nn.Module):
+    """An eval-mode :class:`MBConv` with folded BN: expand, depthwise, SE, project (+ residual).
+
+    At batch 1 the SE gate is folded into the projection's weights (``W * gate`` per input
+    channel) instead of multiplying the expanded feature map; the residual addition is fused into
+    the projection.
+    """
+
+    def __init__(self, block: MBConv, sizes: dict[nn.Module, Size]) -> None:
+        super().__init__()
+        layers = list(block.block)
+        self.expand = fold_conv_bn_act(layers[0], sizes) if len(layers) == 4 else None
+        self.dw = fold_conv_bn_act(layers[-3], sizes)
+        self.se = InferenceSqueezeExcite(layers[-2])
+        self.project = fold_conv_bn_act(layers[-1], sizes)
+        self.use_residual = block.use_residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dw(self.expand(x) if self.expand is not None else x)
+        gate = self.se(h)
+        residual = x if self.use_residual else None
+        if h.shape[0] == 1 and not _tracing():
+            return self.project(h, weight_scale=gate, residual=residual)
+        return self.project(h.mul_(gate[:, :, None, None]), residual=residual)
+
+
+class InferenceBackbone(nn.Module):
+    """Folded EfficientNet trunk: N x 3 x H x W -> [C3, C4, C5] as :class:`EfficientNetFeatures`."""
+
+    def __init__(self, backbone: EfficientNetFeatures, sizes: dict[nn.Module, Size]) -> None:
+        super().__init__()
+        stages: list[nn.Module] = [fold_conv_bn_act(backbone.features[0], sizes)]
+        for stage in list(backbone.features)[1:]:
+            stages.append(nn.Sequential(*(InferenceMBConv(block, sizes) for block in stage)))
+        self.features = nn.Sequential(*stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for i, stage in enumerate(self.features):
+            x = stage(x)
+            if i in FEATURE_STAGES:
+                out.append(x)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# BiFPN
+# ------------------------------------------------------------------------------------------------
+
+class StaticMaxPoolDown(nn.Module):
+    """:class:`MaxPool2dDown` with its padding decided once for a fixed input size."""
+
+    def __init__(self, pool: MaxPool2dDown, input_size: Size) -> None:
+        super().__init__()
+        h, w = input_size
+        self.pads: tuple[int, int, int, int] | None = None
+        self.padding, self.ceil_mode = 1, False
+        if pool.same and h % 2 == 0 and w % 2 == 0:
+            self.padding, self.ceil_mode = 0, True
+        elif pool.same and (h % 2 == 0 or w % 2 == 0):
+            (top, bottom), (left, right) = same_pad_amounts(h, 3, 2), same_pad_amounts(w, 3, 2)
+            self.pads, self.padding = (left, right, top, bottom), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pads is not None:
+            x = F.pad(x, self.pads, value=float("-inf"))
+        return F.max_pool2d(x, 3, 2, self.padding, ceil_mode=self.ceil_mode)
+
+
+class InferenceFusionNode(nn.Module):
+    """A :class:`FusionNode` with folded BN and constant fusion weights.
+
+    ``forward(inputs)`` takes the node's inputs at their own levels and returns N x C x ``size``.
+    """
+
+    def __init__(self, node: FusionNode, input_sizes: list[Size], size: Size,
+                 sizes: dict[nn.Module, Size]) -> None:
+        super().__init__()
+        self.size = size
+        self.shifts = list(node.input_shifts)
+        self.resample = nn.ModuleList(
+            fold_conv_bn_act(node.resample[str(i)], sizes) if str(i) in node.resample else nn.Identity()
+            for i in range(len(self.shifts)))
+        self.downsample = nn.ModuleList(
+            StaticMaxPoolDown(node.downsample, s) if shift < 0 else nn.Identity()
+            for s, shift in zip(input_sizes, self.shifts))
+        weights = node.fusion_weights()
+        self.weights = [float(w) for w in weights.detach()] if weights is not None else None
+        self.conv_dw = conv_act(static_conv(node.conv.conv_dw, size), act=False)
+        self.conv_pw = conv_act(fold_conv_bn(node.conv.conv_pw, node.bn), act=False)
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        xs = []
+        for i, x in enumerate(inputs):
+            x = self.resample[i](x)
+            if self.shifts[i] > 0:
+                x = F.interpolate(x, size=self.size, mode="nearest")
+            elif self.shifts[i] < 0:
+                x = self.downsample[i](x)
+            xs.append(x)
+        if self.weights is None:
+            out = xs[0] + xs[1]
+            for x in xs[2:]:
+                out.add_(x)
+        else:
+            out = xs[0] * self.weights[0]
+            for x, w in zip(xs[1:], self.weights[1:]):
+                out.add_(x, alpha=w)
+        return self.conv_pw(self.conv_dw(F.silu(out, inplace=True)))
+
+
+class InferenceBiFpn(nn.Module):
+    """Folded :class:`BiFpn`: backbone features [C3, C4, C5] -> [P_min..P_max]."""
+
+    def __init__(self, fpn: BiFpn, level_sizes: list[Size], sizes: dict[nn.Module, Size]) -> None:
+        super().__init__()
+        self.used = list(fpn.used)
+        self.extra = nn.ModuleList()
+        for extra in fpn.extra:
+            layers = [fold_conv_bn_act(m, sizes) if isinstance(m, nn.Sequential) else StaticMaxPoolDown(m, sizes[m])
+                      for m in extra]
+            self.extra.append(nn.Sequential(*layers))
+        self.cells = nn.ModuleList()
+        self.nodes_spec = []
+        self.outputs = []
+        for cell in fpn.cells:
+            feature_sizes = list(level_sizes)
+            nodes = nn.ModuleList()
+            for (level, inputs), node in zip(cell.nodes_spec, cell.nodes):
+                size = level_sizes[level - cell.min_level]
+                nodes.append(InferenceFusionNode(node, [feature_sizes[i] for i in inputs], size, sizes))
+                feature_sizes.append(size)
+            self.cells.append(nodes)
+            self.nodes_spec.append([inputs for _, inputs in cell.nodes_spec])
+            self.outputs.append(list(cell.outputs))
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        feats = [features[i] for i in self.used]
+        x = features[-1]
+        for extra in self.extra:
+            x = extra(x)
+            feats.append(x)
+        for nodes, spec, outputs in zip(self.cells, self.nodes_spec, self.outputs):
+            for node, inputs in zip(nodes, spec):
+                feats.append(node([feats[i] for i in inputs]))
+            feats = [feats[i] for i in outputs]
+        return feats
+
+
+# ------------------------------------------------------------------------------------------------
+# heads
+# ------------------------------------------------------------------------------------------------
+
+class InferenceHead(nn.Module):
+    """A :class:`HeadNet` with each level's BN folded into its own copy of the pointwise convs.
+
+    Input: list over levels of N x C x H_l x W_l; output: list of N x (A * K) x H_l x W_l, the same
+    anchor-major channel layout as the head it was made from.
+    """
+
+    def __init__(self, head: HeadNet) -> None:
+        super().__init__()
+        self.conv_dw = nn.ModuleList(conv_act(static_conv(conv.conv_dw), act=False) for conv in head.convs)
+        self.conv_pw = nn.ModuleList(
+            nn.ModuleList(conv_act(fold_conv_bn(conv.conv_pw, bn), act=True) for conv, bn in zip(head.convs, bns))
+            for bns in head.bns)
+        self.predict_dw = conv_act(static_conv(head.predict.conv_dw), act=False)
+        self.predict_pw = conv_act(static_conv(head.predict.conv_pw), act=False)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        outputs = []
+        for x, level_pw in zip(features, self.conv_pw):
+            for dw, pw in zip(self.conv_dw, level_pw):
+                x = pw(dw(x))  # SiLU included
+            outputs.append(self.predict_pw(self.predict_dw(x)))
+        return outputs
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole network
+# ------------------------------------------------------------------------------------------------
+
+class OptimizedEfficientDet(nn.Module):
+    """Eval-only EfficientDet for one input size, with the forward contract of :class:`EfficientDet`.
+
+    ``forward(images)`` takes N x 3 x H x W normalised float images with (H, W) == ``image_size``
+    and returns ``(class_logits, box_regressions)``, lists over levels of N x (A * C) x H_l x W_l
+    and N x (A * 4) x H_l x W_l (in ``channels_last`` memory format when built with it).
+    """
+
+    def __init__(self, backbone: InferenceBackbone, fpn: InferenceBiFpn, class_net: InferenceHead,
+                 box_net: InferenceHead, image_size: Size, channels_last: bool,
+                 config: EfficientDetConfig | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.fpn = fpn
+        self.class_net = class_net
+        self.box_net = box_net
+        self.image_size = image_size
+        self.channels_last = channels_last
+        self.config = config
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if not torch.jit.is_tracing() and tuple(images.shape[-2:]) != self.image_size:
+            raise ValueError(
+                f"this optimised model was built for {self.image_size[0]}x{self.image_size[1]} inputs, got "
+                f"{images.shape[-2]}x{images.shape[-1]}; call optimize_for_inference(model, image_size=...) "
+                "for that size")
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        features = self.fpn(self.backbone(images))
+        return self.class_net(features), self.box_net(features)
+
+    def train(self, mode: bool = True) -> "OptimizedEfficientDet":
+        if mode:
+            raise RuntimeError("an optimised EfficientDet is for inference only (BatchNorm is folded); "
+                               "train the original model")
+        return super().train(False)
+
+
+def record_input_sizes(model: EfficientDet, image_size: Size) -> dict[nn.Module, Size]:
+    """(H, W) of the input of every :class:`Conv2dSame` and :class:`MaxPool2dDown` of ``model``.
+
+    Found by running a copy of the model on the ``meta`` device (shapes only, no arithmetic).
+    Keys are the modules of ``model`` itself.
+    """
+    probe = copy.deepcopy(model).to("meta").eval()
+    sizes: dict[nn.Module, Size] = {}
+    handles = []
+    for original, twin in zip(model.modules(), probe.modules()):
+        if isinstance(original, (Conv2dSame, MaxPool2dDown)):
+            def hook(_module: nn.Module, args: tuple, key: nn.Module = original) -> None:
+                sizes[key] = (int(args[0].shape[-2]), int(args[0].shape[-1]))
+            handles.append(twin.register_forward_pre_hook(hook))
+    with torch.no_grad():
+        probe(torch.empty(1, 3, *image_size, device="meta"))
+    for handle in handles:
+        handle.remove()
+    return sizes
+
+
+def optimize_for_inference(model: EfficientDet, image_size: Size | int | None = None,
+                           channels_last: bool = True) -> OptimizedEfficientDet:
+    """A new, eval-only network computing ``model.eval()``'s outputs faster; ``model`` is untouched.
+
+    Args:
+        model: a built :class:`EfficientDet` (any mode; its BN running statistics are used).
+        image_size: (H, W) input size to specialise for; default ``model.config.image_size``.
+        channels_last: store weights and activations in the ``channels_last`` memory format.
+
+    Returns:
+        :class:`OptimizedEfficientDet` on the model's device and dtype. Its outputs equal the
+        original's in eval mode up to float rounding (BN folding reorders a few operations).
+    """
+    if image_size is None:
+        if model.config is None:
+            raise ValueError("optimize_for_inference needs image_size for a model without a config")
+        image_size = model.config.image_size
+    size: Size = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    param = next(model.parameters())
+    sizes = record_input_sizes(model, size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            backbone = InferenceBackbone(model.backbone, sizes)
+            min_level = model.fpn.cells[0].min_level
+            levels = range(min_level, min_level + len(model.fpn.cells[0].outputs))
+            level_sizes = [(-(-size[0] // 2 ** lvl), -(-size[1] // 2 ** lvl)) for lvl in levels]
+            fpn = InferenceBiFpn(model.fpn, level_sizes, sizes)
+            net = OptimizedEfficientDet(backbone, fpn, InferenceHead(model.class_net), InferenceHead(model.box_net),
+                                        size, channels_last, model.config)
+    finally:
+        model.train(was_training)
+    net = net.to(device=param.device, dtype=param.dtype).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+__all__ = ["OptimizedEfficientDet", "optimize_for_inference", "fold_conv_bn", "static_conv", "record_input_sizes"]

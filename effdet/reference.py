@@ -1,0 +1,166 @@
+"""Import of the reference port's weights (rwightman/efficientdet-pytorch, PyPI ``effdet`` 0.4.1).
+
+The reference names modules after timm and the official TF code and predicts boxes as
+(ty, tx, th, tw); this module renames its state-dict keys to ours and reorders the box
+predictor's channels to (dx, dy, dw, dh). Nothing else differs: same tensors, same shapes.
+Official COCO checkpoints predict 90 classes 0..89 for COCO category ids 1..90.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import torch
+
+from effdet.bifpn import bifpn_nodes
+from effdet.config import EfficientDetConfig, resolve
+from effdet.model import EfficientDet, build_model
+
+# Reference model name -> our variant name.
+REFERENCE_MODELS: dict[str, str] = {f"tf_efficientdet_d{i}": f"efficientdet_d{i}" for i in range(8)}
+REFERENCE_MODELS |= {"tf_efficientdet_d7x": "efficientdet_d7x", "efficientdet_d0": "efficientdet_d0_symmetric",
+                     "efficientdet_d1": "efficientdet_d1_symmetric"}
+
+# COCO category ids 1..90 (the 80 used ones named; the 10 unused ids keep a placeholder name).
+_COCO_NAMES = {
+    1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train", 8: "truck",
+    9: "boat", 10: "traffic light", 11: "fire hydrant", 13: "stop sign", 14: "parking meter", 15: "bench",
+    16: "bird", 17: "cat", 18: "dog", 19: "horse", 20: "sheep", 21: "cow", 22: "elephant", 23: "bear",
+    24: "zebra", 25: "giraffe", 27: "backpack", 28: "umbrella", 31: "handbag", 32: "tie", 33: "suitcase",
+    34: "frisbee", 35: "skis", 36: "snowboard", 37: "sports ball", 38: "kite", 39: "baseball bat",
+    40: "baseball glove", 41: "skateboard", 42: "surfboard", 43: "tennis racket", 44: "bottle",
+    46: "wine glass", 47: "cup", 48: "fork", 49: "knife", 50: "spoon", 51: "bowl", 52: "banana", 53: "apple",
+    54: "sandwich", 55: "orange", 56: "broccoli", 57: "carrot", 58: "hot dog", 59: "pizza", 60: "donut",
+    61: "cake", 62: "chair", 63: "couch", 64: "potted plant", 65: "bed", 67: "dining table", 70: "toilet",
+    72: "tv", 73: "laptop", 74: "mouse", 75: "remote", 76: "keyboard", 77: "cell phone", 78: "microwave",
+    79: "oven", 80: "toaster", 81: "sink", 82: "refrigerator", 84: "book", 85: "clock", 86: "vase",
+    87: "scissors", 88: "teddy bear", 89: "hair drier", 90: "toothbrush",
+}
+COCO90_CATEGORY_IDS: list[int] = list(range(1, 91))
+COCO90_CLASS_NAMES: list[str] = [_COCO_NAMES.get(i, f"unused-{i}") for i in COCO90_CATEGORY_IDS]
+
+# (ty, tx, th, tw) -> (dx, dy, dw, dh): our coordinate k comes from the reference's _BOX_ORDER[k]
+_BOX_ORDER = (1, 0, 3, 2)
+
+_DS_BLOCK = {"conv_dw": "block.0.0", "bn1": "block.0.1", "se.conv_reduce": "block.1.fc1",
+             "se.conv_expand": "block.1.fc2", "conv_pw": "block.2.0", "bn2": "block.2.1"}
+_IR_BLOCK = {"conv_pw": "block.0.0", "bn1": "block.0.1", "conv_dw": "block.1.0", "bn2": "block.1.1",
+             "se.conv_reduce": "block.2.fc1", "se.conv_expand": "block.2.fc2", "conv_pwl": "block.3.0",
+             "bn3": "block.3.1"}
+
+
+def _rename_backbone(key: str) -> str:
+    if key.startswith("conv_stem."):
+        return "features.0.0." + key[len("conv_stem."):]
+    if key.startswith("bn1."):
+        return "features.0.1." + key[len("bn1."):]
+    m = re.fullmatch(r"blocks\.(\d+)\.(\d+)\.(.+)\.(\w+)", key)
+    if not m:
+        raise KeyError(key)
+    stage, block, module, tensor = int(m[1]), m[2], m[3], m[4]
+    table = _DS_BLOCK if stage == 0 else _IR_BLOCK
+    return f"features.{stage + 1}.{block}.{table[module]}.{tensor}"
+
+
+def _rename_fpn(key: str, nodes: list[tuple[int, tuple[int, ...]]], num_backbone_levels: int) -> str:
+    m = re.fullmatch(r"resample\.(\d+)\.conv\.(conv|bn)\.(\w+)", key)
+    if m:  # extra level P6 from C5: resample.<level offset>
+        return f"extra.{int(m[1]) - num_backbone_levels}.0.{0 if m[2] == 'conv' else 1}.{m[3]}"
+    m = re.fullmatch(r"cell\.(\d+)\.fnode\.(\d+)\.(.+)", key)
+    if not m:
+        raise KeyError(key)
+    cell, node, rest = m[1], int(m[2]), m[3]
+    prefix = f"cells.{cell}.nodes.{node}."
+    if rest == "combine.edge_weights":
+        return prefix + "edge_weights"
+    r = re.fullmatch(r"combine\.resample\.(\d+)\.conv\.(conv|bn)\.(\w+)", rest)
+    if r:
+        position = nodes[node][1].index(int(r[1]))
+        return prefix + f"resample.{position}.{0 if r[2] == 'conv' else 1}.{r[3]}"
+    r = re.fullmatch(r"after_combine\.conv\.(conv_dw|conv_pw|bn)\.(\w+)", rest)
+    if r:
+        return prefix + (f"bn.{r[2]}" if r[1] == "bn" else f"conv.{r[1]}.{r[2]}")
+    raise KeyError(key)
+
+
+def _rename_head(key: str) -> str:
+    m = re.fullmatch(r"conv_rep\.(\d+)\.(.+)", key)
+    if m:
+        return f"convs.{m[1]}.{m[2]}"
+    m = re.fullmatch(r"bn_rep\.(\d+)\.(\d+)\.bn\.(\w+)", key)
+    if m:  # reference: [repeat][level]; ours: [level][repeat]
+        return f"bns.{m[2]}.{m[1]}.{m[3]}"
+    if key.startswith("predict."):
+        return key
+    raise KeyError(key)
+
+
+def convert_reference_state_dict(state_dict: Mapping[str, torch.Tensor], min_level: int = 3,
+                                 max_level: int = 7) -> dict[str, torch.Tensor]:
+    """Reference-port EfficientDet state dict -> this project's keys and box-channel order."""
+    nodes = bifpn_nodes(min_level, max_level)
+    num_backbone_levels = min(max_level, 5) - min_level + 1
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        part, _, rest = key.partition(".")
+        try:
+            if part == "backbone":
+                new = "backbone." + _rename_backbone(rest)
+            elif part == "fpn":
+                new = "fpn." + _rename_fpn(rest, nodes, num_backbone_levels)
+            elif part in ("class_net", "box_net"):
+                new = f"{part}." + _rename_head(rest)
+            else:
+                raise KeyError(key)
+        except (KeyError, ValueError):
+            raise ValueError(f"unexpected tensor {key!r} in a reference-port state dict") from None
+        out[new] = value
+    for name in ("box_net.predict.conv_pw.weight", "box_net.predict.conv_pw.bias"):
+        if name in out:
+            w = out[name]
+            w = w.reshape(-1, 4, *w.shape[1:])[:, list(_BOX_ORDER)]
+            out[name] = w.reshape(-1, *w.shape[2:])
+    return out
+
+
+def looks_like_reference(state_dict: Mapping[str, Any]) -> bool:
+    return any(k.startswith(("backbone.conv_stem.", "backbone.blocks.")) for k in state_dict)
+
+
+def import_reference_checkpoint(obj: Mapping[str, Any], model: str | EfficientDetConfig | None,
+                                num_classes: int | None = None, source: str = "checkpoint",
+                                **overrides: Any) -> tuple[EfficientDet, dict[str, Any]]:
+    """Build our model for a reference-port checkpoint and load it; returns ``(model, info)``.
+
+    ``obj``: a state dict, or a training checkpoint holding one under ``state_dict_ema`` /
+    ``state_dict`` / ``model``. ``model``: the reference name (``tf_efficientdet_d0``,
+    ``efficientdet_d1``, ...) or one of ours. ``num_classes`` other than the checkpoint's
+    re-initialises the class predictor (fine-tuning).
+    """
+    from effdet.checkpoints import CheckpointError, load_weights
+
+    state = next((obj[k] for k in ("state_dict_ema", "state_dict", "model") if isinstance(obj.get(k), Mapping)), obj)
+    if not looks_like_reference(state):
+        raise CheckpointError(f"{source} is neither an effdet checkpoint nor a reference-port "
+                              "(efficientdet-pytorch) EfficientDet state dict")
+    if model is None:
+        raise CheckpointError(f"{source} is a reference-port state dict, which does not record its model: pass the "
+                              f"model name (--model), one of {', '.join(REFERENCE_MODELS)}")
+    name = REFERENCE_MODELS.get(model, model) if isinstance(model, str) else model
+    base = resolve(name, **overrides)
+    head = state.get("class_net.predict.conv_pw.weight")
+    saved_classes = int(head.shape[0]) // base.num_anchors if head is not None else base.num_classes
+    cfg = resolve(base, num_classes=saved_classes)
+    try:
+        converted = convert_reference_state_dict(state, cfg.min_level, cfg.max_level)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}; is it an EfficientDet checkpoint of the reference port?") from None
+    if num_classes is not None and num_classes != saved_classes:
+        cfg = resolve(cfg, num_classes=num_classes)
+    net = build_model(cfg)
+    load_weights(net, converted, source=f"{source} (as {cfg.name})", reinit_class_head=cfg.num_classes != saved_classes)
+    coco = cfg.num_classes == 90 and saved_classes == 90
+    info = dict(config=cfg, class_names=COCO90_CLASS_NAMES if coco else None,
+                category_ids=COCO90_CATEGORY_IDS if coco else None)
+    return net, info

@@ -1,0 +1,217 @@
+"""COCO evaluation: perfect predictions score 1, numbers equal pycocotools run directly, the
+letterbox scale and non-contiguous category ids are undone, flip TTA is mirror-consistent."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+from torchvision.ops import box_iou
+
+from effdet import create_model
+from effdet.anchors import decode_boxes, encode_boxes, generate_anchors, num_anchors_per_level
+from effdet.config import resolve
+from effdet.data import CocoDetection, eval_transform, make_synthetic_coco
+from effdet.engine.evaluate import (checkpoint_category_ids, coco_stats, detect_batch, evaluate_coco,
+                                    format_per_class, format_summary, mirror_outputs)
+from effdet.postprocess import PostprocessSettings
+
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> CocoDetection:
+    """5 images of 96 x 160 px (letterbox scale 0.8), category ids 1, 3, 7, 12."""
+    data = make_synthetic_coco(tmp_path_factory.mktemp("demo") / "d", num_train=1, num_val=5, image_size=(96, 160),
+                               seed=3)
+    return CocoDetection(data.val_annotations, data.val_images, transform=eval_transform((SIZE, SIZE)))
+
+
+class OracleModel(nn.Module):
+    """Stands in for EfficientDet: for each batch (in dataset order) it outputs the ground truth,
+    encoded on each box's best free anchor with a high class logit, optionally with noise and
+    false positives. Everything else gets logit -8 (score < 0.001)."""
+
+    def __init__(self, dataset: CocoDetection, batch_size: int, box_noise: float = 0.0, seed: int = 0) -> None:
+        super().__init__()
+        self.config = resolve("efficientdet_d0", num_classes=dataset.num_classes, image_size=SIZE)
+        self.anchors = generate_anchors((SIZE, SIZE))
+        self.targets = [dataset[i][1] for i in range(len(dataset))]
+        self.batch_size, self.box_noise = batch_size, box_noise
+        self.rng = np.random.default_rng(seed)
+        self.calls = 0
+        self.weight = nn.Parameter(torch.zeros(1))  # so that the module has a device
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        n, m, c = images.shape[0], self.anchors.shape[0], self.config.num_classes
+        targets = self.targets[self.calls * self.batch_size:self.calls * self.batch_size + n]
+        self.calls += 1
+        logits = torch.full((n, m, c), -8.0)
+        deltas = torch.zeros(n, m, 4)
+        for i, target in enumerate(targets):
+            used = torch.zeros(m, dtype=torch.bool)
+            for box, label in zip(target["boxes"], target["labels"]):
+                iou = box_iou(box[None], self.anchors)[0].masked_fill(used, -1)
+                a = int(iou.argmax())
+                used[a] = True
+                logits[i, a, label] = 6.0 if not self.box_noise else float(self.rng.uniform(-1, 4))
+                deltas[i, a] = encode_boxes(box, self.anchors[a]) + torch.from_numpy(
+                    self.rng.normal(0, self.box_noise, 4).astype(np.float32))
+            if self.box_noise:  # a few false positives
+                for a in self.rng.choice(m, 3, replace=False):
+                    logits[i, a, int(self.rng.integers(c))] = float(self.rng.uniform(-2, 2))
+        return _per_level(logits, self.config), _per_level(deltas, self.config)
+
+
+def _per_level(flat: torch.Tensor, cfg) -> list[torch.Tensor]:
+    """Inverse of flatten_outputs: N x M x K -> per level N x (A*K) x H_l x W_l."""
+    n, _, k = flat.shape
+    out, start = [], 0
+    counts = num_anchors_per_level((SIZE, SIZE), cfg.min_level, cfg.max_level, cfg.num_anchors)
+    for level, count in zip(range(cfg.min_level, cfg.max_level + 1), counts):
+        side = SIZE // 2 ** level
+        out.append(flat[:, start:start + count].reshape(n, side, side, -1).permute(0, 3, 1, 2).contiguous())
+        start += count
+    return out
+
+
+def _direct_stats(ann_file: Path, results_file: Path, image_ids: list[int]) -> list[float]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_file))
+        ev = COCOeval(gt, gt.loadRes(str(results_file)), "bbox")
+        ev.params.imgIds = image_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return [float(v) for v in ev.stats]
+
+
+def test_perfect_detections_score_one(demo: CocoDetection) -> None:
+    gt = demo.coco_api()
+    results = [dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=1.0)
+               for a in gt.dataset["annotations"]]
+    metrics = coco_stats(gt, results)
+    assert metrics["map"] == 1.0 and metrics["map50"] == 1.0
+    assert [row["category_id"] for row in metrics["per_class"]] == [1, 3, 7, 12]
+    assert all(row["ap"] in (1.0, None) for row in metrics["per_class"])
+
+
+def test_oracle_model_scores_one_through_the_whole_pipeline(demo: CocoDetection, tmp_path: Path) -> None:
+    """Letterbox scale, clipping, xyxy -> xywh and label -> category id all undone exactly."""
+    oracle = OracleModel(demo, batch_size=2)
+    metrics = evaluate_coco(oracle, demo, batch_size=2, progress=False, results_file=tmp_path / "r.json")
+    assert metrics["num_images"] == len(demo) and metrics["num_skipped"] == 0
+    assert metrics["map"] == pytest.approx(1.0) and metrics["map50"] == pytest.approx(1.0)
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert {r["category_id"] for r in results} <= {1, 3, 7, 12}
+    assert len(results) == metrics["num_detections"] == sum(len(demo[i][1]["boxes"]) for i in range(len(demo)))
+
+
+def test_numbers_equal_pycocotools_run_directly(demo: CocoDetection, tmp_path: Path) -> None:
+    oracle = OracleModel(demo, batch_size=3, box_noise=0.15, seed=1)
+    metrics = evaluate_coco(oracle, demo, batch_size=3, progress=False, results_file=tmp_path / "r.json")
+    assert 0.05 < metrics["map"] < 0.95
+    direct = _direct_stats(demo.annotation_file, tmp_path / "r.json", demo.image_ids)
+    assert metrics["stats"] == direct
+    assert metrics["map"] == direct[0] and metrics["map50"] == direct[1]
+
+
+def test_subset_is_restricted_to_its_images(demo: CocoDetection, tmp_path: Path) -> None:
+    subset = torch.utils.data.Subset(demo, [1, 3])
+    oracle = OracleModel(demo, batch_size=1)
+    oracle.targets = [demo[1][1], demo[3][1]]
+    metrics = evaluate_coco(oracle, subset, batch_size=1, progress=False)
+    assert metrics["num_images"] == 2 and metrics["map"] == pytest.approx(1.0)
+
+
+def test_no_detections_give_zeros(demo: CocoDetection) -> None:
+    model = create_model("efficientdet_d0", num_classes=4, image_size=SIZE, fpn_channels=16, fpn_cells=1,
+                         head_repeats=1)
+    metrics = evaluate_coco(model, demo, batch_size=4, progress=False,
+                            settings=PostprocessSettings(score_threshold=0.999))
+    assert metrics["num_detections"] == 0 and metrics["map"] == 0.0 and metrics["map50"] == 0.0
+    assert model.training  # previous mode restored
+    assert coco_stats(demo.coco_api(), [])["stats"][:2] == [0.0, 0.0]
+
+
+def test_same_weights_same_numbers(demo: CocoDetection) -> None:
+    torch.manual_seed(1)
+    model = create_model("efficientdet_d0", num_classes=4, image_size=SIZE, fpn_channels=16, fpn_cells=1,
+                         head_repeats=1)
+    with torch.no_grad():
+        model.class_net.predict.conv_pw.weight.normal_(0.0, 3.0)
+    first = evaluate_coco(model, demo, batch_size=2, progress=False)
+    second = evaluate_coco(model, demo, batch_size=2, progress=False)
+    assert first["stats"] == second["stats"] and first["num_detections"] == second["num_detections"] > 0
+
+
+def test_mirrored_outputs_decode_to_mirrored_boxes() -> None:
+    torch.manual_seed(0)
+    anchors = generate_anchors((SIZE, SIZE), 3, 4)
+    regressions = [torch.randn(2, 36, SIZE // 8, SIZE // 8) * 0.3, torch.randn(2, 36, SIZE // 16, SIZE // 16) * 0.3]
+    mirrored, mirrored_anchors = mirror_outputs(regressions, anchors, SIZE)
+    flat = lambda outs: torch.cat([o.permute(0, 2, 3, 1).reshape(2, -1, 4) for o in outs], 1)  # noqa: E731
+    boxes = decode_boxes(flat(regressions), anchors)
+    expected = torch.stack([SIZE - boxes[..., 2], boxes[..., 1], SIZE - boxes[..., 0], boxes[..., 3]], -1)
+    torch.testing.assert_close(decode_boxes(flat(mirrored), mirrored_anchors), expected, atol=1e-4, rtol=0)
+
+
+def test_flip_tta_is_mirror_consistent() -> None:
+    """TTA on an image equals TTA on its mirror image, mirrored back (same candidate pool)."""
+    torch.manual_seed(0)
+    model = create_model("efficientdet_d0", num_classes=3, image_size=SIZE, fpn_channels=16, fpn_cells=1,
+                         head_repeats=1).eval()
+    with torch.no_grad():
+        model.class_net.predict.conv_pw.weight.normal_(0.0, 3.0)
+        model.class_net.predict.conv_pw.bias.normal_(-1.0, 1.0)
+        model.box_net.predict.conv_pw.weight.normal_(0.0, 0.3)
+    image = torch.randint(0, 256, (1, 3, SIZE, SIZE), dtype=torch.uint8)
+    anchors = generate_anchors((SIZE, SIZE))
+    valid = torch.tensor([[SIZE, SIZE]], dtype=torch.float32)
+    settings = PostprocessSettings(score_threshold=0.2, max_detections=50)
+    plain = detect_batch(model, image, anchors, valid, None, settings, flip=False)[0]
+    tta = detect_batch(model, image, anchors, valid, None, settings, flip=True)[0]
+    tta_mirror = detect_batch(model, image.flip(-1), anchors, valid, None, settings, flip=True)[0]
+    assert len(tta["scores"]) > 0 and not torch.equal(tta["scores"], plain["scores"])
+    back = tta_mirror["boxes"][:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1.0, -1.0, 1.0]) + torch.tensor(
+        [SIZE, 0.0, SIZE, 0.0])
+    torch.testing.assert_close(tta_mirror["scores"], tta["scores"])
+    assert torch.equal(tta_mirror["labels"], tta["labels"])
+    torch.testing.assert_close(back, tta["boxes"], atol=1e-3, rtol=0)
+
+
+def test_checkpoint_categories_are_checked(demo: CocoDetection) -> None:
+    names = ["circle", "square", "triangle", "star"]
+    assert checkpoint_category_ids(names, [1, 3, 7, 12], 4, demo) == [1, 3, 7, 12]
+    assert checkpoint_category_ids(None, None, 4, demo) == [1, 3, 7, 12]
+    with pytest.raises(ValueError, match="'square' in the checkpoint but 'triangle'"):
+        checkpoint_category_ids(["circle", "square", "square", "star"], [1, 7, 3, 12], 4, demo)
+    with pytest.raises(ValueError, match="3 classes"):
+        checkpoint_category_ids(None, None, 3, demo)
+    with pytest.raises(ValueError, match="not in the file"):
+        checkpoint_category_ids(["circle", "hexagon"], [1, 99], 2, demo)
+    # a COCO-style model with placeholder slots for ids the file lacks is fine
+    assert checkpoint_category_ids(["circle", "unused-2", "square"], [1, 2, 3], 3, demo) == [1, 2, 3]
+
+
+def test_model_and_dataset_class_counts_must_agree(demo: CocoDetection) -> None:
+    model = create_model("efficientdet_d0", num_classes=3, image_size=SIZE, fpn_channels=16, fpn_cells=1,
+                         head_repeats=1)
+    with pytest.raises(ValueError, match="3 classes but .* has 4 categories"):
+        evaluate_coco(model, demo, progress=False)
+
+
+def test_formatting() -> None:
+    summary = format_summary([0.5] * 12)
+    assert summary.count("\n") == 11 and "AP @[IoU=0.50:0.95 | area=all | maxDets=100]" in summary
+    table = format_per_class([dict(category_id=3, name="square", ap=0.5, ap50=0.75),
+                              dict(category_id=12, name="star", ap=None, ap50=None)])
+    assert "50.00" in table and "75.00" in table and table.splitlines()[2].split()[-1] == "-"

@@ -1,0 +1,151 @@
+"""Every variant builds, has the right per-level shapes, back-propagates, and has the reference size."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from effdet import count_parameters, create_model, model_names
+from effdet.backbone import round_channels, scaled_stages
+from effdet.bifpn import bifpn_nodes
+from effdet.config import ConfigError
+
+# Parameter counts of the reference port (effdet 0.4.1, tf_efficientdet_dN, 90 classes).
+REFERENCE_PARAMS = {
+    "efficientdet_d0": 3_880_067, "efficientdet_d1": 6_625_898, "efficientdet_d2": 8_097_039,
+    "efficientdet_d3": 12_032_296, "efficientdet_d4": 20_723_675, "efficientdet_d5": 33_653_315,
+    "efficientdet_d6": 51_871_782, "efficientdet_d7": 51_871_782, "efficientdet_d7x": 77_147_166,
+}
+FACTS_PARAMS_M = {  # the table in EFFICIENTDET_FACTS.md, in millions
+    "efficientdet_d0": 3.880, "efficientdet_d1": 6.626, "efficientdet_d2": 8.097, "efficientdet_d3": 12.032,
+    "efficientdet_d4": 20.724, "efficientdet_d5": 33.653, "efficientdet_d6": 51.872, "efficientdet_d7": 51.872,
+    "efficientdet_d7x": 77.147,
+}
+SMALL_VARIANTS = ["efficientdet_d0", "efficientdet_d1", "efficientdet_d2", "efficientdet_d0_symmetric"]
+
+
+@functools.lru_cache(maxsize=None)
+def _count(name: str) -> int:
+    return count_parameters(create_model(name))
+
+
+@pytest.mark.parametrize("name", list(FACTS_PARAMS_M))
+def test_parameter_counts_match_reference(name: str) -> None:
+    n = _count(name)
+    assert abs(n / (FACTS_PARAMS_M[name] * 1e6) - 1) < 1e-3, n
+    assert abs(n / REFERENCE_PARAMS[name] - 1) < 1e-3, n
+
+
+def _small_input(name: str) -> tuple[int, int]:
+    return (256, 256) if name.endswith("d7x") else (128, 256)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_forward_shapes_every_variant(name: str) -> None:
+    h, w = _small_input(name)
+    model = create_model(name, num_classes=5, image_size=(h, w)).eval()
+    cfg = model.config
+    with torch.no_grad():
+        cls_out, box_out = model(torch.randn(1, 3, h, w))
+    assert len(cls_out) == len(box_out) == cfg.num_levels
+    for level, (c, b) in enumerate(zip(cls_out, box_out), start=cfg.min_level):
+        s = 2 ** level
+        assert c.shape == (1, cfg.num_anchors * 5, h // s, w // s)
+        assert b.shape == (1, cfg.num_anchors * 4, h // s, w // s)
+        assert torch.isfinite(c).all() and torch.isfinite(b).all()
+
+
+def _check_all_params_get_grad(name: str) -> None:
+    h, w = _small_input(name)
+    model = create_model(name, num_classes=3, image_size=(h, w)).train()
+    cls_out, box_out = model(torch.randn(2, 3, h, w))
+    (sum(o.float().pow(2).mean() for o in cls_out + box_out)).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, no_grad[:10]
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", SMALL_VARIANTS)
+def test_every_parameter_gets_gradient(name: str) -> None:
+    _check_all_params_get_grad(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in model_names() if n not in SMALL_VARIANTS])
+def test_every_parameter_gets_gradient_large(name: str) -> None:
+    _check_all_params_get_grad(name)
+
+
+def test_class_bias_prior() -> None:
+    model = create_model("efficientdet_d0", num_classes=4, image_size=128)
+    bias = model.class_net.predict.conv_pw.bias
+    assert torch.allclose(bias, torch.full_like(bias, -4.59511985013459))
+    assert torch.count_nonzero(model.box_net.predict.conv_pw.bias) == 0
+
+
+def test_backbone_scaling_rules() -> None:
+    # B0 unchanged; B4 (w=1.4, d=1.8): 16*1.4=22.4 -> 24, 320*1.4 = 448; repeats ceil(1.8*n)
+    stages = scaled_stages(1.4, 1.8)
+    assert [s.out_channels for s in stages] == [24, 32, 56, 112, 160, 272, 448]
+    assert [s.repeats for s in stages] == [2, 4, 4, 6, 6, 8, 2]
+    assert round_channels(32, 1.1) == 32 and round_channels(40, 1.1) == 48
+    model = create_model("efficientdet_d4", image_size=128)
+    assert model.backbone.channels == [56, 160, 448]
+
+
+def test_bifpn_topology_levels_3_to_7() -> None:
+    nodes = bifpn_nodes(3, 7)
+    assert nodes == [(6, (3, 4)), (5, (2, 5)), (4, (1, 6)), (3, (0, 7)),
+                     (4, (1, 7, 8)), (5, (2, 6, 9)), (6, (3, 5, 10)), (7, (4, 11))]
+    assert len(bifpn_nodes(3, 8)) == 10
+
+
+def test_d6_d7_fuse_by_sum_without_weights() -> None:
+    model = create_model("efficientdet_d0", image_size=128, fpn_weight_method="sum")
+    assert not any("edge_weights" in n for n, _ in model.named_parameters())
+
+
+def test_first_cell_resamples_backbone_inputs_per_use() -> None:
+    model = create_model("efficientdet_d0", image_size=128)
+    convs = [n for n, _ in model.fpn.cells[0].named_modules() if n.endswith("resample.0") or n.endswith("resample.1")]
+    # P3 is used by one node, P4 and P5 by two each: five 1x1 convs in the first cell, none later.
+    assert len(convs) == 5
+    assert not any(True for n, _ in model.fpn.cells[1].named_modules() if "resample." in n)
+
+
+@pytest.mark.parametrize("size", [100, (128, 200)])
+def test_image_size_must_be_multiple_of_max_stride(size) -> None:
+    with pytest.raises(ConfigError, match="multiple of 2\\^max_level = 128"):
+        create_model("efficientdet_d0", image_size=size)
+
+
+def test_overrides_and_non_square() -> None:
+    model = create_model("efficientdet_d1", num_classes=7, image_size=(256, 384), fpn_channels=40, fpn_cells=2,
+                         head_repeats=2, backbone="efficientnet_b0", padding="symmetric", min_level=3, max_level=6,
+                         anchor_scale=3.0).eval()
+    cfg = model.config
+    assert (cfg.fpn_channels, cfg.fpn_cells, cfg.head_repeats, cfg.max_level) == (40, 2, 2, 6)
+    with torch.no_grad():
+        c, b = model(torch.randn(1, 3, 256, 384))
+    assert [t.shape[-2:] for t in c] == [(32, 48), (16, 24), (8, 12), (4, 6)]
+    with pytest.raises(ConfigError, match="unknown model config key"):
+        create_model("efficientdet_d0", fpn_width=3)
+    with pytest.raises(ConfigError, match="unknown model"):
+        create_model("efficientdet_d9")
+
+
+def test_yaml_configs_match_table(tmp_path) -> None:
+    from pathlib import Path
+
+    from effdet.config import MODEL_CONFIGS, resolve, write_yaml
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name, cfg in MODEL_CONFIGS.items():
+        assert resolve(root / f"{name}.yaml") == cfg
+    write_yaml(MODEL_CONFIGS["efficientdet_d3"], tmp_path / "x.yaml")
+    assert resolve(tmp_path / "x.yaml") == MODEL_CONFIGS["efficientdet_d3"]
+    (tmp_path / "y.yaml").write_text("base: efficientdet_d2\nimage_size: 384\n")
+    assert resolve(tmp_path / "y.yaml").image_size == (384, 384)
+    assert resolve(tmp_path / "y.yaml").fpn_channels == 112

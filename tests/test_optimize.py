@@ -1,0 +1,162 @@
+"""optimize_for_inference: the same outputs and detections as the eval-mode model, faster parts exact."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from effdet.layers import Conv2dSame
+from effdet.model import create_model
+from effdet.optimize import ConvAct, fold_conv_bn, onednn_fusion_available, optimize_for_inference, static_conv
+from effdet.predictor import Predictor
+
+TINY = dict(num_classes=3, image_size=128, fpn_channels=16, fpn_cells=2, head_repeats=2)
+
+
+def randomize(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Non-trivial BN statistics, fusion weights and spread heads, so that folding errors show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            if hasattr(m, "edge_weights"):
+                m.edge_weights.copy_(torch.rand(m.edge_weights.shape, generator=g) * 2 - 0.5)  # some negative
+        model.class_net.predict.conv_pw.weight.mul_(15)
+        model.box_net.predict.conv_pw.weight.mul_(5)
+    return model
+
+
+def tiny_model(**overrides) -> nn.Module:
+    return randomize(create_model("efficientdet_d0", **{**TINY, **overrides})).eval()
+
+
+def assert_outputs_close(a, b, rtol: float = 1e-4) -> None:
+    """Max abs difference within rtol of each output's largest magnitude (atol ~1e-4 relative)."""
+    for x, y in zip(a[0] + a[1], b[0] + b[1]):
+        assert x.shape == y.shape
+        scale = float(x.abs().max()) + 1e-6
+        assert float((x - y).abs().max()) <= rtol * scale, (float((x - y).abs().max()), scale)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"padding": "symmetric", "redundant_bias": False},
+    {"fpn_weight_method": "sum"},
+    {"image_size": (128, 256)},
+    {"image_size": 256, "max_level": 8},
+], ids=["same", "symmetric", "sum-fusion", "non-square", "p3-p8"])
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
+def test_outputs_match_eval_model(overrides: dict, channels_last: bool) -> None:
+    model = tiny_model(**overrides)
+    fast = optimize_for_inference(model, channels_last=channels_last)
+    for batch in (1, 2):  # batch 1 folds the SE gate into the projection weights
+        x = torch.randn(batch, 3, *model.config.image_size)
+        with torch.inference_mode():
+            assert_outputs_close(model(x), fast(x))
+
+
+def test_plain_ops_path_matches() -> None:
+    """The fallback without oneDNN fusion (other devices, tracing) gives the same outputs."""
+    model = tiny_model()
+    fast = optimize_for_inference(model)
+    for m in fast.modules():
+        if isinstance(m, ConvAct):
+            m.fused = False
+    x = torch.randn(1, 3, 128, 128)
+    with torch.inference_mode():
+        assert_outputs_close(model(x), fast(x))
+
+
+def test_original_model_untouched() -> None:
+    model = tiny_model().train()
+    before = copy.deepcopy(model.state_dict())
+    fast = optimize_for_inference(model)
+    assert model.training
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(p.requires_grad for p in fast.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    assert fast.config == model.config
+
+
+def test_folding_actually_removes_batchnorm_and_same_padding() -> None:
+    fast = optimize_for_inference(tiny_model())
+    kinds = {type(m) for m in fast.modules()}
+    assert nn.BatchNorm2d not in kinds and Conv2dSame not in kinds
+    # one pointwise conv per level and repeat in each head (BN was per level)
+    assert len(fast.class_net.conv_pw) == 5 and len(fast.class_net.conv_pw[0]) == 2
+
+
+def test_wrong_input_size_and_training_are_refused() -> None:
+    fast = optimize_for_inference(tiny_model())
+    with pytest.raises(ValueError, match="built for 128x128"):
+        fast(torch.randn(1, 3, 256, 256))
+    with pytest.raises(RuntimeError, match="inference only"):
+        fast.train()
+    fast.eval()  # still allowed
+
+
+@pytest.mark.parametrize("size", [(16, 16), (15, 17), (8, 13)])
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_static_same_conv_is_exact(size: tuple[int, int], kernel: int) -> None:
+    """Asymmetric TF padding folded into a larger kernel selects the same windows."""
+    conv = Conv2dSame(4, 6, kernel, stride=2, groups=2, bias=True)
+    x = torch.randn(2, 4, *size)
+    static = static_conv(conv, size)
+    assert type(static) is nn.Conv2d
+    with torch.no_grad():
+        torch.testing.assert_close(static(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fold_conv_bn_matches_conv_then_bn() -> None:
+    conv, bn = nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8, eps=1e-3)
+    randomize_bn = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(8, generator=randomize_bn))
+        bn.running_var.copy_(torch.rand(8, generator=randomize_bn) + 0.2)
+        bn.weight.copy_(torch.randn(8, generator=randomize_bn))
+    bn.eval()
+    x = torch.randn(1, 4, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(fold_conv_bn(conv, bn)(x), bn(conv(x)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not onednn_fusion_available(), reason="oneDNN fused convolutions not available")
+def test_convact_fused_matches_plain() -> None:
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    fused, plain = ConvAct(conv, act=True), ConvAct(conv, act=True)
+    plain.fused = False
+    x = torch.randn(1, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=1e-5)
+    pw = nn.Conv2d(8, 4, 1)
+    fused, plain = ConvAct(pw, act=False), ConvAct(pw, act=False)
+    plain.fused = False
+    residual, gate = torch.randn(1, 4, 9, 9), torch.rand(1, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, weight_scale=gate, residual=residual),
+                                   plain(x * gate[:, :, None, None]) + residual, atol=1e-5, rtol=1e-5)
+
+
+def test_predictor_optimize_gives_identical_detections() -> None:
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=s, dtype=np.uint8) for s in ((100, 140, 3), (128, 128, 3), (90, 60, 3))]
+    plain = Predictor(model, settings=None, score_threshold=0.0)
+    fast = Predictor(model, optimize=True, score_threshold=0.0)
+    assert fast.model is not model
+    for a, b in zip(plain(images), fast(images)):
+        assert len(a["scores"]) == len(b["scores"]) > 0
+        assert torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(a["scores"], b["scores"], atol=1e-5, rtol=1e-4)

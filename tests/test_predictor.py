@@ -1,0 +1,88 @@
+"""The prediction path: any image type and size in, boxes in each image's own pixels out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from effdet import create_model
+from effdet.letterbox import letterbox, normalize
+from effdet.postprocess import PostprocessSettings, postprocess
+from effdet.predictor import Predictor
+
+
+def _spread(model) -> None:
+    """Random heads whose scores and boxes differ from anchor to anchor (no ties)."""
+    with torch.no_grad():
+        model.class_net.predict.conv_pw.weight.normal_(0.0, 3.0)
+        model.class_net.predict.conv_pw.bias.normal_(-1.0, 1.0)
+        model.box_net.predict.conv_pw.weight.normal_(0.0, 0.3)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    model = create_model("efficientdet_d0", num_classes=3, image_size=128, fpn_channels=16, fpn_cells=1,
+                         head_repeats=1)
+    _spread(model)
+    return Predictor(model, class_names=["circle", "square", "triangle"], score_threshold=0.0, batch_size=2)
+
+
+def _image(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_input_types_agree_and_single_gives_dict(predictor: Predictor) -> None:
+    arr = _image(200, 100, 0)
+    out_np = predictor(arr)
+    out_pil = predictor(Image.fromarray(arr))
+    out_t = predictor(torch.from_numpy(arr).permute(2, 0, 1))
+    assert isinstance(out_np, dict) and len(out_np["boxes"]) > 0
+    for other in (out_pil, out_t):
+        assert torch.equal(out_np["boxes"], other["boxes"]) and torch.equal(out_np["labels"], other["labels"])
+    assert out_np["names"] == [predictor.class_names[i] for i in out_np["labels"].tolist()]
+
+
+def test_boxes_are_in_original_pixels(predictor: Predictor) -> None:
+    arr = _image(200, 100, 1)  # letterboxed at scale 0.64 into 128 x 128 (content 128 x 64)
+    det = predictor(arr)
+    b = det["boxes"]
+    assert (b >= 0).all() and (b[:, [0, 2]] <= 100 + 1e-3).all() and (b[:, [1, 3]] <= 200 + 1e-3).all()
+    # same as running the pieces by hand
+    boxed, scale = letterbox(arr, (128, 128))
+    assert scale == pytest.approx(0.64)
+    x = normalize(torch.from_numpy(boxed).permute(2, 0, 1)[None])
+    with torch.no_grad():
+        cls, box = predictor.model(x)
+    ref = postprocess(cls, box, predictor.anchors, torch.tensor([[128.0, 64.0]]), torch.tensor([scale]),
+                      PostprocessSettings(score_threshold=0.0))[0]
+    assert torch.allclose(ref["boxes"], b, atol=1e-4)
+
+
+def test_batches_equal_single_images(predictor: Predictor) -> None:
+    images = [_image(90, 160, 2), _image(128, 128, 3), _image(300, 40, 4)]
+    batched = predictor(images)
+    assert len(batched) == 3
+    for img, det in zip(images, batched):
+        one = predictor(img)
+        # a batch and a single image differ in the last float bits, which may swap equal-score
+        # detections: match each detection to one of the same label, score and box
+        assert torch.allclose(one["scores"], det["scores"], atol=1e-5)
+        for box, label, score in zip(one["boxes"], one["labels"], one["scores"]):
+            same = ((det["boxes"] - box).abs().amax(1) < 1e-3) & (det["labels"] == label) & \
+                ((det["scores"] - score).abs() < 1e-5)
+            assert same.any()
+
+
+def test_settings_are_respected() -> None:
+    model = create_model("efficientdet_d0", num_classes=3, image_size=128, fpn_channels=16, fpn_cells=1,
+                         head_repeats=1)
+    _spread(model)
+    p = Predictor(model, score_threshold=0.3, max_detections=5, nms_iou=0.3)
+    det = p(_image(128, 128, 5))
+    assert len(det["scores"]) <= 5 and (det["scores"] >= 0.3).all()
+    assert "names" not in det
+    with pytest.raises(TypeError):
+        p("not an image")

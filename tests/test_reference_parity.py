@@ -1,0 +1,69 @@
+"""Weights of the reference port (PyPI effdet 0.4.1) load into our models and give its detections.
+
+For each model the reference builds a randomly initialised network (BN statistics and fusion
+weights randomised, heads spread so that scores do not tie) in a subprocess, saves its state
+dict, and runs ``DetBenchPredict`` on a fixed input with the official settings: no score
+threshold, 5000 candidates, hard NMS IoU 0.5, 100 detections. We import the state dict and
+compare the raw network outputs and the detections (labels equal, scores within 1e-4, boxes
+within 1e-3 px).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from effdet.checkpoints import load_model
+from effdet.postprocess import PostprocessSettings
+from effdet.predictor import Predictor
+from tests.refport.env import require_reference, run_reference
+
+FAST = [("tf_efficientdet_d0", 256), ("efficientdet_d0", 256), ("tf_efficientdet_d7x", 256)]
+SLOW = [(f"tf_efficientdet_d{i}", 256) for i in range(1, 8)] + [("efficientdet_d1", 256)]
+
+
+def _box_channels_to_ours(t: torch.Tensor) -> torch.Tensor:
+    """Reference (ty, tx, th, tw) per anchor -> our (dx, dy, dw, dh)."""
+    n, c, h, w = t.shape
+    return t.reshape(n, c // 4, 4, h, w)[:, :, [1, 0, 3, 2]].reshape(n, c, h, w)
+
+
+def _check_parity(ref_name: str, size: int, tmp_path) -> None:
+    require_reference()
+    weights, inputs, out = tmp_path / "ref.pt", tmp_path / "x.pt", tmp_path / "ref_out.pt"
+    run_reference("export", model_name=ref_name, out=weights, image_size=[size, size], seed=0)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    torch.save(x, inputs)
+    run_reference("predict", model_name=ref_name, weights=weights, input=inputs, out=out,
+                  image_size=[size, size], max_detection_points=5000, max_det_per_image=100)
+    ref = torch.load(out, weights_only=True)
+
+    model, _ = load_model(weights, model=ref_name, image_size=size)
+    with torch.no_grad():
+        cls_out, box_out = model(x)
+    for ours, theirs in zip(cls_out, ref["class_out"]):
+        assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    for ours, theirs in zip(box_out, ref["box_out"]):
+        assert torch.allclose(ours, _box_channels_to_ours(theirs), rtol=1e-4, atol=1e-4)
+
+    predictor = Predictor(model, settings=PostprocessSettings(score_threshold=0.0, max_candidates=5000,
+                                                              nms_iou=0.5, max_detections=100))
+    dets = predictor.predict_batch(x, scales=torch.ones(2), valid_sizes=torch.full((2, 2), float(size)))
+    for i, det in enumerate(dets):
+        theirs = ref["detections"][i]
+        theirs = theirs[theirs[:, 4] > 0]
+        assert len(det["scores"]) == len(theirs) > 0
+        assert torch.equal(det["labels"] + 1, theirs[:, 5].long())
+        assert torch.allclose(det["scores"], theirs[:, 4], atol=1e-4)
+        assert torch.allclose(det["boxes"], theirs[:, :4], atol=1e-3)
+
+
+@pytest.mark.parametrize("ref_name,size", FAST)
+def test_reference_parity(ref_name: str, size: int, tmp_path) -> None:
+    _check_parity(ref_name, size, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ref_name,size", SLOW)
+def test_reference_parity_all_models(ref_name: str, size: int, tmp_path) -> None:
+    _check_parity(ref_name, size, tmp_path)

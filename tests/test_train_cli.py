@@ -1,0 +1,89 @@
+"""tools/train.py: argument handling, clear errors (exit code 2, no traceback), a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from effdet.data import make_synthetic_coco
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "tools" / "train.py"
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(TRAIN), *args], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=cwd)
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("train_tool", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_missing_annotation_file_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_cli("--train-ann", str(tmp_path / "nope.json"), "--train-images", str(tmp_path),
+                   "--output", str(tmp_path / "out"), "--image-size", "128", "--no-progress")
+    assert proc.returncode == 2
+    assert "nope.json does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train.epochz=3"], "train has no field 'epochz'"),
+    (["--config", "missing.yaml"], "missing.yaml does not exist"),
+    (["--resume", "no/such/run"], "cannot resume"),
+    (["--resume", "runs/x", "--model", "efficientdet_d1"], "drop --config / --model / --weights"),
+    ([], "no training data"),
+    (["--image-size", "100"], "multiple of"),
+    (["--image-size", "1", "2", "3"], "one value (square) or two"),
+])
+def test_usage_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               args: list[str], message: str) -> None:
+    tool = load_tool()
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["--output", str(tmp_path / "out"), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_flags_become_overrides() -> None:
+    tool = load_tool()
+    args = tool.build_parser().parse_args(["--epochs", "3", "--image-size", "256", "384", "--lr", "0.01",
+                                           "--train-ann", "a.json", "optimizer=adamw", "train.epochs=9"])
+    overrides = tool.collect_overrides(args)
+    assert overrides == {"optimizer": "adamw", "train.epochs": 3, "model.image_size": [256, 384],
+                         "train.lr": 0.01, "data.train_ann": "a.json"}
+
+
+def test_tiny_end_to_end_run_writes_all_outputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = make_synthetic_coco(tmp_path / "data", num_train=4, num_val=2, image_size=(128, 128), seed=2)
+    tool = load_tool()
+    out = tmp_path / "run"
+    code = tool.main(["--model", "efficientdet_d0", "--image-size", "128", "--epochs", "1", "--batch-size", "2",
+                      "--workers", "0", "--train-ann", str(data.train_annotations),
+                      "--train-images", str(data.train_images), "--val-ann", str(data.val_annotations),
+                      "--val-images", str(data.val_images), "--output", str(out), "--no-progress",
+                      "fpn_channels=16", "fpn_cells=1", "head_repeats=1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Validation mAP@[.5:.95]" in printed and str(out) in printed
+    for name in ("last.pt", "best.pt", "metrics.csv", "config.yaml"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 1 and rows[0]["map"] != "" and rows[0]["epoch"] == "1"
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["num_classes"] == 4 and saved["train"]["epochs"] == 1
+    # --resume of a finished run does nothing more and exits 0
+    assert tool.main(["--resume", str(out), "--no-progress"]) == 0

@@ -1,0 +1,81 @@
+"""Training recipes: YAML sections, key=value overrides, the resolved config.yaml round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from effdet.config import ConfigError, MODEL_CONFIGS
+from effdet.engine.train_config import (DataConfig, RunConfig, TrainConfig, load_run_config, split_overrides,
+                                        write_run_config)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_are_the_official_recipe() -> None:
+    t = TrainConfig()
+    assert (t.optimizer, t.momentum, t.weight_decay, t.lr_per_64, t.grad_clip) == ("sgd", 0.9, 4e-5, 0.08, 10.0)
+    assert (t.warmup_epochs, t.warmup_factor, t.ema_decay, t.scale_range, t.max_boxes) == (1.0, 0.1, 0.9998,
+                                                                                             (0.1, 2.0), 100)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "train_coco.yaml"])
+def test_recipes_in_configs_load(name: str) -> None:
+    run = load_run_config(CONFIGS / name)
+    assert isinstance(run, RunConfig)
+    assert run.data.train_ann and run.data.val_ann
+
+
+def test_demo_recipe_paths_default_to_demo_data() -> None:
+    run = load_run_config(CONFIGS / "demo.yaml")
+    assert run.data.train_ann == "demo_data/annotations/train.json"
+    assert run.data.train_images == "demo_data/train"
+    assert run.data.val_ann == "demo_data/annotations/val.json"
+
+
+def test_recipe_sections_base_and_overrides(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  base: efficientdet_d1\n  fpn_channels: 40\n"
+                      "data:\n  train_ann: a.json\n  train_images: imgs\n"
+                      "train:\n  epochs: 7\n  scale_range: [0.5, 1.5]\n")
+    run = load_run_config(recipe, {"train.epochs": 3, "model.fpn_cells": 2, "lr": 0.01, "val_ann": "v.json"})
+    assert run.model.backbone == MODEL_CONFIGS["efficientdet_d1"].backbone
+    assert (run.model.fpn_channels, run.model.fpn_cells) == (40, 2)
+    assert (run.train.epochs, run.train.lr, run.train.scale_range) == (3, 0.01, (0.5, 1.5))
+    assert run.data == DataConfig("a.json", "imgs", "v.json", None)
+
+
+def test_written_config_reads_back_to_the_same_run(tmp_path: Path) -> None:
+    run = load_run_config("efficientdet_d0", {"image_size": 256, "num_classes": 3, "epochs": 2,
+                                              "train_ann": "x.json", "optimizer": "adamw"})
+    path = write_run_config(run, tmp_path / "config.yaml")
+    assert load_run_config(path) == run
+    assert load_run_config(run.to_dict()) == run
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"nonsense": 1}, "no section has a field 'nonsense'"),
+    ({"train.nonsense": 1}, "train has no field 'nonsense'"),
+    ({"optim.lr": 1}, "unknown section 'optim'"),
+    ({"optimizer": "adam"}, "must be one of"),
+    ({"epochs": 0}, "train.epochs must be at least 1"),
+    ({"scale_range": [2.0, 1.0]}, "0 < low <= high"),
+    ({"model.image_size": 100}, "multiple of"),
+])
+def test_bad_overrides_are_clear_errors(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_run_config("efficientdet_d0", overrides)
+
+
+def test_split_overrides_routes_unqualified_keys() -> None:
+    parts = split_overrides({"epochs": 2, "fpn_channels": 48, "val_images": "v", "model.image_size": 256})
+    assert parts == {"model": {"fpn_channels": 48, "image_size": 256}, "data": {"val_images": "v"},
+                     "train": {"epochs": 2}}
+
+
+def test_unknown_key_in_recipe_file_names_the_file(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("model:\n  base: efficientdet_d0\ntrain:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml train:.*unknown key\(s\) \['epoch'\]"):
+        load_run_config(recipe)

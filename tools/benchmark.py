@@ -1,0 +1,535 @@
+#!/usr/bin/env python
+"""Measure EfficientDet speed, optionally side by side with the reference port.
+
+    python tools/benchmark.py --model efficientdet_d0 --threads 2
+    python tools/benchmark.py --model efficientdet_d0 --threads 2 --compare-reference --json bench.json
+    python tools/benchmark.py --model efficientdet_d3 --device cuda --amp bf16 --batch-size 32
+
+Figures (medians of timed runs; warm-up runs excluded):
+  forward      network forward in eval mode, batch 1 (latency) and batch --batch-size (throughput)
+  predict      end to end on JPEG files, one image at a time: decode, letterbox, forward, box
+               decoding, NMS (per image)
+  train        one training step at --train-batch-size: forward, anchor labelling, loss, backward,
+               SGD step (images/s); stochastic depth off so that the loss is deterministic
+  onnx         the exported ONNX model under ONNX Runtime, batch 1 (CPU)
+plus peak memory of each (resident-set growth on CPU, torch.cuda.max_memory_allocated on CUDA).
+"ours" is the optimised path (effdet.optimize.optimize_for_inference / Predictor(optimize=True));
+"eager" the plain model; "compiled" (--compile) torch.compile of the optimised network.
+
+--compare-reference runs the reference port (PyPI effdet 0.4.1) in a separate process (installed
+by the test harness tests/refport/env.py, so it needs a source checkout of this project) with the
+same random weights (exported by the reference and imported into ours), the same inputs and the
+same post-processing settings. Timed runs of ours and the reference alternate in --rounds rounds,
+so that a busy machine slows both alike; every figure is printed with its ratio ours / reference,
+and the detections and training losses of both are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().with_name("refport_bench_worker.py")
+
+import torch  # noqa: E402
+
+from effdet.benchmark import (ForwardTask, Measurement, PredictTask, TrainStepTask, make_jpegs,  # noqa: E402
+                              make_train_batch, peak_memory, random_input, time_calls)
+from effdet.checkpoints import CheckpointError, load_model  # noqa: E402
+from effdet.config import ConfigError, parse_overrides  # noqa: E402
+from effdet.data.images import find_images  # noqa: E402
+from effdet.model import create_model  # noqa: E402
+from effdet.optimize import optimize_for_inference  # noqa: E402
+from effdet.postprocess import PostprocessSettings  # noqa: E402
+from effdet.predictor import Predictor  # noqa: E402
+
+TASKS = ("forward", "throughput", "predict", "train", "onnx")
+# Issue targets (CPU, D0 512x512, 2 threads): ours / reference
+TARGETS = {"forward_b1": ("<=", 0.5), "predict": ("<=", 0.5), "train": (">=", 1.3)}
+ONNX_TARGET_MS = 30.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="variant name or YAML config (default efficientdet_d0)")
+    p.add_argument("--checkpoint", help="weights to load (this project's checkpoint or a reference-port state dict); "
+                                        "default: random weights")
+    p.add_argument("--image-size", type=int, nargs="+", metavar="PX", help="input size: one side or HEIGHT WIDTH")
+    p.add_argument("--num-classes", type=int, default=None, help="classes (default: the config's, 90)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (cuda when present)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (and ONNX Runtime, cv2)")
+    p.add_argument("--batch-size", type=int, default=None, help="throughput batch (default 8 on CPU, 32 on CUDA)")
+    p.add_argument("--train-batch-size", type=int, default=None, help="training batch (default 4 on CPU, 32 on CUDA)")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (CUDA)")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    p.add_argument("--runs", type=int, default=6, help="timed runs per variant and task (default 6)")
+    p.add_argument("--rounds", type=int, default=3, help="alternate the variants in this many rounds (default 3)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--images", nargs="+", help="image files / folders for the end-to-end figure "
+                                               "(default: 4 synthetic JPEGs of COCO-like sizes)")
+    p.add_argument("--score-threshold", type=float, default=0.0,
+                   help="post-processing score threshold (default 0: as the reference, which has none)")
+    p.add_argument("--max-candidates", type=int, default=5000, help="top-k candidates before NMS (default 5000)")
+    p.add_argument("--max-detections", type=int, default=100, help="detections per image (default 100)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the optimised network "
+                                                          "(reports the compile time)")
+    p.add_argument("--no-eager", action="store_true", help="skip the unoptimised (eager) variant")
+    p.add_argument("--train-channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="train in channels_last memory format (default on)")
+    p.add_argument("--compare-reference", action="store_true",
+                   help="also measure the reference port (PyPI effdet 0.4.1) side by side; needs a source checkout")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    p.add_argument("--work-dir", help="folder for inputs and exported files (default: a temporary folder)")
+    p.add_argument("--json", help="write all figures to this JSON file")
+    p.add_argument("overrides", nargs="*", help="model config key=value overrides")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------
+# runners: one variant of one task, timed in rounds
+# ------------------------------------------------------------------------------------------------
+
+class LocalRunner:
+    """A task of ours in this process."""
+
+    def __init__(self, task: Callable[[], Any], items: int, device: torch.device, warmup: int) -> None:
+        self.task, self.items, self.device = task, items, device
+        start = time.perf_counter()
+        for _ in range(warmup):
+            task()
+        self.warmup_s = time.perf_counter() - start
+
+    def run(self, runs: int) -> tuple[list[float], float | None, dict[str, Any]]:
+        with peak_memory(self.device) as mem:
+            times = time_calls(self.task, runs, self.device)
+        return times, mem["peak_mb"], {}
+
+
+class ReferenceWorker:
+    """The reference port in a long-lived subprocess (tools/refport_bench_worker.py), JSON lines."""
+
+    def __init__(self, reference_dir: Path, threads: int | None, log: Path) -> None:
+        env = os.environ.copy()
+        env["PYTHONPATH"] = os.pathsep.join([str(reference_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        self.log_path = log
+        self._log = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, text=True, env=env, cwd=str(log.parent))
+
+    def call(self, cmd: str, **kwargs: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **kwargs}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the reference worker exited (rc={self.proc.wait()}); see its log {self.log_path}")
+        reply = json.loads(line)
+        if not reply["ok"]:
+            raise RuntimeError(f"reference worker command {cmd!r} failed: {reply['error']}\n{reply['traceback']}")
+        return reply["result"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")  # type: ignore[union-attr]
+                self.proc.stdin.flush()  # type: ignore[union-attr]
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+        self._log.close()
+
+
+class ReferenceRunner:
+    """A task of the reference port, prepared (and warmed up) in the worker."""
+
+    def __init__(self, worker: ReferenceWorker, task: str, warmup: int, **kwargs: Any) -> None:
+        self.worker = worker
+        start = time.perf_counter()
+        info = worker.call("prepare", task=task, warmup=warmup, **kwargs)
+        self.warmup_s = time.perf_counter() - start
+        self.items = info["items"]
+
+    def run(self, runs: int) -> tuple[list[float], float | None, dict[str, Any]]:
+        out = self.worker.call("run", runs=runs)
+        return out["times"], out["peak_mb"], {"losses": out["losses"]}
+
+
+def interleave(runners: dict[str, Any], runs: int, rounds: int) -> dict[str, Measurement]:
+    """Time every runner ``runs`` times, alternating between them in ``rounds`` rounds."""
+    rounds = max(1, min(rounds, runs))
+    per_round = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    results = {name: Measurement(items=r.items) for name, r in runners.items()}
+    for n in per_round:
+        for name, runner in runners.items():
+            times, peak, extra = runner.run(n)
+            m = results[name]
+            m.times.extend(times)
+            if peak is not None:
+                m.peak_memory_mb = max(m.peak_memory_mb or 0.0, peak)
+            m.extra.update(extra)
+    for name, runner in runners.items():
+        results[name].extra["warmup_s"] = runner.warmup_s
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# comparisons
+# ------------------------------------------------------------------------------------------------
+
+def compare_detections(ours: list[dict[str, torch.Tensor]], theirs: list[dict[str, torch.Tensor]],
+                       box_tol: float = 1e-2, score_tol: float = 1e-4) -> dict[str, Any]:
+    """Per image: same number of detections, same labels, boxes / scores within tolerance (in order)."""
+    worst_box = worst_score = 0.0
+    equal = True
+    counts = []
+    for a, b in zip(ours, theirs):
+        counts.append((len(a["scores"]), len(b["scores"])))
+        if len(a["scores"]) != len(b["scores"]) or not torch.equal(a["labels"].cpu(), b["labels"].cpu()):
+            equal = False
+            continue
+        if len(a["scores"]):
+            scale = max(1.0, float(b["boxes"].abs().max()))
+            worst_box = max(worst_box, float((a["boxes"].cpu().float() - b["boxes"].cpu().float()).abs().max()) / scale)
+            worst_score = max(worst_score, float((a["scores"].cpu().float() - b["scores"].cpu().float()).abs().max()))
+    equal = equal and len(ours) == len(theirs) and worst_box <= box_tol and worst_score <= score_tol
+    return {"equal": equal, "counts": counts, "max_box_diff_rel": worst_box, "max_score_diff": worst_score}
+
+
+def max_output_diff(a: tuple[list[torch.Tensor], list[torch.Tensor]],
+                    b: tuple[list[torch.Tensor], list[torch.Tensor]]) -> float:
+    return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a[0] + a[1], b[0] + b[1]))
+
+
+# ------------------------------------------------------------------------------------------------
+# the benchmark
+# ------------------------------------------------------------------------------------------------
+
+def _reference_dir() -> Path:
+    sys.path.insert(0, str(REPO_ROOT))
+    try:
+        from tests.refport.env import reference_dir, skip_reason
+    except ImportError:
+        raise SystemExit("error: --compare-reference needs a source checkout of this project (tests/refport/env.py "
+                         f"under {REPO_ROOT}); run tools/benchmark.py from a git clone") from None
+    print("Preparing the reference port (PyPI effdet 0.4.1, installed on first use) ...", flush=True)
+    d = reference_dir()
+    if d is None:
+        raise SystemExit(f"error: the reference port is unavailable: {skip_reason()}")
+    return d
+
+
+def _reference_name(model: str) -> str:
+    from effdet.reference import REFERENCE_MODELS
+
+    inverse = {ours: ref for ref, ours in REFERENCE_MODELS.items()}
+    if model in inverse:  # our variant names first: "efficientdet_d0" is ours (TF padding) = tf_efficientdet_d0
+        return inverse[model]
+    if model in REFERENCE_MODELS:
+        return model
+    raise SystemExit(f"error: --compare-reference needs a variant the reference port has ({', '.join(inverse)}), "
+                     f"got {model!r}")
+
+
+def build_models(args: argparse.Namespace, overrides: dict[str, Any], work: Path
+                 ) -> tuple[torch.nn.Module, str | None, Path | None]:
+    """Our model (eval mode, CPU) and, with --compare-reference, the reference name and weights file."""
+    overrides = dict(overrides, drop_path_rate=0.0)  # deterministic training step on both sides
+    if args.num_classes is not None:
+        overrides["num_classes"] = args.num_classes
+    if args.image_size:
+        overrides["image_size"] = args.image_size[0] if len(args.image_size) == 1 else list(args.image_size)
+    if not args.compare_reference:
+        if args.checkpoint:
+            model, _ = load_model(args.checkpoint, model=args.model, **overrides)
+        else:
+            torch.manual_seed(args.seed)
+            model = create_model(args.model or "efficientdet_d0", **overrides)
+        return model.eval(), None, None
+    if args.checkpoint:
+        raise SystemExit("error: --compare-reference uses random weights exported by the reference; drop --checkpoint")
+    from effdet.reference import import_reference_checkpoint
+    from tests.refport.env import run_reference
+
+    ref_name = _reference_name(args.model or "efficientdet_d0")
+    cfg = create_model(args.model or "efficientdet_d0", **overrides).config
+    weights = work / f"{ref_name}_random.pt"
+    print(f"Exporting random {ref_name} weights from the reference to {weights} ...", flush=True)
+    run_reference("export", model_name=ref_name, out=weights, num_classes=cfg.num_classes,
+                  image_size=list(cfg.image_size), seed=args.seed, probe=False)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model, _ = import_reference_checkpoint(state, ref_name, source=str(weights), **overrides)
+    return model.eval(), ref_name, weights
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but CUDA is not available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        import cv2
+        cv2.setNumThreads(args.threads)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise SystemExit(f"error: unknown task(s) {unknown}; choose from {','.join(TASKS)}")
+    batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
+    train_batch = args.train_batch_size or (32 if device.type == "cuda" else 4)
+    overrides = parse_overrides(args.overrides)
+
+    tmp = tempfile.TemporaryDirectory(prefix="effdet-bench-") if not args.work_dir else None
+    work = Path(args.work_dir or tmp.name)  # type: ignore[union-attr]
+    work.mkdir(parents=True, exist_ok=True)
+    worker = None
+    if args.compare_reference:
+        refdir = _reference_dir()
+    model, ref_name, weights = build_models(args, overrides, work)
+    cfg = model.config
+    size = tuple(cfg.image_size)
+    report: dict[str, Any] = {
+        "settings": {"model": cfg.name, "image_size": list(size), "num_classes": cfg.num_classes,
+                     "device": str(device), "threads": torch.get_num_threads(), "amp": args.amp,
+                     "batch_size": batch_size, "train_batch_size": train_batch, "runs": args.runs,
+                     "rounds": args.rounds, "warmup": args.warmup, "torch": torch.__version__,
+                     "score_threshold": args.score_threshold, "max_candidates": args.max_candidates,
+                     "max_detections": args.max_detections, "reference": ref_name,
+                     "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])},
+        "results": {}, "checks": {}}
+    try:
+        if args.compare_reference:
+            worker = ReferenceWorker(refdir, args.threads, work / "reference_worker.log")
+            worker.call("init", threads=args.threads, device=str(device), model_name=ref_name,
+                        num_classes=cfg.num_classes, image_size=list(size), weights=str(weights),
+                        max_detection_points=args.max_candidates, max_det_per_image=args.max_detections)
+        optimized = optimize_for_inference(model.to(device), size)
+        eager = model.to(device).eval()
+        compiled = None
+        if args.compile:
+            if device.type == "cpu":
+                import torch._inductor.config as inductor_config
+                inductor_config.freezing = True  # weight pre-packing for CPU inference
+            compiled = torch.compile(optimized)
+
+        def forward_variants(batch: torch.Tensor, name: str) -> dict[str, Any]:
+            path = work / f"input_{name}.pt"
+            torch.save(batch, path)
+            runners: dict[str, Any] = {"ours": LocalRunner(ForwardTask(optimized, batch, device, args.amp),
+                                                           batch.shape[0], device, args.warmup)}
+            if not args.no_eager:
+                runners["eager"] = LocalRunner(ForwardTask(eager, batch, device, args.amp), batch.shape[0], device,
+                                               args.warmup)
+            if compiled is not None:
+                runners["compiled"] = LocalRunner(ForwardTask(compiled, batch, device, args.amp), batch.shape[0],
+                                                  device, max(1, args.warmup))
+            if worker is not None:
+                runners["reference"] = ReferenceRunner(worker, "forward", args.warmup, input=str(path), amp=args.amp)
+            return runners
+
+        x1 = random_input(1, size, args.seed)
+        with torch.inference_mode():
+            report["checks"]["optimized_vs_eager_max_abs_diff"] = max_output_diff(
+                optimized(x1.to(device)), eager(x1.to(device)))
+        for task, batch in (("forward", 1), ("throughput", batch_size)):
+            if task not in tasks:
+                continue
+            key = "forward_b1" if task == "forward" else f"forward_b{batch}"
+            print(f"Timing {key} ...", flush=True)
+            runners = forward_variants(random_input(batch, size, args.seed), key)
+            report["results"][key] = {k: m.summary() for k, m in interleave(runners, args.runs, args.rounds).items()}
+            if "compiled" in runners:
+                report["results"][key]["compiled"]["compile_and_warmup_s"] = runners["compiled"].warmup_s
+
+        if "predict" in tasks:
+            print("Timing end-to-end prediction ...", flush=True)
+            paths = ([Path(p) for p in find_images(args.images)] if args.images else
+                     make_jpegs(work / "images", [(480, 640), (640, 427), (512, 512), (375, 500)], args.seed))
+            settings = PostprocessSettings(score_threshold=args.score_threshold, max_candidates=args.max_candidates,
+                                           max_detections=args.max_detections)
+            ours_task = PredictTask(Predictor(model, size, device=device, settings=settings, optimize=True), paths,
+                                    args.amp)
+            runners = {"ours": LocalRunner(ours_task, len(paths), device, args.warmup)}
+            if not args.no_eager:
+                eager_task = PredictTask(Predictor(model, size, device=device, settings=settings), paths, args.amp)
+                runners["eager"] = LocalRunner(eager_task, len(paths), device, args.warmup)
+            if worker is not None:
+                runners["reference"] = ReferenceRunner(worker, "predict", args.warmup, images=[str(p) for p in paths],
+                                                       amp=args.amp)
+            report["results"]["predict"] = {k: m.summary() for k, m in
+                                            interleave(runners, args.runs, args.rounds).items()}
+            if not args.no_eager:
+                report["checks"]["predict_optimized_vs_eager"] = compare_detections(ours_task.detections,
+                                                                                    eager_task.detections)
+            if worker is not None:
+                out = work / "reference_detections.pt"
+                worker.call("detections", out=str(out))
+                theirs = torch.load(out, weights_only=True)
+                if args.score_threshold > 0:
+                    theirs = [{k: v[d["scores"] >= args.score_threshold] for k, v in d.items()} for d in theirs]
+                report["checks"]["predict_vs_reference"] = compare_detections(ours_task.detections, theirs)
+
+        if "train" in tasks:
+            print(f"Timing training steps (batch {train_batch}) ...", flush=True)
+            images, boxes, labels = make_train_batch(train_batch, size, cfg.num_classes, args.seed)
+            train_model = copy.deepcopy(model).to(device)
+            ours_task = TrainStepTask(train_model, images, boxes, labels, device, amp=args.amp,
+                                      channels_last=args.train_channels_last)
+            runners = {"ours": LocalRunner(ours_task, train_batch, device, args.warmup)}
+            if worker is not None:
+                batch_file = work / "train_batch.pt"
+                torch.save({"images": images, "boxes": boxes, "labels": labels}, batch_file)
+                runners["reference"] = ReferenceRunner(worker, "train", args.warmup, batch=str(batch_file),
+                                                       amp=args.amp)
+            results = interleave(runners, args.runs, args.rounds)
+            results["ours"].extra["losses"] = list(ours_task.losses)
+            report["results"]["train"] = {k: m.summary() for k, m in results.items()}
+            del train_model, ours_task
+            if worker is not None:
+                ours_l, ref_l = results["ours"].extra["losses"], results["reference"].extra["losses"]
+                n = min(len(ours_l), len(ref_l))
+                rel = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours_l[:n], ref_l[:n])]
+                report["checks"]["train_loss_vs_reference"] = {
+                    "ours_first": ours_l[0], "reference_first": ref_l[0], "first_rel_diff": rel[0],
+                    "max_rel_diff": max(rel), "steps": n, "equal": rel[0] < 1e-3}
+
+        if "onnx" in tasks and device.type == "cpu":
+            print("Timing ONNX Runtime ...", flush=True)
+            report["results"]["onnx_b1"] = onnx_benchmark(model, size, work, args)
+    finally:
+        if worker is not None:
+            worker.close()
+        if tmp is not None:
+            tmp.cleanup()
+    add_ratios(report)
+    return report
+
+
+def onnx_benchmark(model: torch.nn.Module, size: tuple[int, int], work: Path, args: argparse.Namespace
+                   ) -> dict[str, Any]:
+    """Export the network to ONNX and time ONNX Runtime at batch 1 with --threads intra-op threads."""
+    import onnxruntime as ort
+
+    path = work / "model.onnx"
+    x = random_input(1, size, args.seed)
+    start = time.perf_counter()
+    exporter = export_onnx(model, x, path)
+    export_s = time.perf_counter() - start
+    options = ort.SessionOptions()
+    if args.threads:
+        options.intra_op_num_threads = args.threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    outputs = session.run(None, feed)
+    with torch.inference_mode():
+        ref = model.eval()(x)
+    diff = max(float(abs(torch.from_numpy(o) - r).max()) for o, r in zip(outputs, ref[0] + ref[1]))
+    for _ in range(args.warmup):
+        session.run(None, feed)
+    with peak_memory(torch.device("cpu")) as mem:
+        times = time_calls(lambda: session.run(None, feed), args.runs, torch.device("cpu"))
+    summary = Measurement(times, 1, mem["peak_mb"]).summary()
+    summary.update(exporter=exporter, export_s=export_s, max_abs_diff_vs_eager=diff, target_ms=ONNX_TARGET_MS)
+    return {"ours": summary}
+
+
+def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> str:
+    """Export with effdet.export when it exists, else torch.onnx.export of the optimised network."""
+    try:
+        from effdet import export as effdet_export  # written separately; optional here
+    except ImportError:
+        effdet_export = None
+    if effdet_export is not None and hasattr(effdet_export, "export_onnx"):
+        effdet_export.export_onnx(model, path, image_size=tuple(x.shape[-2:]))
+        return "effdet.export.export_onnx"
+    net = optimize_for_inference(model.cpu(), tuple(x.shape[-2:]), channels_last=False)
+    torch.onnx.export(net, (x,), str(path), input_names=["images"], opset_version=17, dynamo=False)
+    return "torch.onnx.export(optimize_for_inference(model, channels_last=False))"
+
+
+def add_ratios(report: dict[str, Any]) -> None:
+    """ratio = ours / reference of each figure (time per image; images/s for training)."""
+    for key, res in report["results"].items():
+        if "reference" not in res:
+            continue
+        if key == "train" or key.startswith("forward_b") and key != "forward_b1":
+            res["ratio"] = res["ours"]["images_per_s"] / res["reference"]["images_per_s"]
+            res["ratio_kind"] = "throughput ours / reference (higher is better)"
+        else:
+            res["ratio"] = res["ours"]["median_ms_per_image"] / res["reference"]["median_ms_per_image"]
+            res["ratio_kind"] = "time ours / reference (lower is better)"
+        mem_o, mem_r = res["ours"].get("peak_memory_mb"), res["reference"].get("peak_memory_mb")
+        if mem_o is not None and mem_r:
+            res["memory_ratio"] = mem_o / mem_r
+
+
+def print_report(report: dict[str, Any]) -> None:
+    s = report["settings"]
+    print(f"\n{s['model']} {s['image_size'][0]}x{s['image_size'][1]}, {s['device']}, {s['threads']} threads, "
+          f"amp {s['amp'] or 'off'}, torch {s['torch']}; medians of {s['runs']} runs in {s['rounds']} rounds")
+    cols = ("ours", "eager", "compiled", "reference")
+    header = f"{'figure':34s}" + "".join(f"{c:>12s}" for c in cols) + f"{'ratio':>9s}  target"
+    print(header)
+    print("-" * len(header))
+    names = {"forward_b1": "forward b1 (ms)", "predict": "end-to-end predict (ms/img)", "onnx_b1": "ONNX Runtime b1 (ms)"}
+    for key, res in report["results"].items():
+        throughput = key == "train" or (key.startswith("forward_b") and key != "forward_b1")
+        label = names.get(key) or (f"train step b{s['train_batch_size']} (img/s)" if key == "train"
+                                   else f"forward {key.split('_')[1]} (img/s)")
+        field_ = "images_per_s" if throughput else "median_ms_per_image"
+        row = f"{label:34s}" + "".join(f"{res[c][field_]:12.1f}" if c in res else f"{'':12s}" for c in cols)
+        ratio = res.get("ratio")
+        row += f"{ratio:9.2f}" if ratio is not None else f"{'':9s}"
+        target = TARGETS.get(key)
+        if target and ratio is not None and s["device"] == "cpu":
+            ok = ratio <= target[1] if target[0] == "<=" else ratio >= target[1]
+            row += f"  {target[0]} {target[1]} {'met' if ok else 'MISSED'}"
+        if key == "onnx_b1":
+            ms = res["ours"]["median_ms_per_image"]
+            row += f"  <= {ONNX_TARGET_MS:.0f} ms {'met' if ms <= ONNX_TARGET_MS else 'MISSED'}"
+        print(row)
+        mem = f"{'  peak memory (MiB)':34s}" + "".join(
+            f"{res[c]['peak_memory_mb']:12.0f}" if c in res and res[c].get("peak_memory_mb") is not None
+            else f"{'':12s}" for c in cols)
+        if res.get("memory_ratio") is not None:
+            mem += f"{res['memory_ratio']:9.2f}"
+        print(mem)
+        if "compiled" in res:
+            print(f"  torch.compile time incl. warm-up: {res['compiled']['compile_and_warmup_s']:.1f} s")
+    for name, check in report["checks"].items():
+        print(f"check {name}: {json.dumps(check)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = run_benchmark(args)
+    except (ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_report(report)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        os.replace(tmp, path)
+        print(f"Wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

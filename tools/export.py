@@ -1,0 +1,100 @@
+"""Export a checkpoint to ONNX with box decoding (and optionally NMS) in the graph; check it with
+ONNX Runtime.
+
+    python tools/export.py --weights runs/train/best.pt --output model.onnx [--nms]
+        [--opset 17] [--image-size 512] [--input uint8|float] [--score-threshold 0.05]
+        [--nms-iou 0.5] [--max-detections 100] [--max-candidates 5000] [--optimize]
+        [--sample-image photo.jpg] [--no-verify]
+    python tools/export.py --weights tf_efficientdet_d0.pth --model tf_efficientdet_d0 --output d0.onnx --nms
+
+Input: images (N, 3, H, W), uint8 RGB letterboxed to the export size (default) or normalised
+float32 (--input float). See effdet/export.py for the outputs. Class names, category ids and
+the settings are stored in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+import torch
+
+from effdet.checkpoints import load_model
+from effdet.config import resolve
+from effdet.data.images import read_image
+from effdet.engine.inference import USER_ERRORS, InferenceError
+from effdet.export import DEFAULT_OPSET, DetectionGraph, ExportError, describe, export_onnx
+from effdet.letterbox import letterbox
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True, help="checkpoint: this project's, or a reference-port state dict")
+    parser.add_argument("--model", help="model name for reference-port weights, e.g. tf_efficientdet_d0")
+    parser.add_argument("--output", required=True, help="output .onnx file")
+    parser.add_argument("--nms", action="store_true", help="put per-class NMS in the graph (final detections out)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset >= 17 (default: {DEFAULT_OPSET})")
+    parser.add_argument("--image-size", type=int, nargs="+", metavar="PX",
+                        help="input side, or height width (multiples of 128); default: the model's")
+    parser.add_argument("--input", choices=("uint8", "float"), default="uint8",
+                        help="uint8 RGB with normalisation in the graph (default), or normalised float32")
+    parser.add_argument("--score-threshold", type=float, default=0.05, help="with --nms (default: 0.05)")
+    parser.add_argument("--nms-iou", type=float, default=0.5, help="with --nms (default: 0.5)")
+    parser.add_argument("--max-detections", type=int, default=100, help="with --nms, per image (default: 100)")
+    parser.add_argument("--max-candidates", type=int, default=5000,
+                        help="top class scores kept before NMS (default: 5000)")
+    parser.add_argument("--optimize", action="store_true", help="fold BatchNorm into convolutions before export")
+    parser.add_argument("--sample-image", help="image used for the ONNX Runtime check (default: random pixels)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    start = time.perf_counter()
+    try:
+        model, info = load_model(args.weights, model=args.model)
+        size = model.config.image_size
+        if args.image_size:
+            size = resolve(model.config, image_size=args.image_size[0] if len(args.image_size) == 1
+                           else args.image_size).image_size
+        if args.optimize:
+            from effdet.optimize import optimize_for_inference
+
+            model = optimize_for_inference(model, size, channels_last=False)
+        graph = DetectionGraph(model, size, nms=args.nms, input_format=args.input,
+                               score_threshold=args.score_threshold, nms_iou=args.nms_iou,
+                               max_detections=args.max_detections, max_candidates=args.max_candidates)
+        sample = None
+        if args.sample_image:
+            boxed, _ = letterbox(read_image(args.sample_image), size)
+            sample = torch.from_numpy(boxed).permute(2, 0, 1)[None].contiguous()
+            if args.input == "float":
+                sample = (sample.float() - graph.mean) / graph.std
+        metadata = dict(model=model.config.name, class_names=info.get("class_names"),
+                        category_ids=info.get("category_ids"), source=str(args.weights))
+        check = export_onnx(graph, args.output, args.opset, verify=not args.no_verify, sample=sample,
+                            metadata=metadata)
+    except ExportError as error:
+        print(f"error: {error}; the file was not written", file=sys.stderr)
+        return 1
+    except (*USER_ERRORS, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    spec = describe(graph)
+    print(f"wrote {args.output} (opset {args.opset}, {model.config.name}) in {time.perf_counter() - start:.1f} s")
+    print(f"  input:   {spec['input']}")
+    for line in spec["outputs"]:
+        print(f"  output:  {line}")
+    if check is not None:
+        print(f"ONNX Runtime check passed: {check.message}")
+    elif not args.no_verify:
+        print("not checked with ONNX Runtime (not installed: pip install effdet[export])")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Detect objects in images with a trained EfficientDet; write annotated copies and/or COCO JSON.
+
+    python tools/infer.py --weights runs/train/best.pt photos/ extra.jpg "shots/**/*.png"
+        [--output runs/infer] [--json detections.json [--ann annotations.json]]
+        [--score-threshold 0.3 --nms-iou 0.5 --soft-nms --max-detections 100]
+        [--batch-size 8 --device cpu --image-size 512]
+    python tools/infer.py --weights tf_efficientdet_d0.pth --model tf_efficientdet_d0 image.jpg
+
+Unreadable or non-image files are skipped with a warning; the summary counts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+from effdet.engine.inference import USER_ERRORS, load_predictor, run_inference
+from effdet.postprocess import PostprocessSettings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sources", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    parser.add_argument("--weights", required=True, help="checkpoint: this project's, or a reference-port state dict")
+    parser.add_argument("--model", help="model name for reference-port weights, e.g. tf_efficientdet_d0")
+    parser.add_argument("--class-names", help="file with one class name per line, or a JSON list")
+    parser.add_argument("--output", default="runs/infer", help="folder for annotated images (default: runs/infer)")
+    parser.add_argument("--no-images", action="store_true", help="do not write annotated images")
+    parser.add_argument("--json", help="also write COCO results JSON here")
+    parser.add_argument("--ann", help="COCO annotation file to take image ids from (with --json)")
+    parser.add_argument("--score-threshold", type=float, default=0.3,
+                        help="drop detections below this score (default: 0.3; use 0.001 for COCO evaluation)")
+    parser.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU threshold (default: 0.5)")
+    parser.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS (sigma 0.5) instead of hard NMS")
+    parser.add_argument("--max-detections", type=int, default=100, help="per image (default: 100)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--image-size", type=int, nargs="+", metavar="PX",
+                        help="network input side, or height width (multiples of 128); default: the model's")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    settings = PostprocessSettings(score_threshold=args.score_threshold, nms_iou=args.nms_iou, soft_nms=args.soft_nms,
+                                   max_detections=args.max_detections)
+    start = time.perf_counter()
+    try:
+        predictor = load_predictor(args.weights, args.model, args.class_names, args.device, args.image_size,
+                                   args.batch_size, settings)
+        summary = run_inference(predictor, args.sources, None if args.no_images else args.output, args.json,
+                                args.ann, progress=not args.quiet)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{summary.num_images} image(s), {summary.num_detections} detection(s) "
+          f"in {time.perf_counter() - start:.1f} s; {len(summary.skipped)} unreadable file(s) skipped")
+    if summary.output_dir is not None:
+        print(f"annotated images: {summary.output_dir}")
+    if summary.json_path is not None:
+        print(f"COCO results JSON: {summary.json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
