@@ -94,7 +94,8 @@ def draw_detections(image: Image.Image | np.ndarray | torch.Tensor, boxes: torch
         clipped[:, 1::2] = clipped[:, 1::2].clamp(0, h - 1)
         clipped[:, 2:] = torch.maximum(clipped[:, 2:], clipped[:, :2])
         font = io.BytesIO(_font_bytes())
-        drawn = draw_bounding_boxes(torch.from_numpy(rgb).permute(2, 0, 1), clipped,
+        pixels = torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy()).permute(2, 0, 1)
+        drawn = draw_bounding_boxes(pixels, clipped,
                                     labels=texts, colors=colors, width=line_width or default_width,
                                     font=font, font_size=font_size or default_font,  # type: ignore[arg-type]
                                     label_colors=[text_color(c) for c in colors] if texts else None,

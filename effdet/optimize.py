@@ -27,7 +27,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import SqueezeExcitation
 
 from effdet.backbone import FEATURE_STAGES, EfficientNetFeatures, MBConv
@@ -70,8 +70,13 @@ def static_conv(conv: nn.Conv2d, input_size: Size | None = None) -> nn.Conv2d:
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, input_size: Size | None = None) -> nn.Conv2d:
-    """``bn(conv(x))`` (BN in eval mode, running statistics) as one static convolution with bias."""
-    return static_conv(fuse_conv_bn_eval(conv, bn), input_size)
+    """``bn(conv(x))`` with BN in eval mode (running statistics) as one static convolution with bias."""
+    folded = copy.deepcopy(conv)
+    folded.weight, folded.bias = fuse_conv_bn_weights(
+        conv.weight.detach(), conv.bias.detach() if conv.bias is not None else None, bn.running_mean,
+        bn.running_var, bn.eps, bn.weight.detach() if bn.weight is not None else None,
+        bn.bias.detach() if bn.bias is not None else None)
+    return static_conv(folded, input_size)
 
 
 @functools.lru_cache(maxsize=None)
@@ -249,13 +254,12 @@ class InferenceFusionNode(nn.Module):
     ``forward(inputs)`` takes the node's inputs at their own levels and returns N x C x ``size``.
     """
 
-    def __init__(self, node: FusionNode, input_sizes: list[Size], size: Size,
-                 sizes: dict[nn.Module, Size]) -> None:
+    def __init__(self, node: FusionNode, input_sizes: list[Size], size: Size) -> None:
         super().__init__()
         self.size = size
         self.shifts = list(node.input_shifts)
         self.resample = nn.ModuleList(
-            fold_conv_bn_act(node.resample[str(i)], sizes) if str(i) in node.resample else nn.Identity()
+            fold_conv_bn_act(node.resample[str(i)], {}) if str(i) in node.resample else nn.Identity()
             for i in range(len(self.shifts)))
         self.downsample = nn.ModuleList(
             StaticMaxPoolDown(node.downsample, s) if shift < 0 else nn.Identity()
@@ -288,12 +292,14 @@ class InferenceFusionNode(nn.Module):
 class InferenceBiFpn(nn.Module):
     """Folded :class:`BiFpn`: backbone features [C3, C4, C5] -> [P_min..P_max]."""
 
-    def __init__(self, fpn: BiFpn, level_sizes: list[Size], sizes: dict[nn.Module, Size]) -> None:
+    def __init__(self, fpn: BiFpn, level_sizes: list[Size]) -> None:
         super().__init__()
         self.used = list(fpn.used)
         self.extra = nn.ModuleList()
-        for extra in fpn.extra:
-            layers = [fold_conv_bn_act(m, sizes) if isinstance(m, nn.Sequential) else StaticMaxPoolDown(m, sizes[m])
+        min_level = fpn.cells[0].min_level
+        for i, extra in enumerate(fpn.extra):  # level 6 + i from level 5 + i
+            below = level_sizes[5 + i - min_level]
+            layers = [fold_conv_bn_act(m, {}) if isinstance(m, nn.Sequential) else StaticMaxPoolDown(m, below)
                       for m in extra]
             self.extra.append(nn.Sequential(*layers))
         self.cells = nn.ModuleList()
@@ -304,7 +310,7 @@ class InferenceBiFpn(nn.Module):
             nodes = nn.ModuleList()
             for (level, inputs), node in zip(cell.nodes_spec, cell.nodes):
                 size = level_sizes[level - cell.min_level]
-                nodes.append(InferenceFusionNode(node, [feature_sizes[i] for i in inputs], size, sizes))
+                nodes.append(InferenceFusionNode(node, [feature_sizes[i] for i in inputs], size))
                 feature_sizes.append(size)
             self.cells.append(nodes)
             self.nodes_spec.append([inputs for _, inputs in cell.nodes_spec])
@@ -394,24 +400,19 @@ class OptimizedEfficientDet(nn.Module):
         return super().train(False)
 
 
-def record_input_sizes(model: EfficientDet, image_size: Size) -> dict[nn.Module, Size]:
-    """(H, W) of the input of every :class:`Conv2dSame` and :class:`MaxPool2dDown` of ``model``.
+def backbone_input_sizes(backbone: EfficientNetFeatures, image_size: Size) -> dict[nn.Module, Size]:
+    """(H, W) at the input of every convolution of ``backbone`` for an ``image_size`` input.
 
-    Found by running a copy of the model on the ``meta`` device (shapes only, no arithmetic).
-    Keys are the modules of ``model`` itself.
+    The trunk is a chain whose convolutions run in registration order, each giving
+    ceil(size / stride) pixels per side (in both padding modes); the squeeze-excite convolutions
+    (stride 1, on the pooled map) leave the running size unchanged.
     """
-    probe = copy.deepcopy(model).to("meta").eval()
     sizes: dict[nn.Module, Size] = {}
-    handles = []
-    for original, twin in zip(model.modules(), probe.modules()):
-        if isinstance(original, (Conv2dSame, MaxPool2dDown)):
-            def hook(_module: nn.Module, args: tuple, key: nn.Module = original) -> None:
-                sizes[key] = (int(args[0].shape[-2]), int(args[0].shape[-1]))
-            handles.append(twin.register_forward_pre_hook(hook))
-    with torch.no_grad():
-        probe(torch.empty(1, 3, *image_size, device="meta"))
-    for handle in handles:
-        handle.remove()
+    h, w = image_size
+    for m in backbone.modules():
+        if isinstance(m, nn.Conv2d):
+            sizes[m] = (h, w)
+            h, w = -(-h // m.stride[0]), -(-w // m.stride[1])
     return sizes
 
 
@@ -434,20 +435,14 @@ def optimize_for_inference(model: EfficientDet, image_size: Size | int | None = 
         image_size = model.config.image_size
     size: Size = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     param = next(model.parameters())
-    sizes = record_input_sizes(model, size)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            backbone = InferenceBackbone(model.backbone, sizes)
-            min_level = model.fpn.cells[0].min_level
-            levels = range(min_level, min_level + len(model.fpn.cells[0].outputs))
-            level_sizes = [(-(-size[0] // 2 ** lvl), -(-size[1] // 2 ** lvl)) for lvl in levels]
-            fpn = InferenceBiFpn(model.fpn, level_sizes, sizes)
-            net = OptimizedEfficientDet(backbone, fpn, InferenceHead(model.class_net), InferenceHead(model.box_net),
-                                        size, channels_last, model.config)
-    finally:
-        model.train(was_training)
+    min_level = model.fpn.cells[0].min_level
+    levels = range(min_level, min_level + len(model.fpn.cells[0].outputs))
+    level_sizes = [(-(-size[0] // 2 ** lvl), -(-size[1] // 2 ** lvl)) for lvl in levels]
+    with torch.no_grad():
+        backbone = InferenceBackbone(model.backbone, backbone_input_sizes(model.backbone, size))
+        fpn = InferenceBiFpn(model.fpn, level_sizes)
+        net = OptimizedEfficientDet(backbone, fpn, InferenceHead(model.class_net), InferenceHead(model.box_net),
+                                    size, channels_last, model.config)
     net = net.to(device=param.device, dtype=param.dtype).eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -456,4 +451,5 @@ def optimize_for_inference(model: EfficientDet, image_size: Size | int | None = 
     return net
 
 
-__all__ = ["OptimizedEfficientDet", "optimize_for_inference", "fold_conv_bn", "static_conv", "record_input_sizes"]
+__all__ = ["ConvAct", "OptimizedEfficientDet", "backbone_input_sizes", "fold_conv_bn", "onednn_fusion_available",
+           "optimize_for_inference", "static_conv"]

@@ -15,14 +15,14 @@ from effdet.model import EfficientDet
 from effdet.optimize import optimize_for_inference
 from effdet.postprocess import PostprocessSettings, postprocess
 
-ImageLike = Any  # PIL.Image.Image | np.ndarray (H x W x 3 uint8) | torch.Tensor (3 x H x W)
+ImageLike = Any  # path | PIL.Image.Image | np.ndarray (H x W x 3 uint8) | torch.Tensor (3 x H x W)
 
 
 class Predictor:
     """Detect objects in images with an :class:`EfficientDet`.
 
-    ``predictor(images)`` takes one image or a list (PIL images, H x W x 3 uint8 arrays, or
-    3 x H x W tensors, uint8 or float in 0..1), letterboxes each to the model's input size (keep
+    ``predictor(images)`` takes one image or a list (file paths, PIL images, H x W x 3 uint8
+    arrays, or 3 x H x W tensors, uint8 or float in 0..1), letterboxes each to the model's input size (keep
     aspect ratio, pad bottom/right), normalises, runs the network in batches of ``batch_size``,
     decodes boxes, applies per-class NMS (or soft-NMS) and returns, per image, a dict with
     ``boxes`` (K, 4) float32 xyxy in that image's pixels, ``scores`` (K,), ``labels`` (K,) int64
@@ -69,7 +69,12 @@ class Predictor:
         """Letterbox a list of images: (N x 3 x H x W uint8 batch, (N,) scales, (N, 2) valid h, w)."""
         arrays, scales, valid = [], [], []
         for image in images:
-            rgb = to_rgb_array(image)
+            if isinstance(image, (str, Path)):
+                from effdet.data.images import read_image  # only needed for paths
+
+                rgb = read_image(image)
+            else:
+                rgb = to_rgb_array(image)
             boxed, scale = letterbox(rgb, self.image_size)
             arrays.append(boxed)
             scales.append(scale)

@@ -85,4 +85,15 @@ def test_settings_are_respected() -> None:
     assert len(det["scores"]) <= 5 and (det["scores"] >= 0.3).all()
     assert "names" not in det
     with pytest.raises(TypeError):
-        p("not an image")
+        p(12345)
+    from effdet.data.images import ImageReadError
+
+    with pytest.raises(ImageReadError, match="missing.png"):
+        p("missing.png")
+
+
+def test_file_paths_are_read(predictor: Predictor, tmp_path) -> None:
+    arr = _image(100, 150, 6)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    from_path = predictor(str(tmp_path / "a.png"))
+    assert torch.equal(from_path["boxes"], predictor(arr)["boxes"])

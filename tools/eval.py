@@ -18,7 +18,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from effdet.config import resolve
 from effdet.data import CocoDetection, eval_transform
 from effdet.engine.evaluate import (checkpoint_category_ids, coco_stats, evaluate_coco, format_per_class,
                                     format_summary, SUMMARY_NAMES)
-from effdet.engine.inference import USER_ERRORS, InferenceError
+from effdet.engine.inference import USER_ERRORS, InferenceError, plain_warnings
 from effdet.postprocess import PostprocessSettings
 from effdet.results import read_results, write_json
 
@@ -106,7 +105,11 @@ def evaluate_results(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    with plain_warnings():
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         metrics = evaluate_weights(args) if args.weights else evaluate_results(args)

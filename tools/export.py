@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import warnings
 
 import torch
 
 from effdet.checkpoints import load_model
 from effdet.config import resolve
 from effdet.data.images import read_image
-from effdet.engine.inference import USER_ERRORS, InferenceError
+from effdet.engine.inference import USER_ERRORS, plain_warnings
 from effdet.export import DEFAULT_OPSET, DetectionGraph, ExportError, describe, export_onnx
 from effdet.letterbox import letterbox
 
@@ -53,7 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    with plain_warnings():
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         model, info = load_model(args.weights, model=args.model)

@@ -3,7 +3,7 @@
     python tools/infer.py --weights runs/train/best.pt photos/ extra.jpg "shots/**/*.png"
         [--output runs/infer] [--json detections.json [--ann annotations.json]]
         [--score-threshold 0.3 --nms-iou 0.5 --soft-nms --max-detections 100]
-        [--batch-size 8 --device cpu --image-size 512]
+        [--batch-size 8 --device cpu --image-size 512 --optimize]
     python tools/infer.py --weights tf_efficientdet_d0.pth --model tf_efficientdet_d0 image.jpg
 
 Unreadable or non-image files are skipped with a warning; the summary counts them.
@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import warnings
 
-from effdet.engine.inference import USER_ERRORS, load_predictor, run_inference
+from effdet.engine.inference import USER_ERRORS, plain_warnings, load_predictor, run_inference
 from effdet.postprocess import PostprocessSettings
 
 
@@ -39,19 +38,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--image-size", type=int, nargs="+", metavar="PX",
                         help="network input side, or height width (multiples of 128); default: the model's")
+    parser.add_argument("--optimize", action="store_true",
+                        help="fold BatchNorm into convolutions etc. for faster inference (same detections)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    with plain_warnings():
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     settings = PostprocessSettings(score_threshold=args.score_threshold, nms_iou=args.nms_iou, soft_nms=args.soft_nms,
                                    max_detections=args.max_detections)
     start = time.perf_counter()
     try:
         predictor = load_predictor(args.weights, args.model, args.class_names, args.device, args.image_size,
-                                   args.batch_size, settings)
+                                   args.batch_size, settings, optimize=args.optimize)
         summary = run_inference(predictor, args.sources, None if args.no_images else args.output, args.json,
                                 args.ann, progress=not args.quiet)
     except USER_ERRORS as error:

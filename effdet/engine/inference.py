@@ -8,6 +8,7 @@ the predictor in batches and writes annotated copies and/or a COCO results JSON.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -15,7 +16,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from PIL import Image
 from tqdm import tqdm
@@ -37,6 +38,17 @@ class InferenceError(ValueError):
 USER_ERRORS: tuple[type[Exception], ...] = (InferenceError, CheckpointError, ConfigError, DatasetError, ResultsError,
                                             FileNotFoundError)
 """Errors caused by the user's input; command-line tools print them in one line and exit with 2."""
+
+
+@contextlib.contextmanager
+def plain_warnings() -> Iterator[None]:
+    """Show warnings as ``warning: message`` lines (for command-line tools), restored on exit."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
 
 
 @dataclass
@@ -70,7 +82,7 @@ def read_class_names(path: str | Path) -> list[str]:
 
 def load_predictor(weights: str | Path, model: str | None = None, class_names: str | Path | Sequence[str] | None = None,
                    device: str = "cpu", image_size: int | Sequence[int] | None = None, batch_size: int = 8,
-                   settings: PostprocessSettings | None = None) -> Predictor:
+                   settings: PostprocessSettings | None = None, optimize: bool = False) -> Predictor:
     """A :class:`Predictor` for a checkpoint.
 
     Args:
@@ -81,6 +93,7 @@ def load_predictor(weights: str | Path, model: str | None = None, class_names: s
         image_size: network input (h, w) or side; default the model's. Must be a multiple of
             2^max_level (128 for D0..D7).
         settings: post-processing; default the Predictor's (score threshold 0.05).
+        optimize: run :func:`effdet.optimize.optimize_for_inference` (BN folding etc.).
     """
     net, info = load_model(weights, model=model, device=device)
     cfg = net.config
@@ -94,7 +107,7 @@ def load_predictor(weights: str | Path, model: str | None = None, class_names: s
             raise InferenceError(f"{len(names)} class names given for a model with {cfg.num_classes} classes "
                                  f"({weights}); give exactly one name per class")
     return Predictor(net, image_size=size, class_names=names, category_ids=info.get("category_ids"), device=device,
-                     batch_size=batch_size, settings=settings)
+                     batch_size=batch_size, settings=settings, optimize=optimize)
 
 
 def output_names(paths: Sequence[Path], sources: Sequence[str | Path]) -> list[Path]:

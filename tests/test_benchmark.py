@@ -1,0 +1,155 @@
+"""tools/benchmark.py and effdet.benchmark: timing helpers, comparisons and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from effdet.benchmark import (ForwardTask, Measurement, PredictTask, TrainStepTask, make_jpegs, make_train_batch,
+                              peak_memory, time_calls)
+from effdet.model import create_model
+from effdet.predictor import Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import benchmark as bench_tool  # noqa: E402  (tools/benchmark.py)
+
+TINY_OVERRIDES = ["num_classes=3", "fpn_channels=16", "fpn_cells=1", "head_repeats=1"]
+
+
+def tiny_model():
+    return create_model("efficientdet_d0", num_classes=3, image_size=128, fpn_channels=16, fpn_cells=1,
+                        head_repeats=1)
+
+
+class FakeRunner:
+    """Records the order of calls; each run 'takes' a fixed time."""
+
+    def __init__(self, name: str, log: list[str], seconds: float) -> None:
+        self.name, self.log, self.seconds, self.items, self.warmup_s = name, log, seconds, 2, 0.0
+
+    def run(self, runs: int):
+        self.log.extend([self.name] * runs)
+        return [self.seconds] * runs, 10.0, {}
+
+
+def test_interleave_alternates_in_rounds_and_counts_runs() -> None:
+    log: list[str] = []
+    runners = {"a": FakeRunner("a", log, 0.1), "b": FakeRunner("b", log, 0.3)}
+    results = bench_tool.interleave(runners, runs=5, rounds=3)
+    assert log == ["a", "a", "b", "b", "a", "a", "b", "b", "a", "b"]
+    assert len(results["a"].times) == len(results["b"].times) == 5
+    summary = results["b"].summary()
+    assert summary["median_ms"] == pytest.approx(300.0)
+    assert summary["images_per_s"] == pytest.approx(2 / 0.3)
+    assert summary["peak_memory_mb"] == 10.0
+
+
+def test_compare_detections() -> None:
+    a = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}]
+    same = [{k: v.clone() for k, v in a[0].items()}]
+    assert bench_tool.compare_detections(a, same)["equal"]
+    moved = [{**same[0], "boxes": torch.tensor([[0.0, 0.0, 12.0, 10.0]])}]
+    assert not bench_tool.compare_detections(a, moved)["equal"]
+    relabelled = [{**same[0], "labels": torch.tensor([2])}]
+    assert not bench_tool.compare_detections(a, relabelled)["equal"]
+    assert not bench_tool.compare_detections(a, [{k: v[:0] for k, v in a[0].items()}])["equal"]
+
+
+def test_add_ratios_directions() -> None:
+    report = {"results": {
+        "forward_b1": {"ours": {"median_ms_per_image": 40.0, "images_per_s": 25.0, "peak_memory_mb": 5.0},
+                       "reference": {"median_ms_per_image": 100.0, "images_per_s": 10.0, "peak_memory_mb": 10.0}},
+        "train": {"ours": {"median_ms_per_image": 50.0, "images_per_s": 20.0},
+                  "reference": {"median_ms_per_image": 100.0, "images_per_s": 10.0}}}}
+    bench_tool.add_ratios(report)
+    assert report["results"]["forward_b1"]["ratio"] == pytest.approx(0.4)
+    assert report["results"]["forward_b1"]["memory_ratio"] == pytest.approx(0.5)
+    assert report["results"]["train"]["ratio"] == pytest.approx(2.0)
+
+
+def test_time_calls_and_peak_memory() -> None:
+    times = time_calls(lambda: sum(range(1000)), 3, torch.device("cpu"))
+    assert len(times) == 3 and all(t >= 0 for t in times)
+    with peak_memory(torch.device("cpu")) as mem:
+        block = torch.ones(64, 2 ** 20 // 4 * 4)  # 64 MiB, touched
+        del block
+    assert mem["peak_mb"] is None or mem["peak_mb"] >= 32
+    assert Measurement([0.2, 0.1, 0.4], items=4).summary()["median_ms_per_image"] == pytest.approx(50.0)
+
+
+def test_inputs(tmp_path: Path) -> None:
+    paths = make_jpegs(tmp_path, [(60, 80), (90, 50)], seed=1)
+    assert [p.suffix for p in paths] == [".jpg", ".jpg"] and all(p.stat().st_size > 0 for p in paths)
+    images, boxes, labels = make_train_batch(3, (128, 128), 3, seed=1)
+    assert images.shape == (3, 3, 128, 128) and images.dtype == torch.uint8
+    for b, lab in zip(boxes, labels):
+        assert len(b) == len(lab) > 0
+        assert (b[:, 2:] > b[:, :2]).all() and (b >= 0).all() and (b <= 128).all()
+        assert ((lab >= 0) & (lab < 3)).all()
+
+
+def test_tasks_run(tmp_path: Path) -> None:
+    model = tiny_model()
+    cpu = torch.device("cpu")
+    forward = ForwardTask(model, torch.randn(2, 3, 128, 128), cpu)
+    cls, box = forward()
+    assert cls[0].shape == (2, 27, 16, 16) and forward.items == 2
+    predict = PredictTask(Predictor(model, score_threshold=0.0), make_jpegs(tmp_path, [(100, 120)]))
+    predict()
+    assert len(predict.detections) == 1 and len(predict.detections[0]["scores"]) > 0
+    images, boxes, labels = make_train_batch(2, (128, 128), 3)
+    train = TrainStepTask(create_model("efficientdet_d0", num_classes=3, image_size=128, fpn_channels=16,
+                                       fpn_cells=1, head_repeats=1, drop_path_rate=0.0),
+                          images, boxes, labels, cpu, channels_last=True)
+    before = [p.detach().clone() for p in train.model.parameters()]
+    loss = train()
+    assert torch.isfinite(torch.tensor(loss)) and train.losses == [loss]
+    assert any(not torch.equal(a, b) for a, b in zip(before, train.model.parameters()))
+
+
+def test_cli_tiny_run_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench.json"
+    rc = bench_tool.main(["--threads", "1", "--image-size", "128", "--runs", "2", "--rounds", "2", "--warmup", "1",
+                          "--tasks", "forward,throughput,predict,train", "--batch-size", "2",
+                          "--train-batch-size", "2", "--work-dir", str(tmp_path / "work"), "--json", str(out),
+                          *TINY_OVERRIDES])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"forward_b1", "forward_b2", "predict", "train"}
+    assert set(report["results"]["forward_b1"]) == {"ours", "eager"}
+    assert len(report["results"]["forward_b1"]["ours"]["times_ms"]) == 2
+    assert report["checks"]["optimized_vs_eager_max_abs_diff"] < 1e-3
+    assert report["checks"]["predict_optimized_vs_eager"]["equal"]
+    printed = capsys.readouterr().out
+    assert "forward b1 (ms)" in printed and "train step b2 (img/s)" in printed
+
+
+def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert bench_tool.main(["--tasks", "forward", "no_such_key=1"]) == 2
+    assert "unknown model config key" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown task"):
+        bench_tool.main(["--tasks", "fly", *TINY_OVERRIDES, "--image-size", "128"])
+
+
+@pytest.mark.slow
+def test_compare_reference_tiny(tmp_path: Path) -> None:
+    """Side by side with the reference port at 128 px: same detections and the same first loss."""
+    sys.path.insert(0, str(ROOT))
+    from tests.refport.env import require_reference
+
+    require_reference()
+    out = tmp_path / "bench.json"
+    rc = bench_tool.main(["--threads", "1", "--image-size", "128", "--runs", "2", "--rounds", "2", "--warmup", "1",
+                          "--tasks", "forward,predict,train", "--train-batch-size", "2", "--compare-reference",
+                          "--no-eager", "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["checks"]["predict_vs_reference"]["equal"]
+    assert report["checks"]["train_loss_vs_reference"]["equal"]
+    for key in ("forward_b1", "predict", "train"):
+        assert report["results"][key]["ratio"] > 0

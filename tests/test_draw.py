@@ -1,0 +1,66 @@
+"""draw_detections: boxes land where they should, in per-class colours, sized to the image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from effdet.draw import PALETTE, class_color, draw_detections, drawing_sizes, text_color
+
+
+def _grey(h: int = 120, w: int = 160) -> np.ndarray:
+    return np.full((h, w, 3), 128, dtype=np.uint8)
+
+
+def test_box_outline_in_class_colour_and_input_kind_kept() -> None:
+    image = _grey()
+    out = draw_detections(image, [[20, 30, 100, 90]], labels=[2], scores=[0.9], class_names=["a", "b", "c"])
+    assert isinstance(out, np.ndarray) and out.shape == image.shape and out.dtype == np.uint8
+    assert tuple(out[60, 20]) == class_color(2)  # left edge
+    assert tuple(out[90, 60]) == class_color(2)  # bottom edge (PIL draws x2, y2 inclusive)
+    assert tuple(out[60, 60]) == (128, 128, 128)  # inside, away from the label
+    assert np.array_equal(image, _grey())  # input untouched
+    pil = draw_detections(Image.fromarray(image), torch.tensor([[20.0, 30, 100, 90]]), [0], [0.5])
+    assert isinstance(pil, Image.Image) and pil.size == (160, 120)
+    tensor = draw_detections(torch.from_numpy(image).permute(2, 0, 1), [[20, 30, 100, 90]], [0], [0.5])
+    assert tensor.shape == (3, 120, 160) and tensor.dtype == torch.uint8
+
+
+def test_label_has_filled_background() -> None:
+    out = draw_detections(_grey(), [[10, 10, 150, 110]], labels=[0], scores=[0.87], class_names=["cat"])
+    label_area = out[12:22, 12:40].reshape(-1, 3)
+    colours = {tuple(c) for c in label_area}
+    assert PALETTE[0] in colours  # filled label background
+    assert text_color(PALETTE[0]) == (255, 255, 255) and label_area.min(axis=1).max() > 200  # white text
+
+
+def test_threshold_empty_and_out_of_image_boxes() -> None:
+    image = _grey()
+    assert np.array_equal(draw_detections(image, [[20, 30, 100, 90]], [1], [0.1], score_threshold=0.5), image)
+    assert np.array_equal(draw_detections(image, np.zeros((0, 4)), [], []), image)
+    out = draw_detections(image, [[-50, -20, 400, 300]], ["person"], [0.7])  # clipped, no error
+    assert tuple(out[60, 0]) == class_color(0)
+
+
+def test_string_labels_get_one_colour_per_name() -> None:
+    out = draw_detections(_grey(200, 200), [[10, 10, 60, 60], [100, 100, 190, 190], [70, 10, 95, 60]],
+                          ["dog", "cat", "dog"], None)
+    assert tuple(out[40, 10]) == tuple(out[40, 70]) == class_color(0)
+    assert tuple(out[150, 100]) == class_color(1)
+
+
+def test_sizes_and_colours() -> None:
+    assert drawing_sizes(100, 100) == (1, 10)
+    small, large = drawing_sizes(480, 640), drawing_sizes(3000, 4000)
+    assert small[0] < large[0] and small[1] < large[1] and large[1] > 60
+    assert len({class_color(i) for i in range(100)}) == 100
+    assert text_color((255, 255, 0)) == (0, 0, 0) and text_color((20, 20, 120)) == (255, 255, 255)
+
+
+def test_greyscale_input_and_mismatched_lengths() -> None:
+    out = draw_detections(Image.new("L", (64, 48), 200), [[5, 5, 40, 40]], [3], [0.6])
+    assert out.mode == "RGB"
+    with pytest.raises(ValueError, match="2 boxes but 1 scores"):
+        draw_detections(_grey(), [[0, 0, 5, 5], [1, 1, 6, 6]], [0, 0], [0.5])

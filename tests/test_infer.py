@@ -1,0 +1,169 @@
+"""tools/infer.py: every kind of image in, annotated copies and COCO JSON out; broken files are
+skipped and counted; user errors exit with 2 and one line, no traceback."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from effdet import create_model
+from effdet.checkpoints import save_checkpoint
+from effdet.engine.inference import output_names, read_class_names
+
+ROOT = Path(__file__).resolve().parents[1]
+INFER = ROOT / "tools" / "infer.py"
+NAMES = ["circle", "square", "triangle", "star"]
+
+
+def load_tool(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem + "_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("efficientdet_d0", num_classes=4, image_size=128, fpn_channels=16, fpn_cells=1,
+                         head_repeats=1)
+    with torch.no_grad():  # spread-out scores, so that a threshold keeps some but not all
+        model.class_net.predict.conv_pw.weight.normal_(0.0, 3.0)
+        model.class_net.predict.conv_pw.bias.normal_(-1.0, 1.0)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, class_names=NAMES,
+                           category_ids=[1, 3, 7, 12])
+
+
+def _pixels(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Good images of every kind (two in a subfolder) plus two broken files."""
+    root = tmp_path_factory.mktemp("images")
+    (root / "sub").mkdir()
+    rgb = Image.fromarray(_pixels(60, 80, 0))
+    rgb.save(root / "rgb.jpg")
+    rgb.save(root / "rgb.png")
+    rgb.save(root / "rgb.bmp")
+    rgb.save(root / "rgb.webp")
+    rgb.save(root / "sub" / "rgb.tiff")
+    rgb.convert("L").save(root / "grey.png")
+    Image.fromarray(np.dstack([_pixels(50, 70, 1), np.full((50, 70, 1), 128, np.uint8)])).save(root / "rgba.png")
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(root / "palette.png")
+    Image.fromarray((np.random.default_rng(2).integers(0, 65535, (40, 90))).astype(np.uint16)).save(root / "deep16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display: 60 x 100 stored -> 100 x 60 shown
+    Image.fromarray(_pixels(60, 100, 3)).save(root / "sub" / "rotated.jpg", exif=exif)
+    (root / "text.jpg").write_text("this is not an image\n")
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG")
+    (root / "truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return root
+
+
+GOOD = ["rgb.jpg", "rgb.png", "rgb.bmp", "rgb.webp", "sub/rgb.tiff", "grey.png", "rgba.png", "palette.png",
+        "deep16.png", "sub/rotated.jpg"]
+
+
+def _annotations(path: Path) -> Path:
+    images = [dict(id=100 + i, file_name=name, width=1, height=1) for i, name in enumerate(GOOD)]
+    categories = [dict(id=cid, name=name) for cid, name in zip([1, 3, 7, 12], NAMES)]
+    path.write_text(json.dumps(dict(images=images, annotations=[], categories=categories)))
+    return path
+
+
+def test_every_image_kind_and_broken_files(weights: Path, image_dir: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    out, results = tmp_path / "out", tmp_path / "dets.json"
+    ann = _annotations(tmp_path / "ann.json")
+    with pytest.warns(UserWarning) as caught:
+        code = load_tool(INFER).main(["--weights", str(weights), str(image_dir), "--output", str(out), "--json",
+                                      str(results), "--ann", str(ann), "--score-threshold", "0.2",
+                                      "--batch-size", "4", "--quiet"])
+    assert code == 0
+    stdout = capsys.readouterr().out
+    assert f"{len(GOOD)} image(s)" in stdout and "2 unreadable file(s) skipped" in stdout
+    skipped = " ".join(str(w.message) for w in caught)
+    assert "text.jpg" in skipped and "truncated.png" in skipped
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == sorted(GOOD)
+    assert Image.open(out / "sub" / "rotated.jpg").size == (60, 100)  # EXIF rotation applied (w, h)
+    assert Image.open(out / "deep16.png").mode == "RGB"
+    entries = json.loads(results.read_text())
+    assert entries and {e["file_name"] for e in entries} <= set(GOOD)
+    ids = {name: 100 + i for i, name in enumerate(GOOD)}
+    assert all(e["image_id"] == ids[e["file_name"]] and e["category_id"] in (1, 3, 7, 12) and e["score"] >= 0.2
+               for e in entries)
+    coco = COCO(str(ann))
+    detections = coco.loadRes(str(results))
+    assert len(detections.getAnnIds()) == len(entries)
+
+
+def test_json_boxes_are_in_original_pixels(weights: Path, image_dir: Path, tmp_path: Path) -> None:
+    """Same detections, boxes doubled, for an image and its 2x upscaled copy (both letterbox to
+    the same network input: 128 x 96 as is, and 256 x 192 halved)."""
+    small = Image.fromarray(_pixels(96, 128, 5))
+    small.save(tmp_path / "small.png")
+    small.resize((256, 192), Image.Resampling.NEAREST).save(tmp_path / "big.png")
+    tool = load_tool(INFER)
+    for name, source in (("a.json", tmp_path / "small.png"), ("b.json", tmp_path / "big.png")):
+        assert tool.main(["--weights", str(weights), str(source), "--no-images", "--json", str(tmp_path / name),
+                          "--score-threshold", "0.2", "--quiet"]) == 0
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert a and all(e["image_id"] == 1 for e in a)
+    assert [e["category_id"] for e in a] == [e["category_id"] for e in b]
+    np.testing.assert_allclose([e["score"] for e in b], [e["score"] for e in a], atol=1e-5)
+    np.testing.assert_allclose([e["bbox"] for e in b], 2 * np.array([e["bbox"] for e in a]), atol=0.01)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weights", "{tmp}/missing.pt", "{images}"], "missing.pt does not exist"),
+    (["--weights", "{weights}", "{tmp}/nowhere"], "is not an existing file or folder"),
+    (["--weights", "{weights}", "{tmp}/empty"], "no image files found"),
+    (["--weights", "{weights}", "{images}", "--class-names", "{tmp}/names.txt"], "3 class names given"),
+    (["--weights", "{weights}", "{images}", "--image-size", "100"], "multiple of"),
+])
+def test_user_errors_exit_2(weights: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                            args: list[str], message: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "names.txt").write_text("a\nb\nc\n")
+    filled = [a.format(tmp=tmp_path, images=image_dir, weights=weights) for a in args]
+    assert load_tool(INFER).main([*filled, "--output", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+
+
+def test_cli_missing_weights_no_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(INFER), "--weights", str(tmp_path / "nope.pt"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2
+    assert "nope.pt does not exist" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_output_names_keep_relative_paths(tmp_path: Path) -> None:
+    for rel in ("a/x.jpg", "a/b/y.png", "c/x.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).touch()
+    paths = [tmp_path / "a/b/y.png", tmp_path / "a/x.jpg", tmp_path / "c/x.jpg"]
+    names = output_names(paths, [tmp_path / "a", str(tmp_path / "c" / "*.jpg")])
+    assert [n.as_posix() for n in names] == ["b/y.png", "x.jpg", "x_1.jpg"]
+
+
+def test_read_class_names(tmp_path: Path) -> None:
+    (tmp_path / "n.txt").write_text("cat\n\n dog \n")
+    (tmp_path / "n.json").write_text('["cat", "dog"]')
+    assert read_class_names(tmp_path / "n.txt") == read_class_names(tmp_path / "n.json") == ["cat", "dog"]
