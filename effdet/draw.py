@@ -59,7 +59,8 @@ def draw_detections(image: Image.Image | np.ndarray | torch.Tensor, boxes: torch
                     labels: Sequence[int] | Sequence[str] | torch.Tensor | None = None,
                     scores: Sequence[float] | torch.Tensor | None = None,
                     class_names: Sequence[str] | None = None, score_threshold: float = 0.0,
-                    line_width: int | None = None, font_size: int | None = None) -> Image.Image | np.ndarray | torch.Tensor:
+                    line_width: int | None = None, font_size: int | None = None
+                    ) -> Image.Image | np.ndarray | torch.Tensor:
     """Draw boxes with "name score" labels on a copy of ``image``.
 
     Args:

@@ -80,6 +80,7 @@ class DetectionGraph(nn.Module):
         self.register_buffer("anchors", anchors, persistent=False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        self.eval()  # inference only: BN uses its running statistics
 
     @property
     def output_names(self) -> list[str]:

@@ -213,10 +213,14 @@ def test_checkpoint_categories_are_checked(demo: CocoDetection) -> None:
         checkpoint_category_ids(["circle", "square", "square", "star"], [1, 7, 3, 12], 4, demo)
     with pytest.raises(ValueError, match="3 classes"):
         checkpoint_category_ids(None, None, 3, demo)
-    with pytest.raises(ValueError, match="not in the file"):
-        checkpoint_category_ids(["circle", "hexagon"], [1, 99], 2, demo)
-    # a COCO-style model with placeholder slots for ids the file lacks is fine
-    assert checkpoint_category_ids(["circle", "unused-2", "square"], [1, 2, 3], 3, demo) == [1, 2, 3]
+    with pytest.raises(ValueError, match="no category id in common"):
+        checkpoint_category_ids(["hexagon", "oval"], [98, 99], 2, demo)
+    # a COCO-style model with placeholder slots for ids the file lacks: fine, but it warns that
+    # the file's triangle and star are not predicted
+    with pytest.warns(UserWarning, match="does not predict 2 of the file's categories"):
+        assert checkpoint_category_ids(["circle", "unused-2", "square"], [1, 2, 3], 3, demo) == [1, 2, 3]
+    with pytest.warns(UserWarning, match=r"not in the annotation file \(e.g. 99 \(hexagon\)\)"):
+        checkpoint_category_ids(["circle", "square", "triangle", "star", "hexagon"], [1, 3, 7, 12, 99], 5, demo)
 
 
 def test_model_and_dataset_class_counts_must_agree(demo: CocoDetection) -> None:
@@ -237,7 +241,8 @@ def test_formatting() -> None:
 def _eval_tool():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("eval_tool", Path(__file__).resolve().parents[1] / "tools" / "eval.py")
+    path = Path(__file__).resolve().parents[1] / "tools" / "eval.py"
+    spec = importlib.util.spec_from_file_location("eval_tool", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

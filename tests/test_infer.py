@@ -167,3 +167,34 @@ def test_read_class_names(tmp_path: Path) -> None:
     (tmp_path / "n.txt").write_text("cat\n\n dog \n")
     (tmp_path / "n.json").write_text('["cat", "dog"]')
     assert read_class_names(tmp_path / "n.txt") == read_class_names(tmp_path / "n.json") == ["cat", "dog"]
+
+
+@pytest.mark.slow
+def test_reference_checkpoint_infer_and_eval(image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A reference-port COCO state dict: 90 COCO names in the drawings, category ids 1..90 in the
+    JSON, and evaluation against an annotation file that uses COCO's ids and names."""
+    from tests.refport.env import require_reference, run_reference
+
+    require_reference()
+    weights = tmp_path / "ref_d0.pth"
+    run_reference("export", model_name="tf_efficientdet_d0", out=weights, image_size=256)
+    common = ["--weights", str(weights), "--model", "tf_efficientdet_d0", "--image-size", "256"]
+    with pytest.warns(UserWarning):
+        assert load_tool(INFER).main([*common, str(image_dir), "--no-images", "--json", str(tmp_path / "d.json"),
+                                      "--score-threshold", "0.0", "--quiet"]) == 0
+    entries = json.loads((tmp_path / "d.json").read_text())
+    assert entries and all(1 <= e["category_id"] <= 90 for e in entries)
+
+    images = [dict(id=i + 1, file_name=name, width=w, height=h) for i, (name, (w, h)) in
+              enumerate([(n, Image.open(image_dir / n).size) for n in ("rgb.jpg", "rgb.png")])]
+    annotations = [dict(id=1, image_id=1, category_id=1, bbox=[5, 5, 30, 40], area=1200, iscrowd=0),
+                   dict(id=2, image_id=2, category_id=3, bbox=[10, 8, 50, 30], area=1500, iscrowd=0)]
+    for names, code in ((["person", "car"], 0), (["circle", "car"], 2)):
+        ann = tmp_path / f"ann_{code}.json"
+        ann.write_text(json.dumps(dict(images=images, annotations=annotations,
+                                       categories=[dict(id=1, name=names[0]), dict(id=3, name=names[1])])))
+        eval_tool = load_tool(ROOT / "tools" / "eval.py")
+        assert eval_tool.main([*common, "--ann", str(ann), "--images", str(image_dir), "--workers", "0", "--quiet",
+                               "--output-json", str(tmp_path / "m.json")]) == code
+    assert [row["name"] for row in json.loads((tmp_path / "m.json").read_text())["per_class"]] == ["person", "car"]
+    assert "'circle'" in capsys.readouterr().err

@@ -273,6 +273,96 @@ def build_models(args: argparse.Namespace, overrides: dict[str, Any], work: Path
     return model.eval(), ref_name, weights
 
 
+class Benchmark:
+    """The measurements of one run; each task method fills ``report["results"]`` / ``["checks"]``."""
+
+    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, device: torch.device, work: Path,
+                 worker: ReferenceWorker | None, report: dict[str, Any]) -> None:
+        self.args, self.model, self.device, self.work, self.worker, self.report = args, model, device, work, worker, report
+        self.size = tuple(model.config.image_size)
+        self.eager = model.to(device).eval()
+        self.optimized = optimize_for_inference(self.eager, self.size)
+        self.compiled = None
+        if args.compile:
+            if device.type == "cpu":
+                import torch._inductor.config as inductor_config
+                inductor_config.freezing = True  # constant weights, pre-packed for oneDNN
+            self.compiled = torch.compile(self.optimized)
+        x = random_input(1, self.size, args.seed).to(device)
+        with torch.inference_mode():
+            report["checks"]["optimized_vs_eager_max_abs_diff"] = max_output_diff(self.optimized(x), self.eager(x))
+
+    def forward(self, batch_size: int) -> None:
+        args, device = self.args, self.device
+        key = f"forward_b{batch_size}"
+        batch = random_input(batch_size, self.size, args.seed)
+        path = self.work / f"input_{key}.pt"
+        torch.save(batch, path)
+        runners: dict[str, Any] = {
+            "ours": LocalRunner(ForwardTask(self.optimized, batch, device, args.amp), batch_size, device, args.warmup)}
+        if not args.no_eager:
+            runners["eager"] = LocalRunner(ForwardTask(self.eager, batch, device, args.amp), batch_size, device,
+                                           args.warmup)
+        if self.compiled is not None:
+            runners["compiled"] = LocalRunner(ForwardTask(self.compiled, batch, device, args.amp), batch_size, device,
+                                              max(1, args.warmup))
+        if self.worker is not None:
+            runners["reference"] = ReferenceRunner(self.worker, "forward", args.warmup, input=str(path), amp=args.amp)
+        self.report["results"][key] = {k: m.summary() for k, m in interleave(runners, args.runs, args.rounds).items()}
+        if "compiled" in runners:
+            self.report["results"][key]["compiled"]["compile_and_warmup_s"] = runners["compiled"].warmup_s
+
+    def predict(self) -> None:
+        args, device = self.args, self.device
+        paths = ([Path(p) for p in find_images(args.images)] if args.images else
+                 make_jpegs(self.work / "images", [(480, 640), (640, 427), (512, 512), (375, 500)], args.seed))
+        settings = PostprocessSettings(score_threshold=args.score_threshold, max_candidates=args.max_candidates,
+                                       max_detections=args.max_detections)
+        ours = PredictTask(Predictor(self.eager, self.size, device=device, settings=settings, optimize=True), paths,
+                           args.amp)
+        runners: dict[str, Any] = {"ours": LocalRunner(ours, len(paths), device, args.warmup)}
+        if not args.no_eager:
+            eager = PredictTask(Predictor(self.eager, self.size, device=device, settings=settings), paths, args.amp)
+            runners["eager"] = LocalRunner(eager, len(paths), device, args.warmup)
+        if self.worker is not None:
+            runners["reference"] = ReferenceRunner(self.worker, "predict", args.warmup,
+                                                   images=[str(p) for p in paths], amp=args.amp)
+        self.report["results"]["predict"] = {k: m.summary() for k, m in
+                                             interleave(runners, args.runs, args.rounds).items()}
+        checks = self.report["checks"]
+        if not args.no_eager:
+            checks["predict_optimized_vs_eager"] = compare_detections(ours.detections, eager.detections)
+        if self.worker is not None:
+            out = self.work / "reference_detections.pt"
+            self.worker.call("detections", out=str(out))
+            theirs = torch.load(out, weights_only=True)
+            if args.score_threshold > 0:  # the reference has no threshold: apply it to its output
+                theirs = [{k: v[d["scores"] >= args.score_threshold] for k, v in d.items()} for d in theirs]
+            checks["predict_vs_reference"] = compare_detections(ours.detections, theirs)
+
+    def train(self, batch_size: int) -> None:
+        args, device = self.args, self.device
+        images, boxes, labels = make_train_batch(batch_size, self.size, self.model.config.num_classes, args.seed)
+        ours = TrainStepTask(copy.deepcopy(self.eager), images, boxes, labels, device, amp=args.amp,
+                             channels_last=args.train_channels_last)
+        runners: dict[str, Any] = {"ours": LocalRunner(ours, batch_size, device, args.warmup)}
+        if self.worker is not None:
+            batch_file = self.work / "train_batch.pt"
+            torch.save({"images": images, "boxes": boxes, "labels": labels}, batch_file)
+            runners["reference"] = ReferenceRunner(self.worker, "train", args.warmup, batch=str(batch_file),
+                                                   amp=args.amp)
+        results = interleave(runners, args.runs, args.rounds)
+        results["ours"].extra["losses"] = list(ours.losses)
+        self.report["results"]["train"] = {k: m.summary() for k, m in results.items()}
+        if self.worker is not None:
+            ours_l, ref_l = results["ours"].extra["losses"], results["reference"].extra["losses"]
+            n = min(len(ours_l), len(ref_l))
+            rel = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours_l[:n], ref_l[:n])]
+            self.report["checks"]["train_loss_vs_reference"] = {
+                "ours_first": ours_l[0], "reference_first": ref_l[0], "first_rel_diff": rel[0],
+                "max_rel_diff": max(rel), "steps": n, "equal": rel[0] < 1e-3}
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
@@ -293,9 +383,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="effdet-bench-") if not args.work_dir else None
     work = Path(args.work_dir or tmp.name)  # type: ignore[union-attr]
     work.mkdir(parents=True, exist_ok=True)
-    worker = None
-    if args.compare_reference:
-        refdir = _reference_dir()
+    refdir = _reference_dir() if args.compare_reference else None
     model, ref_name, weights = build_models(args, overrides, work)
     cfg = model.config
     size = tuple(cfg.image_size)
@@ -306,107 +394,39 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                      "rounds": args.rounds, "warmup": args.warmup, "torch": torch.__version__,
                      "score_threshold": args.score_threshold, "max_candidates": args.max_candidates,
                      "max_detections": args.max_detections, "reference": ref_name,
-                     "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])},
-        "results": {}, "checks": {}}
+                     "command": " ".join(["python tools/benchmark.py"] + sys.argv[1:])},
+        "results": {}, "checks": {}, "errors": {}}
+    worker = None
     try:
-        if args.compare_reference:
+        if refdir is not None:
             worker = ReferenceWorker(refdir, args.threads, work / "reference_worker.log")
             worker.call("init", threads=args.threads, device=str(device), model_name=ref_name,
                         num_classes=cfg.num_classes, image_size=list(size), weights=str(weights),
                         max_detection_points=args.max_candidates, max_det_per_image=args.max_detections)
-        optimized = optimize_for_inference(model.to(device), size)
-        eager = model.to(device).eval()
-        compiled = None
-        if args.compile:
-            if device.type == "cpu":
-                import torch._inductor.config as inductor_config
-                inductor_config.freezing = True  # weight pre-packing for CPU inference
-            compiled = torch.compile(optimized)
-
-        def forward_variants(batch: torch.Tensor, name: str) -> dict[str, Any]:
-            path = work / f"input_{name}.pt"
-            torch.save(batch, path)
-            runners: dict[str, Any] = {"ours": LocalRunner(ForwardTask(optimized, batch, device, args.amp),
-                                                           batch.shape[0], device, args.warmup)}
-            if not args.no_eager:
-                runners["eager"] = LocalRunner(ForwardTask(eager, batch, device, args.amp), batch.shape[0], device,
-                                               args.warmup)
-            if compiled is not None:
-                runners["compiled"] = LocalRunner(ForwardTask(compiled, batch, device, args.amp), batch.shape[0],
-                                                  device, max(1, args.warmup))
-            if worker is not None:
-                runners["reference"] = ReferenceRunner(worker, "forward", args.warmup, input=str(path), amp=args.amp)
-            return runners
-
-        x1 = random_input(1, size, args.seed)
-        with torch.inference_mode():
-            report["checks"]["optimized_vs_eager_max_abs_diff"] = max_output_diff(
-                optimized(x1.to(device)), eager(x1.to(device)))
-        for task, batch in (("forward", 1), ("throughput", batch_size)):
+        bench = Benchmark(args, model, device, work, worker, report)
+        steps: list[tuple[str, str, Callable[[], None]]] = [
+            ("forward", "forward_b1", lambda: bench.forward(1)),
+            ("throughput", f"forward_b{batch_size}", lambda: bench.forward(batch_size)),
+            ("predict", "predict", bench.predict),
+            ("train", "train", lambda: bench.train(train_batch)),
+        ]
+        if device.type == "cpu":
+            steps.append(("onnx", "onnx_b1", lambda: report["results"].__setitem__(
+                "onnx_b1", onnx_benchmark(model, size, work, args))))
+        for task, key, step in steps:
             if task not in tasks:
                 continue
-            key = "forward_b1" if task == "forward" else f"forward_b{batch}"
             print(f"Timing {key} ...", flush=True)
-            runners = forward_variants(random_input(batch, size, args.seed), key)
-            report["results"][key] = {k: m.summary() for k, m in interleave(runners, args.runs, args.rounds).items()}
-            if "compiled" in runners:
-                report["results"][key]["compiled"]["compile_and_warmup_s"] = runners["compiled"].warmup_s
-
-        if "predict" in tasks:
-            print("Timing end-to-end prediction ...", flush=True)
-            paths = ([Path(p) for p in find_images(args.images)] if args.images else
-                     make_jpegs(work / "images", [(480, 640), (640, 427), (512, 512), (375, 500)], args.seed))
-            settings = PostprocessSettings(score_threshold=args.score_threshold, max_candidates=args.max_candidates,
-                                           max_detections=args.max_detections)
-            ours_task = PredictTask(Predictor(model, size, device=device, settings=settings, optimize=True), paths,
-                                    args.amp)
-            runners = {"ours": LocalRunner(ours_task, len(paths), device, args.warmup)}
-            if not args.no_eager:
-                eager_task = PredictTask(Predictor(model, size, device=device, settings=settings), paths, args.amp)
-                runners["eager"] = LocalRunner(eager_task, len(paths), device, args.warmup)
-            if worker is not None:
-                runners["reference"] = ReferenceRunner(worker, "predict", args.warmup, images=[str(p) for p in paths],
-                                                       amp=args.amp)
-            report["results"]["predict"] = {k: m.summary() for k, m in
-                                            interleave(runners, args.runs, args.rounds).items()}
-            if not args.no_eager:
-                report["checks"]["predict_optimized_vs_eager"] = compare_detections(ours_task.detections,
-                                                                                    eager_task.detections)
-            if worker is not None:
-                out = work / "reference_detections.pt"
-                worker.call("detections", out=str(out))
-                theirs = torch.load(out, weights_only=True)
-                if args.score_threshold > 0:
-                    theirs = [{k: v[d["scores"] >= args.score_threshold] for k, v in d.items()} for d in theirs]
-                report["checks"]["predict_vs_reference"] = compare_detections(ours_task.detections, theirs)
-
-        if "train" in tasks:
-            print(f"Timing training steps (batch {train_batch}) ...", flush=True)
-            images, boxes, labels = make_train_batch(train_batch, size, cfg.num_classes, args.seed)
-            train_model = copy.deepcopy(model).to(device)
-            ours_task = TrainStepTask(train_model, images, boxes, labels, device, amp=args.amp,
-                                      channels_last=args.train_channels_last)
-            runners = {"ours": LocalRunner(ours_task, train_batch, device, args.warmup)}
-            if worker is not None:
-                batch_file = work / "train_batch.pt"
-                torch.save({"images": images, "boxes": boxes, "labels": labels}, batch_file)
-                runners["reference"] = ReferenceRunner(worker, "train", args.warmup, batch=str(batch_file),
-                                                       amp=args.amp)
-            results = interleave(runners, args.runs, args.rounds)
-            results["ours"].extra["losses"] = list(ours_task.losses)
-            report["results"]["train"] = {k: m.summary() for k, m in results.items()}
-            del train_model, ours_task
-            if worker is not None:
-                ours_l, ref_l = results["ours"].extra["losses"], results["reference"].extra["losses"]
-                n = min(len(ours_l), len(ref_l))
-                rel = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours_l[:n], ref_l[:n])]
-                report["checks"]["train_loss_vs_reference"] = {
-                    "ours_first": ours_l[0], "reference_first": ref_l[0], "first_rel_diff": rel[0],
-                    "max_rel_diff": max(rel), "steps": n, "equal": rel[0] < 1e-3}
-
-        if "onnx" in tasks and device.type == "cpu":
-            print("Timing ONNX Runtime ...", flush=True)
-            report["results"]["onnx_b1"] = onnx_benchmark(model, size, work, args)
+            start = time.perf_counter()
+            try:
+                step()
+            except (RuntimeError, ValueError, OSError, ImportError) as e:  # keep the other figures
+                report["errors"][key] = f"{type(e).__name__}: {e}"
+                print(f"  {key} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
+            print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
+            add_ratios(report)
+            if args.json:
+                write_json(report, Path(args.json))  # partial results survive an interruption
     finally:
         if worker is not None:
             worker.close()
@@ -416,48 +436,64 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, path)
+
+
 def onnx_benchmark(model: torch.nn.Module, size: tuple[int, int], work: Path, args: argparse.Namespace
                    ) -> dict[str, Any]:
-    """Export the network to ONNX and time ONNX Runtime at batch 1 with --threads intra-op threads."""
+    """Export to ONNX and time ONNX Runtime at batch 1 with --threads intra-op threads.
+
+    With ``effdet.export``: the exported detector (uint8 input, decoding and NMS in the graph),
+    from the optimised network ("ours") and from the plain one ("eager"). Without it: the
+    optimised network alone via ``torch.onnx.export``.
+    """
     import onnxruntime as ort
 
-    path = work / "model.onnx"
-    x = random_input(1, size, args.seed)
-    start = time.perf_counter()
-    exporter = export_onnx(model, x, path)
-    export_s = time.perf_counter() - start
     options = ort.SessionOptions()
     if args.threads:
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    outputs = session.run(None, feed)
-    with torch.inference_mode():
-        ref = model.eval()(x)
-    diff = max(float(abs(torch.from_numpy(o) - r).max()) for o, r in zip(outputs, ref[0] + ref[1]))
-    for _ in range(args.warmup):
-        session.run(None, feed)
-    with peak_memory(torch.device("cpu")) as mem:
-        times = time_calls(lambda: session.run(None, feed), args.runs, torch.device("cpu"))
-    summary = Measurement(times, 1, mem["peak_mb"]).summary()
-    summary.update(exporter=exporter, export_s=export_s, max_abs_diff_vs_eager=diff, target_ms=ONNX_TARGET_MS)
-    return {"ours": summary}
-
-
-def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> str:
-    """Export with effdet.export when it exists, else torch.onnx.export of the optimised network."""
+    model = model.cpu().eval()
     try:
-        from effdet import export as effdet_export  # written separately; optional here
+        from effdet.export import DetectionGraph, example_input, export_onnx
     except ImportError:
-        effdet_export = None
-    if effdet_export is not None and hasattr(effdet_export, "export_onnx"):
-        effdet_export.export_onnx(model, path, image_size=tuple(x.shape[-2:]))
-        return "effdet.export.export_onnx"
-    net = optimize_for_inference(model.cpu(), tuple(x.shape[-2:]), channels_last=False)
-    torch.onnx.export(net, (x,), str(path), input_names=["images"], opset_version=17, dynamo=False)
-    return "torch.onnx.export(optimize_for_inference(model, channels_last=False))"
+        DetectionGraph = None  # noqa: N806
+    variants: dict[str, tuple[Path, dict[str, Any], str]] = {}
+    if DetectionGraph is not None:
+        for name, net in (("ours", optimize_for_inference(model, size, channels_last=False)), ("eager", model)):
+            graph = DetectionGraph(net, size, nms=True, score_threshold=args.score_threshold,
+                                   max_detections=args.max_detections, max_candidates=args.max_candidates)
+            x = example_input(graph, 1, args.seed)
+            path = work / f"{name}.onnx"
+            start = time.perf_counter()
+            check = export_onnx(graph, path, sample=x)  # raises ExportError when ORT disagrees with PyTorch
+            variants[name] = (path, {"images": x.numpy()},
+                              f"effdet.export.export_onnx(DetectionGraph({'optimised' if name == 'ours' else 'plain'} "
+                              f"network)), {time.perf_counter() - start:.1f} s; check: "
+                              f"{check.message if check else 'skipped'}")
+    else:
+        x = random_input(1, size, args.seed)
+        path = work / "ours.onnx"
+        net = optimize_for_inference(model, size, channels_last=False)
+        torch.onnx.export(net, (x,), str(path), input_names=["images"], opset_version=17, dynamo=False)
+        variants["ours"] = (path, {"images": x.numpy()}, "torch.onnx.export(optimize_for_inference(model)), network only")
+    out: dict[str, Any] = {}
+    cpu = torch.device("cpu")
+    sessions = {name: (ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), feed)
+                for name, (path, feed, _) in variants.items()}
+    runners = {}
+    for name, (session, feed) in sessions.items():
+        runners[name] = LocalRunner(lambda s=session, f=feed: s.run(None, f), 1, cpu, args.warmup)
+    for name, m in interleave(runners, args.runs, args.rounds).items():
+        out[name] = m.summary()
+        out[name]["exported_by"] = variants[name][2]
+        out[name]["target_ms"] = ONNX_TARGET_MS
+    return out
 
 
 def add_ratios(report: dict[str, Any]) -> None:
@@ -511,6 +547,8 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"  torch.compile time incl. warm-up: {res['compiled']['compile_and_warmup_s']:.1f} s")
     for name, check in report["checks"].items():
         print(f"check {name}: {json.dumps(check)}")
+    for key, error in report.get("errors", {}).items():
+        print(f"FAILED {key}: {error}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -522,12 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print_report(report)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, path)
-        print(f"Wrote {path}")
+        write_json(report, Path(args.json))
+        print(f"Wrote {args.json}")
     return 0
 
 

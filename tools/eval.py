@@ -15,6 +15,7 @@ threshold 0.001, hard NMS IoU 0.5, 100 detections per image. Same weights and da
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -26,9 +27,10 @@ import torch
 from effdet.checkpoints import load_model
 from effdet.config import resolve
 from effdet.data import CocoDetection, eval_transform
-from effdet.engine.evaluate import (checkpoint_category_ids, coco_stats, evaluate_coco, format_per_class,
-                                    format_summary, SUMMARY_NAMES)
-from effdet.engine.inference import USER_ERRORS, InferenceError, plain_warnings
+from effdet.engine.evaluate import (SUMMARY_NAMES, checkpoint_category_ids, coco_stats, evaluate_coco,
+                                    format_per_class, format_summary)
+from effdet.engine.inference import (USER_ERRORS, InferenceError, check_device, parse_image_size,
+                                     plain_warnings)
 from effdet.postprocess import PostprocessSettings
 from effdet.results import read_results, write_json
 
@@ -50,8 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default: 2)")
-    parser.add_argument("--image-size", type=int, nargs="+", metavar="PX",
-                        help="network input side, or height width (multiples of 128); default: the model's")
+    parser.add_argument("--image-size", type=parse_image_size, metavar="PX",
+                        help="network input: SIDE or HEIGHTxWIDTH, multiples of 128 (default: the model's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if (args.weights is None) == (args.results is None):
@@ -73,11 +75,10 @@ def evaluate_weights(args: argparse.Namespace) -> dict[str, Any]:
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-    model, info = load_model(args.weights, model=args.model, device=args.device)
+    model, info = load_model(args.weights, model=args.model, device=check_device(args.device))
     size = model.config.image_size
     if args.image_size:
-        size = resolve(model.config, image_size=args.image_size[0] if len(args.image_size) == 1
-                       else args.image_size).image_size
+        size = resolve(model.config, image_size=args.image_size).image_size
     dataset = CocoDetection(args.ann, args.images, transform=eval_transform(size))
     try:
         category_ids = checkpoint_category_ids(info.get("class_names"), info.get("category_ids"),
@@ -88,7 +89,8 @@ def evaluate_weights(args: argparse.Namespace) -> dict[str, Any]:
                                    soft_nms=args.soft_nms, max_detections=args.max_detections)
     metrics = evaluate_coco(model, dataset, args.batch_size, args.device, settings, args.workers, args.flip,
                             progress=not args.quiet, results_file=args.detections_json, category_ids=category_ids)
-    metrics.update(model=model.config.name, image_size=list(size), settings=vars(settings), flip=args.flip)
+    metrics.update(model=model.config.name, image_size=list(size), settings=dataclasses.asdict(settings),
+                   flip=args.flip)
     return metrics
 
 

@@ -23,7 +23,7 @@ import torch
 from effdet.checkpoints import load_model
 from effdet.config import resolve
 from effdet.data.images import read_image
-from effdet.engine.inference import USER_ERRORS, plain_warnings
+from effdet.engine.inference import USER_ERRORS, parse_image_size, plain_warnings
 from effdet.export import DEFAULT_OPSET, DetectionGraph, ExportError, describe, export_onnx
 from effdet.letterbox import letterbox
 
@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="output .onnx file")
     parser.add_argument("--nms", action="store_true", help="put per-class NMS in the graph (final detections out)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset >= 17 (default: {DEFAULT_OPSET})")
-    parser.add_argument("--image-size", type=int, nargs="+", metavar="PX",
-                        help="input side, or height width (multiples of 128); default: the model's")
+    parser.add_argument("--image-size", type=parse_image_size, metavar="PX",
+                        help="network input: SIDE or HEIGHTxWIDTH, multiples of 128 (default: the model's)")
     parser.add_argument("--input", choices=("uint8", "float"), default="uint8",
                         help="uint8 RGB with normalisation in the graph (default), or normalised float32")
     parser.add_argument("--score-threshold", type=float, default=0.05, help="with --nms (default: 0.05)")
@@ -62,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
         model, info = load_model(args.weights, model=args.model)
         size = model.config.image_size
         if args.image_size:
-            size = resolve(model.config, image_size=args.image_size[0] if len(args.image_size) == 1
-                           else args.image_size).image_size
+            size = resolve(model.config, image_size=args.image_size).image_size
         if args.optimize:
             from effdet.optimize import optimize_for_inference
 

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from effdet.anchors import generate_anchors
+from effdet.data.loader import collate
 from effdet.letterbox import normalize
 from effdet.model import EfficientDet
 from effdet.postprocess import PostprocessSettings, postprocess
@@ -101,7 +102,8 @@ def evaluate_coco(model: EfficientDet, dataset: Dataset, batch_size: int = 8, de
     """COCO bbox AP of ``model`` on ``dataset``.
 
     Args:
-        model: the network; put in eval mode for the run, its previous mode restored after.
+        model: the network, already on ``device``; put in eval mode for the run, its previous
+            mode restored after (so a training loop can call this between epochs).
         dataset: a :class:`effdet.data.CocoDetection` with ``eval_transform`` (or a ``Subset``
             of one); all images must come out at one size.
         batch_size, workers: DataLoader settings. device: where the network runs.
@@ -120,13 +122,11 @@ def evaluate_coco(model: EfficientDet, dataset: Dataset, batch_size: int = 8, de
         the class has no ground truth), ``num_images`` (evaluated), ``num_skipped`` (unreadable
         images), ``num_detections``. The COCO results themselves go to ``results_file``.
     """
-    from effdet.data.loader import collate
-
     base = _base_dataset(dataset)
     mapping = _class_mapping(model, base, category_ids)
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=collate)
+                                         collate_fn=collate, pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
     results: list[dict[str, Any]] = []
@@ -144,7 +144,8 @@ def evaluate_coco(model: EfficientDet, dataset: Dataset, batch_size: int = 8, de
             scales = torch.tensor([t["scale"] for t in targets], dtype=torch.float32, device=device)
             valid = torch.tensor([[min(t["orig_size"][0] * t["scale"], size[0]), min(t["orig_size"][1] * t["scale"],
                                   size[1])] for t in targets], dtype=torch.float32, device=device)
-            detections = detect_batch(model, images.to(device), anchors[size], valid, scales, settings, flip)
+            batch = images.to(device, non_blocking=True)
+            detections = detect_batch(model, batch, anchors[size], valid, scales, settings, flip)
             ids = [int(t["image_id"]) for t in targets]
             results.extend(detections_to_coco(detections, ids, mapping))
             image_ids.extend(ids)
@@ -279,10 +280,12 @@ def checkpoint_category_ids(class_names: Sequence[str] | None, category_ids: Seq
     """Class index -> dataset category id for a loaded checkpoint, checked against ``dataset``.
 
     ``class_names`` / ``category_ids``: what the checkpoint recorded (``load_model``'s info).
-    With category ids, each must be in the annotation file under the same name (case-insensitive;
-    unnamed placeholder slots such as COCO's 10 unused ids are allowed to be absent). Without
-    them, the model must have as many classes as the file has categories, taken in sorted id
-    order (how ``CocoDetection`` numbers classes).
+    With category ids: every id the checkpoint shares with the annotation file must carry the
+    same name there (case-insensitive), and they must share at least one id. Ids only the model
+    has (e.g. COCO's unused slots, or a file with a subset of the classes) are dropped from the
+    evaluation, with a warning unless they are placeholder names ``unused-*``; categories only
+    the file has score AP 0, with a warning. Without recorded ids, the model must have as many
+    classes as the file has categories, taken in sorted id order (``CocoDetection``'s numbering).
 
     Raises:
         ValueError: the checkpoint's classes do not match the annotation file's categories.
@@ -300,17 +303,22 @@ def checkpoint_category_ids(class_names: Sequence[str] | None, category_ids: Seq
         return list(dataset.category_ids)
     if len(category_ids) != num_classes:
         raise ValueError(f"{where}: the checkpoint records {len(category_ids)} category ids for {num_classes} classes")
-    problems = []
-    for index, cid in enumerate(category_ids):
-        name = class_names[index] if class_names is not None else None
-        if cid in names:
-            if name is not None and name.lower() != names[cid].lower():
-                problems.append(f"category {cid} is {name!r} in the checkpoint but {names[cid]!r} in the file")
-        elif name is None or not name.startswith("unused"):
-            problems.append(f"category {cid} ({name}) is not in the file")
-    if problems or not set(category_ids) & set(names):
+    model_names = list(class_names) if class_names is not None else [None] * num_classes
+    conflicts = [f"category {cid} is {name!r} in the checkpoint but {names[cid]!r} in the file"
+                 for cid, name in zip(category_ids, model_names)
+                 if cid in names and name is not None and name.lower() != names[cid].lower()]
+    if conflicts or not set(category_ids) & set(names):
         raise ValueError(f"{where}: the checkpoint's classes do not match the annotation file's categories: "
-                         f"{'; '.join(problems[:3]) or 'no category in common'}"
-                         f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}. "
+                         f"{'; '.join(conflicts[:3]) or 'no category id in common'}"
+                         f"{f' (and {len(conflicts) - 3} more)' if len(conflicts) > 3 else ''}. "
                          "Evaluate on the dataset the model was trained for.")
+    only_model = [f"{cid} ({name})" for cid, name in zip(category_ids, model_names)
+                  if cid not in names and not (name or "").startswith("unused")]
+    only_file = [f"{cid} ({name})" for cid, name in names.items() if cid not in set(category_ids)]
+    if only_model:
+        warnings.warn(f"{where}: {len(only_model)} of the model's categories are not in the annotation file "
+                      f"(e.g. {', '.join(only_model[:3])}); their detections are left out", stacklevel=2)
+    if only_file:
+        warnings.warn(f"{where}: the model does not predict {len(only_file)} of the file's categories "
+                      f"(e.g. {', '.join(only_file[:3])}); they score AP 0", stacklevel=2)
     return list(category_ids)

@@ -8,6 +8,7 @@ the predictor in batches and writes annotated copies and/or a COCO results JSON.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import glob
 import json
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -63,12 +65,39 @@ class InferenceSummary:
     json_path: Path | None = None
 
 
+def parse_image_size(text: str) -> tuple[int, int]:
+    """Command-line image size: ``512`` (square) or ``384x640`` / ``384,640`` (height x width)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"image size must be SIDE or HEIGHTxWIDTH in pixels, got {text!r}")
+    return (values[0], values[-1])
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, with an :class:`InferenceError` for an unknown or absent device."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InferenceError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise InferenceError(f"device {device} is not available (CUDA devices: {torch.cuda.device_count()}); "
+                             "use --device cpu")
+    return dev
+
+
 def read_class_names(path: str | Path) -> list[str]:
     """Class names from a text file (one per line, blank lines ignored) or a JSON list of strings."""
     path = Path(path)
     if not path.is_file():
         raise InferenceError(f"class-names file {path} does not exist; check the path")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InferenceError(f"class-names file {path} is not UTF-8 text") from None
     if text.lstrip().startswith("["):
         try:
             names = json.loads(text)
@@ -81,7 +110,7 @@ def read_class_names(path: str | Path) -> list[str]:
 
 
 def load_predictor(weights: str | Path, model: str | None = None, class_names: str | Path | Sequence[str] | None = None,
-                   device: str = "cpu", image_size: int | Sequence[int] | None = None, batch_size: int = 8,
+                   device: str = "cpu", image_size: int | tuple[int, int] | None = None, batch_size: int = 8,
                    settings: PostprocessSettings | None = None, optimize: bool = False) -> Predictor:
     """A :class:`Predictor` for a checkpoint.
 
@@ -95,10 +124,8 @@ def load_predictor(weights: str | Path, model: str | None = None, class_names: s
         settings: post-processing; default the Predictor's (score threshold 0.05).
         optimize: run :func:`effdet.optimize.optimize_for_inference` (BN folding etc.).
     """
-    net, info = load_model(weights, model=model, device=device)
+    net, info = load_model(weights, model=model, device=check_device(device))
     cfg = net.config
-    if isinstance(image_size, Sequence) and len(image_size) == 1:
-        image_size = image_size[0]
     size = resolve(cfg, image_size=image_size).image_size if image_size is not None else cfg.image_size
     names = info.get("class_names")
     if class_names is not None:
