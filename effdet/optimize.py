@@ -10,10 +10,14 @@ untouched) that computes the same function in eval mode:
   padding (p, p + 1) equals a kernel one tap larger, whose leading tap is zero, with symmetric
   padding p + 1 (exact: the extra tap only ever multiplies zeros into the sum);
 * the BiFPN fusion weights relu(w) / (eps + sum relu(w)) are normalised once into constants;
-* squeeze-excite uses two linear layers on the pooled vector; SiLU, gating and residual additions
-  run in place; stochastic depth (identity in eval mode) is dropped;
+* on CPU every convolution runs as one oneDNN op with its bias and SiLU (or the MBConv residual
+  addition) fused in (:class:`ConvAct`; plain ``F.conv2d`` + in-place ops elsewhere);
+* squeeze-excite runs two linear layers on the pooled vector, and at batch 1 its gate is folded
+  into the weights of the following 1x1 projection instead of scaling the expanded feature map;
+  stochastic depth (identity in eval mode) is dropped;
 * weights and activations use the ``channels_last`` memory format (optional), which the
-  depthwise convolutions of oneDNN (CPU) and cuDNN run faster in.
+  depthwise convolutions of oneDNN (CPU) and cuDNN run faster in, and which makes the
+  post-processing's (N, H, W, A*C) view of the head outputs free.
 
 The optimised network is specialised to one input size (static padding and resampling sizes);
 it raises a clear error for another size.

@@ -59,6 +59,59 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, si
     return torch.tensor(keep, device=boxes.device), torch.stack(kept_scores)
 
 
+def top_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits.reshape(N, M * C).topk(k, dim=1)`` for (N, M, C) class logits, ranking few elements.
+
+    The k-th largest per-anchor maximum (over the C classes) is a lower bound of the k-th largest
+    logit, since k anchors reach it; so the top k logits all lie in the anchors whose maximum
+    reaches the bound (about k of them), and only those anchors' logits are ranked. The values
+    are exactly those of a full topk, sorted descending; among exactly equal values the indices
+    chosen may differ. Indices are flat: anchor * C + class.
+    """
+    n, m, c = logits.shape
+    if k >= m:  # too few anchors for the bound to help
+        return logits.reshape(n, m * c).topk(k, dim=1)
+    per_anchor = logits.amax(dim=2)  # (N, M)
+    bound = per_anchor.topk(k, dim=1).values[:, -1]
+    values, indices = [], []
+    for i in range(n):
+        anchors = torch.nonzero(per_anchor[i] >= bound[i]).squeeze(1)  # at least k anchors
+        v, j = logits[i, anchors].reshape(-1).topk(k)
+        values.append(v)
+        indices.append(anchors[j // c] * c + j % c)
+    return torch.stack(values), torch.stack(indices)
+
+
+def _prefix_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                keep: torch.Tensor | None, iou: float, max_detections: int) -> list[torch.Tensor]:
+    """Per image, the first ``max_detections`` survivors of per-class hard NMS, in score order.
+
+    boxes (N, K, 4) xyxy, scores (N, K) sorted descending per image, labels (N, K) in
+    0..num_classes-1, keep (N, K) bool candidates allowed (None: all). Returns per image the kept
+    positions in 0..K-1. Greedy NMS never lets a box suppress a better-scored one, so the
+    survivors among the top L candidates do not depend on the rest: one batched NMS (groups are
+    (image, class) pairs) runs on the first L candidates of every image, and again on a longer
+    prefix only while some image has fewer than ``max_detections`` survivors and more candidates.
+    """
+    n, k = scores.shape
+    length = min(k, max(8 * max_detections, 1024))
+    while True:
+        image_idx = torch.arange(n, device=boxes.device)[:, None].expand(n, length).reshape(-1)
+        pos = torch.arange(length, device=boxes.device).repeat(n)
+        groups = (image_idx * num_classes + labels[:, :length].reshape(-1))
+        cand = torch.arange(n * length, device=boxes.device)
+        if keep is not None:
+            cand = cand[keep[:, :length].reshape(-1)]
+        kept = cand[batched_nms(boxes[:, :length].reshape(-1, 4)[cand], scores[:, :length].reshape(-1)[cand],
+                                groups[cand], iou)]
+        kept_images = image_idx[kept]
+        per_image = [pos[kept[kept_images == i]][:max_detections] for i in range(n)]
+        more = [keep is None or bool(keep[i, length:].any()) for i in range(n)]
+        if length == k or all(len(p) == max_detections or not m for p, m in zip(per_image, more)):
+            return per_image
+        length = min(k, length * 4)
+
+
 def postprocess(class_logits: list[torch.Tensor], box_regressions: list[torch.Tensor], anchors: torch.Tensor,
                 valid_sizes: torch.Tensor | None = None, scales: torch.Tensor | None = None,
                 settings: PostprocessSettings = PostprocessSettings()) -> list[dict[str, torch.Tensor]]:
@@ -74,9 +127,9 @@ def postprocess(class_logits: list[torch.Tensor], box_regressions: list[torch.Te
     logits = flatten_outputs(class_logits, class_logits[0].shape[1] // num_anchors)
     deltas = flatten_outputs(box_regressions, 4)
     n, m, num_classes = logits.shape
-    flat = logits.reshape(n, m * num_classes)
-    k = min(settings.max_candidates, flat.shape[1])
-    top_logits, top_idx = flat.float().topk(k, dim=1)  # sorted, per image
+    k = min(settings.max_candidates, m * num_classes)
+    top_logits, top_idx = top_candidates(logits, k)  # sorted, per image
+    top_logits = top_logits.float()
     anchor_idx = top_idx // num_classes
     labels = top_idx % num_classes
     boxes = decode_boxes(torch.gather(deltas.float(), 1, anchor_idx[..., None].expand(-1, -1, 4)),
@@ -89,19 +142,10 @@ def postprocess(class_logits: list[torch.Tensor], box_regressions: list[torch.Te
     keep_mask = scores >= settings.score_threshold if settings.score_threshold > 0 else None
     results = []
     if not settings.soft_nms:
-        # One NMS call for the whole batch: groups are (image, class) pairs.
-        image_idx = torch.arange(n, device=boxes.device)[:, None].expand(n, k)
-        flat_boxes, flat_scores = boxes.reshape(-1, 4), scores.reshape(-1)
-        flat_groups = (image_idx * num_classes + labels).reshape(-1)
-        flat_images = image_idx.reshape(-1)
-        cand = torch.arange(n * k, device=boxes.device)
-        if keep_mask is not None:
-            cand = cand[keep_mask.reshape(-1)]
-        kept = cand[batched_nms(flat_boxes[cand], flat_scores[cand], flat_groups[cand], settings.nms_iou)]
-        kept_images = flat_images[kept]
-        for i in range(n):
-            sel = kept[kept_images == i][: settings.max_detections]
-            results.append(dict(boxes=flat_boxes[sel], scores=flat_scores[sel], labels=labels.reshape(-1)[sel]))
+        # NMS for the whole batch at once: groups are (image, class) pairs.
+        for i, sel in enumerate(_prefix_nms(boxes, scores, labels, num_classes, keep_mask, settings.nms_iou,
+                                            settings.max_detections)):
+            results.append(dict(boxes=boxes[i, sel], scores=scores[i, sel], labels=labels[i, sel]))
     else:
         for i in range(n):
             sel = torch.arange(k, device=boxes.device)

@@ -61,15 +61,18 @@ def test_compare_detections() -> None:
 
 
 def test_add_ratios_directions() -> None:
+    def fig(ms: float, best: float, items: int = 1, **extra) -> dict:
+        return Measurement([best / 1e3, ms / 1e3, ms / 1e3], items, **extra).summary()
+
     report = {"results": {
-        "forward_b1": {"ours": {"median_ms_per_image": 40.0, "images_per_s": 25.0, "peak_memory_mb": 5.0},
-                       "reference": {"median_ms_per_image": 100.0, "images_per_s": 10.0, "peak_memory_mb": 10.0}},
-        "train": {"ours": {"median_ms_per_image": 50.0, "images_per_s": 20.0},
-                  "reference": {"median_ms_per_image": 100.0, "images_per_s": 10.0}}}}
+        "forward_b1": {"ours": fig(40.0, 30.0, peak_memory_mb=5.0), "reference": fig(100.0, 60.0, peak_memory_mb=10.0)},
+        "train": {"ours": fig(200.0, 100.0, items=4), "reference": fig(400.0, 300.0, items=4)}}}
     bench_tool.add_ratios(report)
     assert report["results"]["forward_b1"]["ratio"] == pytest.approx(0.4)
+    assert report["results"]["forward_b1"]["ratio_best"] == pytest.approx(0.5)
     assert report["results"]["forward_b1"]["memory_ratio"] == pytest.approx(0.5)
-    assert report["results"]["train"]["ratio"] == pytest.approx(2.0)
+    assert report["results"]["train"]["ratio"] == pytest.approx(2.0)  # images/s: higher is better
+    assert report["results"]["train"]["ratio_best"] == pytest.approx(3.0)
 
 
 def test_time_calls_and_peak_memory() -> None:

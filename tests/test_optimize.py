@@ -47,14 +47,14 @@ def assert_outputs_close(a, b, rtol: float = 1e-4) -> None:
         assert float((x - y).abs().max()) <= rtol * scale, (float((x - y).abs().max()), scale)
 
 
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"padding": "symmetric", "redundant_bias": False},
-    {"fpn_weight_method": "sum"},
-    {"image_size": (128, 256)},
-    {"image_size": 256, "max_level": 8},
-], ids=["same", "symmetric", "sum-fusion", "non-square", "p3-p8"])
-@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
+@pytest.mark.parametrize("overrides,channels_last", [
+    ({}, True),
+    ({}, False),
+    ({"padding": "symmetric", "redundant_bias": False}, True),
+    ({"fpn_weight_method": "sum"}, True),
+    ({"image_size": (128, 256)}, False),
+    ({"image_size": 256, "max_level": 8}, True),
+], ids=["same", "same-contiguous", "symmetric", "sum-fusion", "non-square-contiguous", "p3-p8"])
 def test_outputs_match_eval_model(overrides: dict, channels_last: bool) -> None:
     model = tiny_model(**overrides)
     fast = optimize_for_inference(model, channels_last=channels_last)
@@ -160,3 +160,75 @@ def test_predictor_optimize_gives_identical_detections() -> None:
         assert torch.equal(a["labels"], b["labels"])
         torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=1e-4)
         torch.testing.assert_close(a["scores"], b["scores"], atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# post-processing speed-ups: the same detections as the straightforward algorithm
+# ------------------------------------------------------------------------------------------------
+
+def straightforward_postprocess(class_logits, box_regressions, anchors, settings):
+    """Full topk over every (anchor, class), one batched NMS over all candidates, first K kept."""
+    from torchvision.ops import batched_nms
+
+    from effdet.anchors import decode_boxes, flatten_outputs
+
+    a = box_regressions[0].shape[1] // 4
+    logits = flatten_outputs(class_logits, class_logits[0].shape[1] // a)
+    deltas = flatten_outputs(box_regressions, 4)
+    n, m, c = logits.shape
+    top, idx = logits.reshape(n, -1).topk(min(settings.max_candidates, m * c), dim=1)
+    out = []
+    for i in range(n):
+        boxes = decode_boxes(deltas[i, idx[i] // c], anchors[idx[i] // c])
+        scores, labels = top[i].sigmoid(), idx[i] % c
+        ok = scores >= settings.score_threshold
+        boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
+        kept = batched_nms(boxes, scores, labels, settings.nms_iou)[: settings.max_detections]
+        out.append(dict(boxes=boxes[kept], scores=scores[kept], labels=labels[kept]))
+    return out
+
+
+@pytest.mark.parametrize("threshold,max_candidates,max_detections", [
+    (0.0, 5000, 100), (0.0, 300, 100), (0.3, 5000, 100), (0.0, 5000, 2000), (0.9, 5000, 100)])
+def test_fast_postprocess_matches_straightforward(threshold: float, max_candidates: int,
+                                                  max_detections: int) -> None:
+    from effdet.anchors import generate_anchors
+    from effdet.postprocess import PostprocessSettings, postprocess
+
+    g = torch.Generator().manual_seed(0)
+    sizes, a, c = [(16, 16), (8, 8), (4, 4)], 9, 20
+    cls = [torch.randn(2, a * c, h, w, generator=g) * 3 - 3 for h, w in sizes]
+    box = [torch.randn(2, a * 4, h, w, generator=g) * 0.5 for h, w in sizes]
+    anchors = generate_anchors((128, 128), 3, 5)
+    settings = PostprocessSettings(score_threshold=threshold, max_candidates=max_candidates,
+                                   max_detections=max_detections)
+    fast = postprocess(cls, box, anchors, settings=settings)
+    slow = straightforward_postprocess(cls, box, anchors, settings)
+    for f, s in zip(fast, slow):
+        f, s = canonical_order(f), canonical_order(s)
+        assert len(f["scores"]) == len(s["scores"])
+        assert torch.equal(f["labels"], s["labels"])
+        torch.testing.assert_close(f["scores"], s["scores"])
+        torch.testing.assert_close(f["boxes"], s["boxes"])
+
+
+def canonical_order(det: dict) -> dict:
+    """Detections sorted by score, then label, then x1 (the order of exactly tied scores is arbitrary)."""
+    order = torch.arange(len(det["scores"]))
+    for key in (det["boxes"][:, 0], det["labels"], -det["scores"]):
+        order = order[torch.sort(key[order], stable=True).indices]
+    return {k: v[order] for k, v in det.items()}
+
+
+def test_top_candidates_equals_topk() -> None:
+    from effdet.postprocess import top_candidates
+
+    g = torch.Generator().manual_seed(1)
+    flat = torch.randn(3, 4000 * 30, generator=g)
+    flat[1, :30] = 10.0  # one anchor holding many of the best values
+    for k in (1, 50, 3999, 4000, 5000):
+        values, indices = top_candidates(flat.view(3, 4000, 30), k)
+        expected = flat.topk(k, dim=1)
+        torch.testing.assert_close(values, expected.values)
+        assert torch.equal(torch.gather(flat, 1, indices), values)
+        assert all(set(indices[i].tolist()) == set(expected.indices[i].tolist()) for i in (0, 2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from effdet.checkpoints import read_checkpoint, save_checkpoint
+from effdet.config import ConfigError
 from effdet.data import make_synthetic_coco
 from effdet.engine.checkpointing import resume_run_config
 from effdet.engine.setup import build_train_model
@@ -111,6 +113,26 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path: Path) -> 
     ckpt = read_checkpoint(tmp_path / "last.pt")
     assert ckpt["train_state"]["epoch"] == 1 and ckpt["train_state"]["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("batch_size, trained", [(4, 3), (2, 2)])  # batch 2: the lone survivor is too few for BN
+def test_corrupt_images_are_skipped_and_counted(data, tmp_path: Path, batch_size: int, trained: int) -> None:
+    broken = tmp_path / "images"
+    shutil.copytree(data.train_images, broken)
+    victim = sorted(broken.iterdir())[0]
+    victim.write_bytes(b"not a jpeg")
+    run = tiny_run(data, epochs=1, batch_size=batch_size, train_images=str(broken))
+    with pytest.warns(UserWarning, match=victim.name):
+        result = Trainer(run, tmp_path / "out", progress=False).fit()
+    assert result.status == "finished"
+    rows = read_checkpoint(tmp_path / "out" / "last.pt")["train_state"]["metrics"]
+    assert rows[0]["skipped_images"] == 1 and rows[0]["images"] == trained
+    assert "skipped_images" in (tmp_path / "out" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_batch_too_small_for_batchnorm_is_a_config_error(data, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batch_size 1 is too small"):
+        Trainer(tiny_run(data, batch_size=1), tmp_path, progress=False).fit()
 
 
 def test_weights_with_other_class_count_reinit_only_the_class_predictor(tmp_path: Path,

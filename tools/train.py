@@ -35,7 +35,8 @@ FLAG_FIELDS = {"train_ann": "data.train_ann", "train_images": "data.train_images
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--config", help="training recipe YAML (configs/demo.yaml, configs/train_coco.yaml) "
                                       "or a run's config.yaml")

@@ -2,16 +2,21 @@
 
 Inside :class:`StopSignals` the first SIGINT or SIGTERM only sets :attr:`StopSignals.requested`;
 the training loop checks it between steps, saves ``last.pt`` and returns. A second Ctrl-C
-raises ``KeyboardInterrupt`` at once (abort without saving). The previous handlers come back
-on exit. Outside the main thread (where Python cannot install handlers) this does nothing.
+more than a second later raises ``KeyboardInterrupt`` at once (abort without saving); repeats
+within that second are ignored (``torchrun`` forwards the terminal's Ctrl-C to workers that
+already received it). The previous handlers come back on exit. Outside the main thread
+(where Python cannot install handlers) this does nothing.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any, Callable
+
+DUPLICATE_WINDOW_S = 1.0
 
 
 class StopSignals:
@@ -21,12 +26,18 @@ class StopSignals:
         self.requested: str | None = None  # name of the signal that asked to stop
         self._on_request = on_request
         self._previous: dict[int, Any] = {}
+        self._first_at = 0.0
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = name
+        now = time.monotonic()
+        if self.requested is not None:
+            # torchrun forwards the terminal's Ctrl-C to workers that already got it: ignore
+            # repeats within DUPLICATE_WINDOW_S; a later, deliberate second Ctrl-C aborts.
+            if signum == signal.SIGINT and now - self._first_at > DUPLICATE_WINDOW_S:
+                raise KeyboardInterrupt
+            return
+        self.requested, self._first_at = name, now
         if self._on_request is not None:
             self._on_request(name)
 

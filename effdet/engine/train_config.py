@@ -133,6 +133,10 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+_FLOAT_FIELDS = ("lr", "lr_per_64", "warmup_epochs", "weight_decay", "momentum", "grad_clip", "ema_decay", "hflip",
+                 "warmup_factor", "min_lr_ratio")
+
+
 def _build_section(cls: type, values: Mapping[str, Any], base: Any, source: str) -> Any:
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(values).__name__}")
@@ -147,8 +151,7 @@ def _build_section(cls: type, values: Mapping[str, Any], base: Any, source: str)
             raise ConfigError(f"{source}: scale_range must be [low, high], got {value!r}")
         changes["scale_range"] = (float(value[0]), float(value[1]))
     for name, value in changes.items():
-        if name in ("lr", "lr_per_64", "warmup_epochs", "weight_decay", "momentum", "grad_clip", "ema_decay",
-                    "hflip", "warmup_factor", "min_lr_ratio") and isinstance(value, int) and not isinstance(value, bool):
+        if name in _FLOAT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
             changes[name] = float(value)
         elif name.endswith(("_ann", "_images")) and value is not None:
             changes[name] = str(value)

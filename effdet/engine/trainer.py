@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from effdet.anchors import generate_anchors
 from effdet.checkpoints import load_weights, save_checkpoint
+from effdet.config import ConfigError, EfficientDetConfig
 from effdet.engine import distributed as D
 from effdet.engine.checkpointing import (TrainState, read_training_checkpoint, rng_states, set_rng_states,
                                          write_metrics_csv)
@@ -92,6 +93,11 @@ class Trainer:
         self.loader = build_train_loader(self.train_set, self.run, ctx)
         self.sampler = self.loader.batch_sampler
         self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.min_batch = min_batch_size(self.run.model)
+        if train.batch_size < self.min_batch:
+            raise ConfigError(f"batch_size {train.batch_size} is too small for image_size {self.run.model.image_size}: "
+                              f"level {self.run.model.max_level} is 1x1 and BatchNorm needs 2 values per channel; "
+                              "use batch_size >= 2 or a larger image_size")
         self.global_batch = train.batch_size * ctx.world_size
         peak = scaled_lr(train.lr, train.lr_per_64, self.global_batch)
         self.schedule = WarmupCosine(peak, train.epochs * self.steps_per_epoch,
@@ -166,13 +172,15 @@ class Trainer:
         start, images_seen = time.perf_counter(), 0
         try:
             for images, targets, skipped in self.loader:
-                stop, empty = D.any_across_ranks(self.ctx, self.stop.requested is not None, not targets)
+                # Too few readable images (on any rank) for a BatchNorm step: skip it on every rank.
+                stop, unusable = D.any_across_ranks(self.ctx, self.stop.requested is not None,
+                                                    len(targets) < self.min_batch)
                 if stop:
                     return False
                 lr = self.schedule(state.global_step)
                 self._in_step = True  # a KeyboardInterrupt now leaves no consistent state to save
-                values = [math.nan] * 4 if empty else self._step(images, targets, lr)
-                self._count(values, len(targets), skipped)
+                values = [math.nan] * 4 if unusable else self._step(images, targets, lr)
+                self._count(values, 0 if unusable else len(targets), skipped)
                 self._in_step = False
                 images_seen += len(targets) * self.ctx.world_size
                 bar.update(1)
@@ -357,6 +365,13 @@ class Trainer:
                 f"e.g. train.lr={self.schedule.peak / 4:.3g}), a longer warm-up (train.warmup_epochs), "
                 + ("fp32 (train.amp=false), " if self.use_amp else "")
                 + "and check the data (COCO bbox must be [x, y, width, height] in pixels).")
+
+
+def min_batch_size(cfg: EfficientDetConfig) -> int:
+    """Smallest batch BatchNorm can train on: 2 when the coarsest feature map is 1 x 1, else 1."""
+    h, w = cfg.image_size
+    stride = 2 ** cfg.max_level
+    return 2 if math.ceil(h / stride) * math.ceil(w / stride) == 1 else 1
 
 
 def train(run: RunConfig, output: str | Path, **kwargs: Any) -> TrainResult:
