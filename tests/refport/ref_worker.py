@@ -50,7 +50,7 @@ Commands
           probe: {finite, class_out: [[min, max, std] per level], box_out: [...]} or None}
   predict  model_name, weights, input, out, [num_classes, image_size, max_detection_points=5000,
            max_det_per_image=100, soft_nms=False, img_scale=1.0, img_size=None, use_img_info=True,
-           save_topk=True]
+           save_topk=True, dtype="float32" (or "float64": model and input in double precision)]
       ``input``: file with a float tensor Bx3xHxW (already normalised).  ``image_size`` defaults
       to the input's [H, W].  Wraps the model in DetBenchPredict (eval) and calls it with
       img_info = {img_scale: float[B] (scalar or list), img_size: float[B, 2] as (W, H), default
@@ -382,19 +382,21 @@ def _capture_model_outputs(bench):
 
 def cmd_predict(model_name, weights, input, out, num_classes=90, image_size=None,
                 max_detection_points=5000, max_det_per_image=100, soft_nms=False,
-                img_scale=1.0, img_size=None, use_img_info=True, save_topk=True, seed=0):
+                img_scale=1.0, img_size=None, use_img_info=True, save_topk=True, seed=0,
+                dtype="float32"):
     _seed_all(seed)
     from effdet import DetBenchPredict
     from effdet.bench import _post_process
     x = _load(input)
     assert isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 3, "input must be Bx3xHxW"
-    x = x.float()
+    x = x.to(getattr(torch, dtype))
     b, _, h, w = x.shape
     if image_size is None:
         image_size = [h, w]
     model = _build_model(model_name, num_classes, image_size,
                          soft_nms=bool(soft_nms), max_det_per_image=int(max_det_per_image))
     model.load_state_dict(_load(weights), strict=True)
+    model.to(getattr(torch, dtype))  # float64: network outputs free of float32 rounding noise
     bench = DetBenchPredict(model)
     bench.max_detection_points = int(max_detection_points)
     bench.max_det_per_image = int(max_det_per_image)
