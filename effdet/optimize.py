@@ -85,10 +85,12 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, input_size: Size | None = 
 
 @functools.lru_cache(maxsize=None)
 def onednn_fusion_available() -> bool:
-    """Whether oneDNN's fused convolution + bias + activation op runs here and agrees with ``F.conv2d``.
+    """Whether oneDNN's fused convolution + bias + activation op runs here, with pre-packed
+    weights, and agrees with ``F.conv2d``.
 
     ``torch.ops.mkldnn._convolution_pointwise`` is the op ``torch.compile`` emits for such
-    fusions on CPU; it is checked once per process on a tiny input.
+    fusions on CPU (with weights pre-packed by ``mkldnn_reorder_conv2d_weight``); both are
+    private, so they are checked once per process on a tiny input.
     """
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
         return False
@@ -97,21 +99,30 @@ def onednn_fusion_available() -> bool:
         x = torch.randn(1, 4, 6, 6, generator=g).contiguous(memory_format=torch.channels_last)
         w, b = torch.randn(4, 1, 3, 3, generator=g), torch.randn(4, generator=g)
         with torch.no_grad():
-            fused = torch.ops.mkldnn._convolution_pointwise(x, w, b, [1, 1], [1, 1], [1, 1], 4, "swish", [], "")
+            packed = _pack(w, [1, 1], [1, 1], [1, 1], 4, x.shape)
+            fused = torch.ops.mkldnn._convolution_pointwise(x, packed, b, [1, 1], [1, 1], [1, 1], 4, "swish", [], "")
             plain = F.silu(F.conv2d(x, w, b, 1, 1, 1, 4))
         return bool(torch.allclose(fused, plain, atol=1e-5))
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError, AttributeError):
         return False
+
+
+def _pack(weight: torch.Tensor, padding: list[int], stride: list[int], dilation: list[int], groups: int,
+          input_shape: torch.Size) -> torch.Tensor:
+    """The weight reordered once into oneDNN's blocked layout for inputs of ``input_shape``."""
+    return torch._C._nn.mkldnn_reorder_conv2d_weight(weight.detach().contiguous().to_mkldnn(), padding, stride,
+                                                     dilation, groups, list(input_shape))
 
 
 class ConvAct(nn.Module):
     """A convolution with bias, optionally followed by SiLU: N x C x H x W -> N x C' x H' x W'.
 
     On CPU (float32, no autocast, not tracing) it runs as one oneDNN op with the SiLU (or the
-    residual addition) fused into the convolution; elsewhere as ``F.conv2d`` then in-place ops.
-    ``weight_scale`` (1 x C, batch 1 only) multiplies the input channels, folded into the weight
-    (a squeeze-excite gate before a 1x1 conv); ``residual`` (N x C' x H' x W') is added to the
-    output (not with ``act``).
+    residual addition) fused into the convolution, with the weight reordered into oneDNN's layout
+    once (at the first call) instead of at every call; elsewhere as ``F.conv2d`` then in-place
+    ops. ``weight_scale`` (1 x C, batch 1 only) multiplies the input channels, folded into the
+    weight (a squeeze-excite gate before a 1x1 conv); ``residual`` (N x C' x H' x W') is added
+    to the output (not with ``act``).
     """
 
     def __init__(self, conv: nn.Conv2d, act: bool) -> None:
@@ -123,15 +134,23 @@ class ConvAct(nn.Module):
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.act = act
         self.fused = onednn_fusion_available()
+        self._packed: tuple[tuple[int, int], torch.Tensor] | None = None  # ((data_ptr, version), weight)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
                 f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, groups={self.groups}, silu={self.act}")
 
+    def packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The oneDNN-packed weight, re-packed only when the weight tensor changed."""
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, _pack(self.weight, self.padding, self.stride, self.dilation, self.groups, x.shape))
+        return self._packed[1]
+
     def forward(self, x: torch.Tensor, weight_scale: torch.Tensor | None = None,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
-        weight = self.weight if weight_scale is None else self.weight * weight_scale.reshape(1, -1, 1, 1)
         if self.fused and x.device.type == "cpu" and x.dtype == torch.float32 and not _tracing():
+            weight = self.packed_weight(x) if weight_scale is None else self.weight * weight_scale.reshape(1, -1, 1, 1)
             if residual is not None:
                 return torch.ops.mkldnn._convolution_pointwise.binary(
                     x, residual, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "add",
@@ -139,6 +158,7 @@ class ConvAct(nn.Module):
             return torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, self.padding, self.stride,
                                                            self.dilation, self.groups,
                                                            "swish" if self.act else "none", [], "")
+        weight = self.weight if weight_scale is None else self.weight * weight_scale.reshape(1, -1, 1, 1)
         y = F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if residual is not None:
             return y.add_(residual)
