@@ -52,12 +52,14 @@ def synchronize(device: torch.device) -> None:
 
 @dataclass
 class Measurement:
-    """Timed runs of one task: ``times`` in seconds per call, ``items`` images per call."""
+    """Timed runs of one task: ``times`` wall-clock and ``cpu_times`` process CPU seconds per
+    call, ``items`` images per call."""
 
     times: list[float] = field(default_factory=list)
     items: int = 1
     peak_memory_mb: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    cpu_times: list[float] = field(default_factory=list)
 
     @property
     def median_s(self) -> float:
@@ -66,10 +68,12 @@ class Measurement:
     def summary(self) -> dict[str, Any]:
         """Plain-data summary: median / min ms per call and per image, images per second."""
         med = self.median_s
+        cpu = statistics.median(self.cpu_times) * 1e3 if self.cpu_times else None
         return {"runs": len(self.times), "items_per_run": self.items,
                 "median_ms": med * 1e3, "min_ms": min(self.times) * 1e3,
                 "median_ms_per_image": med * 1e3 / self.items, "images_per_s": self.items / med,
-                "peak_memory_mb": self.peak_memory_mb, "times_ms": [t * 1e3 for t in self.times], **self.extra}
+                "median_cpu_ms": cpu, "peak_memory_mb": self.peak_memory_mb,
+                "times_ms": [t * 1e3 for t in self.times], **self.extra}
 
 
 def _rss_mb() -> float | None:
@@ -137,15 +141,21 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float | None]]:
         out["peak_mb"] = max(0.0, after - before)
 
 
-def time_calls(fn: Callable[[], Any], runs: int, device: torch.device) -> list[float]:
-    """Wall-clock seconds of ``runs`` calls of ``fn``, each between device synchronisations."""
+def time_calls(fn: Callable[[], Any], runs: int, device: torch.device,
+               cpu_times: list[float] | None = None) -> list[float]:
+    """Wall-clock seconds of ``runs`` calls of ``fn``, each between device synchronisations.
+
+    ``cpu_times``, when given, receives the process CPU seconds (all threads) of each call.
+    """
     times = []
     for _ in range(runs):
         synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
+        if cpu_times is not None:
+            cpu_times.append(time.process_time() - cpu_start)
     return times
 
 

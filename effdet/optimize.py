@@ -140,6 +140,11 @@ class ConvAct(nn.Module):
         return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
                 f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, groups={self.groups}, silu={self.act}")
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_packed"] = None  # an opaque oneDNN tensor: rebuilt on demand, never copied or pickled
+        return state
+
     def packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         """The oneDNN-packed weight, re-packed only when the weight tensor changed."""
         key = (self.weight.data_ptr(), self.weight._version)

@@ -34,7 +34,7 @@ class FakeRunner:
 
     def run(self, runs: int):
         self.log.extend([self.name] * runs)
-        return [self.seconds] * runs, 10.0, {}
+        return [self.seconds] * runs, [self.seconds / 2] * runs, 10.0, {}
 
 
 def test_interleave_alternates_in_rounds_and_counts_runs() -> None:
@@ -47,6 +47,7 @@ def test_interleave_alternates_in_rounds_and_counts_runs() -> None:
     assert summary["median_ms"] == pytest.approx(300.0)
     assert summary["images_per_s"] == pytest.approx(2 / 0.3)
     assert summary["peak_memory_mb"] == 10.0
+    assert summary["median_cpu_ms"] == pytest.approx(150.0)
 
 
 def test_compare_detections() -> None:

@@ -148,6 +148,21 @@ def test_convact_fused_matches_plain() -> None:
                                    plain(x * gate[:, :, None, None]) + residual, atol=1e-5, rtol=1e-5)
 
 
+def test_packed_weights_follow_weight_changes_and_copies() -> None:
+    fast = optimize_for_inference(tiny_model())
+    x = torch.randn(1, 3, 128, 128)
+    with torch.inference_mode():
+        before = fast(x)
+    twin = copy.deepcopy(fast)  # the packed-weight caches are not copied
+    with torch.no_grad():
+        fast.class_net.predict_pw.weight.mul_(2)
+        fast.class_net.predict_pw.bias.mul_(2)
+    with torch.inference_mode():
+        after, copied = fast(x), twin(x)
+    torch.testing.assert_close(after[0][0], before[0][0] * 2, atol=1e-4, rtol=1e-4)
+    assert_outputs_close(before, copied)
+
+
 def test_predictor_optimize_gives_identical_detections() -> None:
     model = tiny_model()
     rng = np.random.default_rng(0)

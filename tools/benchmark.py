@@ -16,8 +16,8 @@ plus peak memory of each (resident-set growth on CPU, torch.cuda.max_memory_allo
 "ours" is the optimised path (effdet.optimize.optimize_for_inference / Predictor(optimize=True);
 for training: channels_last memory format, see --no-train-channels-last); "eager" the plain model
 (training: default memory format, as tools/train.py); "compiled" (--compile): torch.compile of the
-optimised network. "ratio" compares medians; "best" the fastest runs (less sensitive to a busy
-machine).
+optimised network. "ratio" compares median wall-clock times; "best" the fastest runs; "cpu" the
+median process CPU times (all threads); the last two are less sensitive to a busy machine.
 
 --compare-reference runs the reference port (PyPI effdet 0.4.1) in a separate process (installed
 by the test harness tests/refport/env.py, so it needs a source checkout of this project) with the
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (CUDA)")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
     p.add_argument("--runs", type=int, default=6, help="timed runs per variant and task (default 6)")
+    p.add_argument("--train-runs", type=int, default=None, help="timed training steps per variant (default: --runs)")
     p.add_argument("--rounds", type=int, default=3, help="alternate the variants in this many rounds (default 3)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--images", nargs="+", help="image files / folders for the end-to-end figure "
@@ -112,10 +113,11 @@ class LocalRunner:
             task()
         self.warmup_s = time.perf_counter() - start
 
-    def run(self, runs: int) -> tuple[list[float], float | None, dict[str, Any]]:
+    def run(self, runs: int) -> tuple[list[float], list[float], float | None, dict[str, Any]]:
+        cpu: list[float] = []
         with peak_memory(self.device) as mem:
-            times = time_calls(self.task, runs, self.device)
-        return times, mem["peak_mb"], {}
+            times = time_calls(self.task, runs, self.device, cpu)
+        return times, cpu, mem["peak_mb"], {}
 
 
 class ReferenceWorker:
@@ -164,9 +166,9 @@ class ReferenceRunner:
         self.warmup_s = time.perf_counter() - start
         self.items = info["items"]
 
-    def run(self, runs: int) -> tuple[list[float], float | None, dict[str, Any]]:
+    def run(self, runs: int) -> tuple[list[float], list[float], float | None, dict[str, Any]]:
         out = self.worker.call("run", runs=runs)
-        return out["times"], out["peak_mb"], {"losses": out["losses"]}
+        return out["times"], out["cpu_times"], out["peak_mb"], {"losses": out["losses"]}
 
 
 def interleave(runners: dict[str, Any], runs: int, rounds: int) -> dict[str, Measurement]:
@@ -176,9 +178,10 @@ def interleave(runners: dict[str, Any], runs: int, rounds: int) -> dict[str, Mea
     results = {name: Measurement(items=r.items) for name, r in runners.items()}
     for n in per_round:
         for name, runner in runners.items():
-            times, peak, extra = runner.run(n)
+            times, cpu_times, peak, extra = runner.run(n)
             m = results[name]
             m.times.extend(times)
+            m.cpu_times.extend(cpu_times)
             if peak is not None:
                 m.peak_memory_mb = max(m.peak_memory_mb or 0.0, peak)
             m.extra.update(extra)
@@ -374,7 +377,7 @@ class Benchmark:
             torch.save({"images": images, "boxes": boxes, "labels": labels}, batch_file)
             runners["reference"] = ReferenceRunner(self.worker, "train", args.warmup, batch=str(batch_file),
                                                    amp=args.amp)
-        results = interleave(runners, args.runs, args.rounds)
+        results = interleave(runners, args.train_runs or args.runs, args.rounds)
         results["ours"].extra["losses"] = list(ours.losses)
         self.report["results"]["train"] = {k: m.summary() for k, m in results.items()}
         if self.worker is not None:
@@ -533,6 +536,9 @@ def add_ratios(report: dict[str, Any]) -> None:
             res["ratio"] = ours["median_ms_per_image"] / ref["median_ms_per_image"]
             res["ratio_best"] = ours["min_ms"] / ours["items_per_run"] / (ref["min_ms"] / ref["items_per_run"])
             res["ratio_kind"] = "time ours / reference (lower is better)"
+        if ours.get("median_cpu_ms") and ref.get("median_cpu_ms"):
+            cpu_o, cpu_r = ours["median_cpu_ms"] / ours["items_per_run"], ref["median_cpu_ms"] / ref["items_per_run"]
+            res["cpu_ratio"] = cpu_r / cpu_o if res["ratio_kind"].startswith("throughput") else cpu_o / cpu_r
         mem_o, mem_r = res["ours"].get("peak_memory_mb"), res["reference"].get("peak_memory_mb")
         if mem_o is not None and mem_r:
             res["memory_ratio"] = mem_o / mem_r
@@ -543,7 +549,7 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"\n{s['model']} {s['image_size'][0]}x{s['image_size'][1]}, {s['device']}, {s['threads']} threads, "
           f"amp {s['amp'] or 'off'}, torch {s['torch']}; medians of {s['runs']} runs in {s['rounds']} rounds")
     cols = ("ours", "eager", "compiled", "reference")
-    header = f"{'figure':34s}" + "".join(f"{c:>12s}" for c in cols) + f"{'ratio':>8s}{'best':>7s}  target"
+    header = f"{'figure':34s}" + "".join(f"{c:>12s}" for c in cols) + f"{'ratio':>8s}{'best':>7s}{'cpu':>7s}  target"
     print(header)
     print("-" * len(header))
     names = {"forward_b1": "forward b1 (ms)", "predict": "end-to-end predict (ms/img)", "onnx_b1": "ONNX Runtime b1 (ms)"}
@@ -556,6 +562,7 @@ def print_report(report: dict[str, Any]) -> None:
                                        for c in cols)
         ratio = res.get("ratio")
         row += f"{ratio:8.2f}{res['ratio_best']:7.2f}" if ratio is not None else f"{'':15s}"
+        row += f"{res['cpu_ratio']:7.2f}" if res.get("cpu_ratio") is not None else f"{'':7s}"
         target = TARGETS.get(key)
         if target and ratio is not None and s["device"] == "cpu":
             ok = ratio <= target[1] if target[0] == "<=" else ratio >= target[1]

@@ -222,17 +222,20 @@ class Worker:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         before = rss_mb("VmRSS")
+        cpu_times = []
         for _ in range(int(runs)):
             sync(self.device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             self.task()
             sync(self.device)
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
         else:
             peak = max(0.0, rss_mb("VmHWM") - before) if resettable else None
-        return {"times": times, "peak_mb": peak, "items": self.items, "losses": list(self.losses)}
+        return {"times": times, "cpu_times": cpu_times, "peak_mb": peak, "items": self.items,
+                "losses": list(self.losses)}
 
     def detections_out(self, out):
         dets = []
