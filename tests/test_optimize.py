@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from torch import nn
 
 from effdet.layers import Conv2dSame
 from effdet.model import create_model
-from effdet.optimize import ConvAct, fold_conv_bn, onednn_fusion_available, optimize_for_inference, static_conv
+from effdet.optimize import (FUSED_MIN_PIXELS, ConvAct, fold_conv_bn, onednn_fusion_available, optimize_for_inference,
+                             stack_convs, static_conv)
 from effdet.predictor import Predictor
 
 TINY = dict(num_classes=3, image_size=128, fpn_channels=16, fpn_cells=2, head_repeats=2)
@@ -93,8 +95,19 @@ def test_folding_actually_removes_batchnorm_and_same_padding() -> None:
     fast = optimize_for_inference(tiny_model())
     kinds = {type(m) for m in fast.modules()}
     assert nn.BatchNorm2d not in kinds and Conv2dSame not in kinds
-    # one pointwise conv per level and repeat in each head (BN was per level)
-    assert len(fast.class_net.conv_pw) == 5 and len(fast.class_net.conv_pw[0]) == 2
+    # one (two-head) pointwise conv per level and repeat (BN was per level)
+    assert len(fast.heads.conv_pw) == 5 and len(fast.heads.conv_pw[0]) == 2
+
+
+def test_stacked_convs_equal_the_two_apart() -> None:
+    for groups in (1, 6):  # pointwise and depthwise
+        a, b = nn.Conv2d(6, 6, 3, padding=1, groups=groups), nn.Conv2d(6, 6, 3, padding=1, groups=groups, bias=False)
+        x, y = torch.randn(2, 6, 7, 7), torch.randn(2, 6, 7, 7)
+        with torch.no_grad():
+            both = stack_convs(a, b)(torch.cat([x, y], dim=1))
+            torch.testing.assert_close(both, torch.cat([a(x), b(y)], dim=1), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="same shape"):
+        stack_convs(nn.Conv2d(6, 6, 1), nn.Conv2d(6, 4, 1))
 
 
 def test_wrong_input_size_and_training_are_refused() -> None:
@@ -136,27 +149,28 @@ def test_convact_fused_matches_plain() -> None:
     conv = nn.Conv2d(8, 8, 3, padding=1, groups=8)
     fused, plain = ConvAct(conv, act=True), ConvAct(conv, act=True)
     plain.fused = False
-    x = torch.randn(1, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+    side = math.isqrt(FUSED_MIN_PIXELS) + 3  # large enough for the fused path
+    x = torch.randn(1, 8, side, side).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=1e-5)
     pw = nn.Conv2d(8, 4, 1)
     fused, plain = ConvAct(pw, act=False), ConvAct(pw, act=False)
     plain.fused = False
-    residual, gate = torch.randn(1, 4, 9, 9), torch.rand(1, 8)
+    residual, gate = torch.randn(1, 4, side, side), torch.rand(1, 8)
     with torch.no_grad():
         torch.testing.assert_close(fused(x, weight_scale=gate, residual=residual),
                                    plain(x * gate[:, :, None, None]) + residual, atol=1e-5, rtol=1e-5)
 
 
 def test_packed_weights_follow_weight_changes_and_copies() -> None:
-    fast = optimize_for_inference(tiny_model())
-    x = torch.randn(1, 3, 128, 128)
+    fast = optimize_for_inference(tiny_model(image_size=256))  # P3 32x32: the fused path
+    x = torch.randn(1, 3, 256, 256)
     with torch.inference_mode():
         before = fast(x)
     twin = copy.deepcopy(fast)  # the packed-weight caches are not copied
     with torch.no_grad():
-        fast.class_net.predict_pw.weight.mul_(2)
-        fast.class_net.predict_pw.bias.mul_(2)
+        fast.heads.class_pw.weight.mul_(2)
+        fast.heads.class_pw.bias.mul_(2)
     with torch.inference_mode():
         after, copied = fast(x), twin(x)
     torch.testing.assert_close(after[0][0], before[0][0] * 2, atol=1e-4, rtol=1e-4)

@@ -12,7 +12,9 @@ Figures (medians of timed runs; warm-up runs excluded):
   train        one training step at --train-batch-size: forward, anchor labelling, loss, backward,
                SGD step (images/s); stochastic depth off so that the loss is deterministic
   onnx         the exported ONNX model under ONNX Runtime, batch 1 (CPU)
-plus peak memory of each (resident-set growth on CPU, torch.cuda.max_memory_allocated on CUDA).
+plus peak memory of each, from one extra untimed call after freed heap memory is returned to the OS
+(resident-set growth on CPU, torch.cuda.max_memory_allocated on CUDA), so timed runs pay no page faults
+of a trimmed heap.
 "ours" is the optimised path (effdet.optimize.optimize_for_inference / Predictor(optimize=True);
 for training: channels_last memory format, see --no-train-channels-last); "eager" the plain model
 (training: default memory format, as tools/train.py); "compiled" (--compile): torch.compile of the
@@ -25,6 +27,12 @@ same random weights (exported by the reference and imported into ours), the same
 same post-processing settings. Timed runs of ours and the reference alternate in --rounds rounds,
 so that a busy machine slows both alike; every figure is printed with its ratio ours / reference,
 and the detections and training losses of both are compared.
+
+This process keeps freed memory for reuse (effdet.runtime.keep_freed_memory, as tools/train.py,
+infer.py and eval.py do; EFFDET_KEEP_FREED_MEMORY=0 turns it off), which spares ours and "eager"
+the page faults of re-mapping activations; the reference runs with the C library's defaults, as
+its own tools do, unless --reference-keep-freed-memory gives it the same setting (through glibc's
+MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ environment variables).
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from effdet.model import create_model  # noqa: E402
 from effdet.optimize import optimize_for_inference  # noqa: E402
 from effdet.postprocess import PostprocessSettings  # noqa: E402
 from effdet.predictor import Predictor  # noqa: E402
+from effdet.runtime import freed_memory_kept, keep_freed_memory  # noqa: E402
 
 TASKS = ("forward", "throughput", "predict", "train", "onnx")
 # Issue targets (CPU, D0 512x512, 2 threads): ours / reference
@@ -92,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train in channels_last memory format (default on)")
     p.add_argument("--compare-reference", action="store_true",
                    help="also measure the reference port (PyPI effdet 0.4.1) side by side; needs a source checkout")
+    p.add_argument("--reference-keep-freed-memory", action="store_true",
+                   help="run the reference with the same malloc setting as ours (freed memory kept for reuse)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     p.add_argument("--work-dir", help="folder for inputs and exported files (default: a temporary folder)")
     p.add_argument("--json", help="write all figures to this JSON file")
@@ -108,23 +119,30 @@ class LocalRunner:
 
     def __init__(self, task: Callable[[], Any], items: int, device: torch.device, warmup: int) -> None:
         self.task, self.items, self.device = task, items, device
+        self.memory_measured = False
         start = time.perf_counter()
         for _ in range(warmup):
             task()
         self.warmup_s = time.perf_counter() - start
 
     def run(self, runs: int) -> tuple[list[float], list[float], float | None, dict[str, Any]]:
+        peak = None
+        if not self.memory_measured:  # one untimed call measures memory: it starts from a trimmed heap
+            with peak_memory(self.device) as mem:
+                self.task()
+            peak, self.memory_measured = mem["peak_mb"], True
         cpu: list[float] = []
-        with peak_memory(self.device) as mem:
-            times = time_calls(self.task, runs, self.device, cpu)
-        return times, cpu, mem["peak_mb"], {}
+        times = time_calls(self.task, runs, self.device, cpu)
+        return times, cpu, peak, {}
 
 
 class ReferenceWorker:
     """The reference port in a long-lived subprocess (tools/refport_bench_worker.py), JSON lines."""
 
-    def __init__(self, reference_dir: Path, threads: int | None, log: Path) -> None:
+    def __init__(self, reference_dir: Path, threads: int | None, log: Path, keep_freed_memory: bool = False) -> None:
         env = os.environ.copy()
+        if keep_freed_memory:  # what effdet.runtime.keep_freed_memory sets, through glibc's environment
+            env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2 ** 31 - 1))
         env["PYTHONPATH"] = os.pathsep.join([str(reference_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
@@ -420,12 +438,15 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                      "rounds": args.rounds, "warmup": args.warmup, "torch": torch.__version__,
                      "score_threshold": args.score_threshold, "max_candidates": args.max_candidates,
                      "max_detections": args.max_detections, "reference": ref_name,
+                     "keep_freed_memory": {"ours": freed_memory_kept(),
+                                           "reference": bool(args.reference_keep_freed_memory)},
                      "command": " ".join(["python tools/benchmark.py"] + sys.argv[1:])},
         "results": {}, "checks": {}, "errors": {}}
     worker = None
     try:
         if refdir is not None:
-            worker = ReferenceWorker(refdir, args.threads, work / "reference_worker.log")
+            worker = ReferenceWorker(refdir, args.threads, work / "reference_worker.log",
+                                     keep_freed_memory=args.reference_keep_freed_memory)
             worker.call("init", threads=args.threads, device=str(device), model_name=ref_name,
                         num_classes=cfg.num_classes, image_size=list(size), weights=str(weights),
                         max_detection_points=args.max_candidates, max_det_per_image=args.max_detections)
@@ -548,6 +569,9 @@ def print_report(report: dict[str, Any]) -> None:
     s = report["settings"]
     print(f"\n{s['model']} {s['image_size'][0]}x{s['image_size'][1]}, {s['device']}, {s['threads']} threads, "
           f"amp {s['amp'] or 'off'}, torch {s['torch']}; medians of {s['runs']} runs in {s['rounds']} rounds")
+    kept = s.get("keep_freed_memory", {})
+    print("freed memory kept for reuse (effdet.runtime): "
+          + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in kept.items()))
     cols = ("ours", "eager", "compiled", "reference")
     header = f"{'figure':34s}" + "".join(f"{c:>12s}" for c in cols) + f"{'ratio':>8s}{'best':>7s}{'cpu':>7s}  target"
     print(header)
@@ -600,4 +624,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # reuse freed activations instead of page-faulting fresh memory in (effdet.runtime)
     sys.exit(main())

@@ -33,6 +33,7 @@ from effdet.engine.inference import (USER_ERRORS, InferenceError, check_device, 
                                      plain_warnings)
 from effdet.postprocess import PostprocessSettings
 from effdet.results import read_results, write_json
+from effdet.runtime import keep_freed_memory
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -133,4 +134,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # reuse freed activations instead of page-faulting fresh memory in (effdet.runtime)
     sys.exit(main())

@@ -17,6 +17,7 @@ import time
 
 from effdet.engine.inference import USER_ERRORS, load_predictor, parse_image_size, plain_warnings, run_inference
 from effdet.postprocess import PostprocessSettings
+from effdet.runtime import keep_freed_memory
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -72,4 +73,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # reuse freed activations instead of page-faulting fresh memory in (effdet.runtime)
     sys.exit(main())

@@ -26,6 +26,7 @@ from effdet.data import DatasetError
 from effdet.engine.checkpointing import resume_path, resume_run_config
 from effdet.engine.train_config import load_run_config
 from effdet.engine.trainer import Trainer, TrainingDiverged
+from effdet.runtime import keep_freed_memory
 
 # command-line flag -> recipe field
 FLAG_FIELDS = {"train_ann": "data.train_ann", "train_images": "data.train_images", "val_ann": "data.val_ann",
@@ -113,4 +114,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # reuse freed activations instead of page-faulting fresh memory in (effdet.runtime)
     sys.exit(main())

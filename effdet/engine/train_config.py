@@ -59,6 +59,7 @@ class TrainConfig:
     ema_warmup: bool = True
     amp: bool = True
     sync_bn: bool = True
+    channels_last: bool = True
     workers: int = 4
     seed: int = 0
     eval_interval: int = 1
