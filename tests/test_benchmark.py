@@ -150,9 +150,10 @@ def test_compare_reference_tiny(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     rc = bench_tool.main(["--threads", "1", "--image-size", "128", "--runs", "2", "--rounds", "2", "--warmup", "1",
                           "--tasks", "forward,predict,train", "--train-batch-size", "2", "--compare-reference",
-                          "--no-eager", "--json", str(out)])
+                          "--no-eager", "--reference-keep-freed-memory", "--json", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
+    assert report["settings"]["keep_freed_memory"]["reference"]  # the worker saw glibc's settings
     assert report["checks"]["predict_vs_reference"]["equal"]
     assert report["checks"]["train_loss_vs_reference"]["equal"]
     for key in ("forward_b1", "predict", "train"):

@@ -438,8 +438,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                      "rounds": args.rounds, "warmup": args.warmup, "torch": torch.__version__,
                      "score_threshold": args.score_threshold, "max_candidates": args.max_candidates,
                      "max_detections": args.max_detections, "reference": ref_name,
-                     "keep_freed_memory": {"ours": freed_memory_kept(),
-                                           "reference": bool(args.reference_keep_freed_memory)},
+                     "keep_freed_memory": {"ours": freed_memory_kept()},
                      "command": " ".join(["python tools/benchmark.py"] + sys.argv[1:])},
         "results": {}, "checks": {}, "errors": {}}
     worker = None
@@ -447,9 +446,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         if refdir is not None:
             worker = ReferenceWorker(refdir, args.threads, work / "reference_worker.log",
                                      keep_freed_memory=args.reference_keep_freed_memory)
-            worker.call("init", threads=args.threads, device=str(device), model_name=ref_name,
-                        num_classes=cfg.num_classes, image_size=list(size), weights=str(weights),
-                        max_detection_points=args.max_candidates, max_det_per_image=args.max_detections)
+            info = worker.call("init", threads=args.threads, device=str(device), model_name=ref_name,
+                               num_classes=cfg.num_classes, image_size=list(size), weights=str(weights),
+                               max_detection_points=args.max_candidates, max_det_per_image=args.max_detections)
+            report["settings"]["keep_freed_memory"]["reference"] = bool(info.get("keeps_freed_memory"))
         bench = Benchmark(args, model, device, work, worker, report)
         steps: list[tuple[str, str, Callable[[], None]]] = [
             ("forward", "forward_b1", lambda: bench.forward(1)),

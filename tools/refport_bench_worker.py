@@ -131,7 +131,8 @@ class Worker:
         self.weights = weights
         self.max_detection_points = int(max_detection_points)
         self.max_det_per_image = int(max_det_per_image)
-        return {"effdet_file": check_reference(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+        return {"effdet_file": check_reference(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "keeps_freed_memory": os.environ.get("MALLOC_MMAP_MAX_") == "0"}
 
     def _model(self, drop_path_off=False):
         from effdet import create_model
