@@ -13,8 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Allocates, touches and frees a 96 MiB tensor (above glibc's largest mmap threshold) several
-# times and reports the minor page faults of the last rounds.
+# Allocates, touches and frees a 96 MiB tensor (above glibc's largest mmap threshold) in several
+# rounds and reports the minor page faults of each round after the first ones.
 PROBE = """
 import json, resource, sys
 import torch
@@ -25,11 +25,12 @@ def churn():
     x.fill_(1.0)
     del x
 churn(); churn(); churn()  # the heap settles in the first rounds
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+faults = []
+for _ in range(7):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     churn()
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps({"applied": applied, "kept": freed_memory_kept(), "faults": faults}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "kept": freed_memory_kept(), "faults": sorted(faults)[3]}))
 """
 
 
@@ -46,9 +47,11 @@ def test_freed_memory_is_reused_without_page_faults() -> None:
     if not kept["applied"]:
         pytest.skip("this C library does not take glibc's mallopt settings")
     assert kept["kept"] and not default["kept"]
-    pages = 3 * 96 * 2 ** 20 // 4096  # what re-mapping the tensor three times costs
-    assert default["faults"] > pages // 2  # glibc's defaults: fresh pages each time
-    assert kept["faults"] < pages // 20  # kept: the same memory again
+    pages = 96 * 2 ** 20 // 4096  # what re-mapping the tensor costs
+    # median round: glibc's defaults map fresh pages each time; kept, the same memory is reused
+    # (a round may still grow the heap when a small allocation took part of the freed block)
+    assert default["faults"] > pages // 2
+    assert kept["faults"] < pages // 20
 
 
 def test_environment_switch_turns_it_off() -> None:
