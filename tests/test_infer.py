@@ -129,6 +129,27 @@ def test_json_boxes_are_in_original_pixels(weights: Path, image_dir: Path, tmp_p
     np.testing.assert_allclose([e["bbox"] for e in b], 2 * np.array([e["bbox"] for e in a]), atol=0.01)
 
 
+def test_optimized_default_equals_plain_network(image_dir: Path, tmp_path: Path) -> None:
+    """The default (optimised network) and --no-optimize write the same detections.
+
+    With the randomised BN statistics and spread heads of tests/test_optimize.py, so that scores
+    differ from box to box (the `weights` fixture gives nearly tied scores, whose order is float noise).
+    """
+    sys.path.insert(0, str(ROOT))
+    from tests.test_optimize import tiny_model
+
+    ckpt = save_checkpoint(tmp_path / "spread.pt", tiny_model(num_classes=4), class_names=NAMES)
+    tool = load_tool(INFER)
+    for name, extra in (("opt.json", []), ("plain.json", ["--no-optimize"])):
+        assert tool.main(["--weights", str(ckpt), str(image_dir), "--no-images", "--json", str(tmp_path / name),
+                          "--score-threshold", "0.0", "--quiet", *extra]) == 0
+    opt, plain = (json.loads((tmp_path / n).read_text()) for n in ("opt.json", "plain.json"))
+    assert opt and len(opt) == len(plain)
+    assert [(e["image_id"], e["category_id"]) for e in opt] == [(e["image_id"], e["category_id"]) for e in plain]
+    np.testing.assert_allclose([e["score"] for e in opt], [e["score"] for e in plain], atol=1e-4)
+    np.testing.assert_allclose([e["bbox"] for e in opt], [e["bbox"] for e in plain], atol=0.01)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--weights", "{tmp}/missing.pt", "{images}"], "missing.pt does not exist"),
     (["--weights", "{weights}", "{tmp}/nowhere"], "is not an existing file or folder"),

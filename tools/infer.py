@@ -3,7 +3,7 @@
     python tools/infer.py --weights runs/train/best.pt photos/ extra.jpg "shots/**/*.png"
         [--output runs/infer] [--json detections.json [--ann annotations.json]]
         [--score-threshold 0.3 --nms-iou 0.5 --soft-nms --max-detections 100]
-        [--batch-size 8 --device cpu --image-size 512 (or 384x640) --optimize]
+        [--batch-size 8 --device cpu --image-size 512 (or 384x640) --no-optimize]
     python tools/infer.py --weights tf_efficientdet_d0.pth --model tf_efficientdet_d0 image.jpg
 
 Unreadable or non-image files are skipped with a warning; the summary counts them.
@@ -39,8 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--image-size", type=parse_image_size, metavar="PX",
                         help="network input: SIDE or HEIGHTxWIDTH, multiples of 128 (default: the model's)")
-    parser.add_argument("--optimize", action="store_true",
-                        help="fold BatchNorm into convolutions etc. for faster inference (same detections)")
+    parser.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=True,
+                        help="run effdet.optimize.optimize_for_inference (BN folded, fused convolutions): "
+                             "the same detections, faster; --no-optimize runs the plain network (default on)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
