@@ -128,9 +128,11 @@ class ConvAct(nn.Module):
     once (at the first call) instead of at every call; elsewhere, and for maps of fewer than
     :data:`FUSED_MIN_PIXELS` output pixels (where the fused op's fixed cost of ~0.1 ms per call
     outweighs its savings: measured 85-150 us against 20-80 us for ``F.conv2d`` on the 4x4 to
-    16x16 BiFPN and head levels of D0), as ``F.conv2d`` then in-place ops. ``weight_scale`` (1 x C, batch 1 only) multiplies the input channels, folded into the
-    weight (a squeeze-excite gate before a 1x1 conv); ``residual`` (N x C' x H' x W') is added
-    to the output (not with ``act``).
+    16x16 BiFPN and head levels of D0), as ``F.conv2d`` then in-place ops.
+
+    ``weight_scale`` (1 x C, batch 1 only) multiplies the input channels, folded into the weight
+    (a squeeze-excite gate before a 1x1 conv); ``residual`` (N x C' x H' x W') is added to the
+    output (not with ``act``).
     """
 
     def __init__(self, conv: nn.Conv2d, act: bool) -> None:
@@ -162,9 +164,10 @@ class ConvAct(nn.Module):
 
     def forward(self, x: torch.Tensor, weight_scale: torch.Tensor | None = None,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
+        scaled = None if weight_scale is None else self.weight * weight_scale.reshape(1, -1, 1, 1)
         if (self.fused and x.device.type == "cpu" and x.dtype == torch.float32
                 and x.shape[-2] * x.shape[-1] >= FUSED_MIN_PIXELS * self.stride[0] * self.stride[1] and not _tracing()):
-            weight = self.packed_weight(x) if weight_scale is None else self.weight * weight_scale.reshape(1, -1, 1, 1)
+            weight = self.packed_weight(x) if scaled is None else scaled
             if residual is not None:
                 return torch.ops.mkldnn._convolution_pointwise.binary(
                     x, residual, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "add",
@@ -172,8 +175,8 @@ class ConvAct(nn.Module):
             return torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, self.padding, self.stride,
                                                            self.dilation, self.groups,
                                                            "swish" if self.act else "none", [], "")
-        weight = self.weight if weight_scale is None else self.weight * weight_scale.reshape(1, -1, 1, 1)
-        y = F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        y = F.conv2d(x, self.weight if scaled is None else scaled, self.bias, self.stride, self.padding,
+                     self.dilation, self.groups)
         if residual is not None:
             return y.add_(residual)
         return F.silu(y, inplace=True) if self.act else y
@@ -522,5 +525,5 @@ def optimize_for_inference(model: EfficientDet, image_size: Size | int | None = 
     return net
 
 
-__all__ = ["FUSED_MIN_PIXELS", "ConvAct", "OptimizedEfficientDet", "backbone_input_sizes", "fold_conv_bn", "onednn_fusion_available",
-           "optimize_for_inference", "stack_convs", "static_conv"]
+__all__ = ["FUSED_MIN_PIXELS", "ConvAct", "InferenceHeads", "OptimizedEfficientDet", "backbone_input_sizes",
+           "fold_conv_bn", "onednn_fusion_available", "optimize_for_inference", "stack_convs", "static_conv"]

@@ -69,14 +69,14 @@ def detections_to_coco(detections: Sequence[Mapping[str, torch.Tensor]], image_i
     return out
 
 
-def write_json(obj: Any, path: str | Path) -> Path:
+def write_json(obj: Any, path: str | Path, indent: int | None = None) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically (temporary file in the same folder + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f)
+            json.dump(obj, f, indent=indent)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -26,6 +26,9 @@ _TRIM_NEVER = 2 ** 31 - 1  # largest int: free heap memory is never given back
 
 ENV_SWITCH = "EFFDET_KEEP_FREED_MEMORY"
 
+GLIBC_KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(_TRIM_NEVER)}
+"""The same setting for another process, through glibc's environment variables (read at its start)."""
+
 _applied: bool | None = None
 
 
@@ -60,4 +63,4 @@ def freed_memory_kept() -> bool:
     return bool(_applied)
 
 
-__all__ = ["ENV_SWITCH", "freed_memory_kept", "keep_freed_memory"]
+__all__ = ["ENV_SWITCH", "GLIBC_KEEP_FREED_MEMORY_ENV", "freed_memory_kept", "keep_freed_memory"]

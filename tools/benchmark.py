@@ -17,7 +17,7 @@ plus peak memory of each, from one extra untimed call after freed heap memory is
 of a trimmed heap.
 "ours" is the optimised path (effdet.optimize.optimize_for_inference / Predictor(optimize=True);
 for training: channels_last memory format, see --no-train-channels-last); "eager" the plain model
-(training: default memory format, as tools/train.py); "compiled" (--compile): torch.compile of the
+(training: default memory format, tools/train.py's train.channels_last=false); "compiled" (--compile): torch.compile of the
 optimised network. "ratio" compares median wall-clock times; "best" the fastest runs; "cpu" the
 median process CPU times (all threads); the last two are less sensitive to a busy machine.
 
@@ -62,7 +62,8 @@ from effdet.model import create_model  # noqa: E402
 from effdet.optimize import optimize_for_inference  # noqa: E402
 from effdet.postprocess import PostprocessSettings  # noqa: E402
 from effdet.predictor import Predictor  # noqa: E402
-from effdet.runtime import freed_memory_kept, keep_freed_memory  # noqa: E402
+from effdet.results import write_json  # noqa: E402
+from effdet.runtime import GLIBC_KEEP_FREED_MEMORY_ENV, freed_memory_kept, keep_freed_memory  # noqa: E402
 
 TASKS = ("forward", "throughput", "predict", "train", "onnx")
 # Issue targets (CPU, D0 512x512, 2 threads): ours / reference
@@ -142,7 +143,7 @@ class ReferenceWorker:
     def __init__(self, reference_dir: Path, threads: int | None, log: Path, keep_freed_memory: bool = False) -> None:
         env = os.environ.copy()
         if keep_freed_memory:  # what effdet.runtime.keep_freed_memory sets, through glibc's environment
-            env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2 ** 31 - 1))
+            env.update(GLIBC_KEEP_FREED_MEMORY_ENV)
         env["PYTHONPATH"] = os.pathsep.join([str(reference_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
@@ -473,7 +474,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
             add_ratios(report)
             if args.json:
-                write_json(report, Path(args.json))  # partial results survive an interruption
+                write_json(report, args.json, indent=1)  # partial results survive an interruption
     finally:
         if worker is not None:
             worker.close()
@@ -481,13 +482,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             tmp.cleanup()
     add_ratios(report)
     return report
-
-
-def write_json(report: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, path)
 
 
 def onnx_benchmark(model: torch.nn.Module, size: tuple[int, int], work: Path, args: argparse.Namespace
@@ -618,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print_report(report)
     if args.json:
-        write_json(report, Path(args.json))
+        write_json(report, args.json, indent=1)
         print(f"Wrote {args.json}")
     return 0
 
