@@ -62,6 +62,8 @@ def test_written_config_reads_back_to_the_same_run(tmp_path: Path) -> None:
     ({"epochs": 0}, "train.epochs must be at least 1"),
     ({"scale_range": [2.0, 1.0]}, "0 < low <= high"),
     ({"model.image_size": 100}, "multiple of"),
+    ({"train.channels_last": "maybe"}, "channels_last must be true or false"),
+    ({"amp": 1}, "amp must be true or false"),
 ])
 def test_bad_overrides_are_clear_errors(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -152,6 +152,8 @@ def _build_section(cls: type, values: Mapping[str, Any], base: Any, source: str)
             raise ConfigError(f"{source}: scale_range must be [low, high], got {value!r}")
         changes["scale_range"] = (float(value[0]), float(value[1]))
     for name, value in changes.items():
+        if fields[name].type in (bool, "bool") and not isinstance(value, bool):
+            raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
         if name in _FLOAT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
             changes[name] = float(value)
         elif name.endswith(("_ann", "_images")) and value is not None:
