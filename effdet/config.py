@@ -1,7 +1,7 @@
 """Model configuration: one frozen dataclass, the D0..D7x table, YAML files and overrides.
 
 The configuration is translated into constructor arguments in exactly one place,
-:func:`effdet.model.build_model`; nothing below the model reads a config object.
+:func:`effdet.modeling.efficientdet.build_model`; nothing below the model reads a config object.
 """
 
 from __future__ import annotations

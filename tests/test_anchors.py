@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from effdet.anchors import decode_boxes, encode_boxes, flatten_outputs, generate_anchors, num_anchors_per_level
+from effdet.modeling.anchors import decode_boxes, encode_boxes, flatten_outputs, generate_anchors, num_anchors_per_level
 
 
 def test_anchor_grid_hand_computed() -> None:

@@ -1,4 +1,4 @@
-"""tools/benchmark.py and effdet.benchmark: timing helpers, comparisons and a tiny end-to-end run."""
+"""tools/benchmark.py and benchmarking: timing helpers, comparisons and a tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from effdet.benchmark import (ForwardTask, Measurement, PredictTask, TrainStepTask, make_jpegs, make_train_batch,
+from benchmarking import (ForwardTask, Measurement, PredictTask, TrainStepTask, make_jpegs, make_train_batch,
                               peak_memory, time_calls)
-from effdet.model import create_model
-from effdet.predictor import Predictor
+from effdet.factory import create_model
+from effdet.inference.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -144,7 +144,7 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
 def test_compare_reference_tiny(tmp_path: Path) -> None:
     """Side by side with the reference port at 128 px: same detections and the same first loss."""
     sys.path.insert(0, str(ROOT))
-    from tests.refport.env import require_reference
+    from refport.env import require_reference
 
     require_reference()
     out = tmp_path / "bench.json"

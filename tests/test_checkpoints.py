@@ -9,8 +9,9 @@ import torch
 import torchvision
 
 from effdet import create_model
-from effdet.checkpoints import CheckpointError, load_model, read_checkpoint, save_checkpoint
-from effdet.reference import convert_reference_state_dict
+from effdet.factory import load_model
+from effdet.weights.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from effdet.weights.reference import convert_reference_state_dict
 
 TINY = dict(image_size=128, fpn_channels=16, fpn_cells=1, head_repeats=1)
 
@@ -36,7 +37,7 @@ def test_round_trip_rebuilds_exact_model(tmp_path) -> None:
 def test_checkpoint_for_other_class_count_errors_clearly(tmp_path) -> None:
     path = save_checkpoint(tmp_path / "m.pt", _tiny(5))
     with pytest.raises(CheckpointError, match="5 classes"):
-        from effdet.checkpoints import load_weights
+        from effdet.weights.checkpoint import load_weights
 
         load_weights(_tiny(3), read_checkpoint(path)["model"], source=str(path))
 

@@ -9,7 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from effdet.data import CocoDetection, DatasetError, build_loader, collate, eval_transform
+from effdet.data import CocoDetection, DatasetError, collate, eval_transform
+from effdet.engine.distributed import DistContext
+from effdet.engine.setup import build_train_loader
+from effdet.engine.train_config import load_run_config
 
 CATEGORIES = [{"id": 7, "name": "triangle"}, {"id": 1, "name": "circle"}, {"id": 3, "name": "square"}]
 
@@ -203,12 +206,14 @@ def test_collate_drops_none_and_counts(tmp_path):
         collate([(torch.zeros(3, 4, 4, dtype=torch.uint8), {}), (torch.zeros(3, 5, 4, dtype=torch.uint8), {})])
 
 
-def test_build_loader_skips_corrupt_images_and_is_reproducible(tmp_path):
+def test_train_loader_skips_corrupt_images_and_is_reproducible(tmp_path):
     dataset = _load(tmp_path, _dataset_dict(), transform=eval_transform((32, 32)))
     (tmp_path / "b.png").write_bytes(b"corrupt")
+    run = load_run_config("efficientdet_d0", {"batch_size": 3, "workers": 0, "seed": 3})
     orders = []
     for _ in range(2):
-        loader = build_loader(dataset, batch_size=2, shuffle=True, workers=0, seed=3)
+        loader = build_train_loader(dataset, run, DistContext())
+        loader.batch_sampler.set_epoch(0)
         with pytest.warns(UserWarning, match="b.png"):
             batches = list(loader)
         assert sum(skipped for _, _, skipped in batches) == 1

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from effdet.draw import PALETTE, class_color, draw_detections, drawing_sizes, text_color
+from effdet.inference.draw import PALETTE, class_color, draw_detections, drawing_sizes, text_color
 
 
 def _grey(h: int = 120, w: int = 160) -> np.ndarray:

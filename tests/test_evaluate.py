@@ -17,12 +17,12 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from effdet import create_model
-from effdet.anchors import decode_boxes, encode_boxes, generate_anchors, num_anchors_per_level
+from effdet.modeling.anchors import AnchorGenerator, decode_boxes, encode_boxes, generate_anchors, num_anchors_per_level
 from effdet.config import resolve
 from effdet.data import CocoDetection, eval_transform, make_synthetic_coco
-from effdet.engine.evaluate import (checkpoint_category_ids, coco_stats, detect_batch, evaluate_coco,
-                                    format_per_class, format_summary, mirror_outputs)
-from effdet.postprocess import PostprocessSettings
+from effdet.engine.evaluate import checkpoint_category_ids, coco_stats, evaluate_coco, format_per_class, format_summary
+from effdet.inference.predictor import detect_batch, mirror_outputs
+from effdet.modeling.postprocess import PostprocessSettings
 
 SIZE = 128
 
@@ -43,7 +43,8 @@ class OracleModel(nn.Module):
     def __init__(self, dataset: CocoDetection, batch_size: int, box_noise: float = 0.0, seed: int = 0) -> None:
         super().__init__()
         self.config = resolve("efficientdet_d0", num_classes=dataset.num_classes, image_size=SIZE)
-        self.anchors = generate_anchors((SIZE, SIZE))
+        self.anchors = AnchorGenerator()  # EfficientDet-D0's, as a model owns them
+        self.grid = self.anchors((SIZE, SIZE))
         self.targets = [dataset[i][1] for i in range(len(dataset))]
         self.batch_size, self.box_noise = batch_size, box_noise
         self.rng = np.random.default_rng(seed)
@@ -51,7 +52,7 @@ class OracleModel(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))  # so that the module has a device
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        n, m, c = images.shape[0], self.anchors.shape[0], self.config.num_classes
+        n, m, c = images.shape[0], self.grid.shape[0], self.config.num_classes
         targets = self.targets[self.calls * self.batch_size:self.calls * self.batch_size + n]
         self.calls += 1
         logits = torch.full((n, m, c), -8.0)
@@ -59,11 +60,11 @@ class OracleModel(nn.Module):
         for i, target in enumerate(targets):
             used = torch.zeros(m, dtype=torch.bool)
             for box, label in zip(target["boxes"], target["labels"]):
-                iou = box_iou(box[None], self.anchors)[0].masked_fill(used, -1)
+                iou = box_iou(box[None], self.grid)[0].masked_fill(used, -1)
                 a = int(iou.argmax())
                 used[a] = True
                 logits[i, a, label] = 6.0 if not self.box_noise else float(self.rng.uniform(-1, 4))
-                deltas[i, a] = encode_boxes(box, self.anchors[a]) + torch.from_numpy(
+                deltas[i, a] = encode_boxes(box, self.grid[a]) + torch.from_numpy(
                     self.rng.normal(0, self.box_noise, 4).astype(np.float32))
             if self.box_noise:  # a few false positives
                 for a in self.rng.choice(m, 3, replace=False):
@@ -78,6 +79,7 @@ class PooledConvNet(nn.Module):
     def __init__(self, num_classes: int = 3, num_anchors: int = 9) -> None:
         super().__init__()
         self.config = resolve("efficientdet_d0", num_classes=num_classes, image_size=SIZE)
+        self.anchors = AnchorGenerator()  # levels 3..7, as the pooled outputs below
         self.cls = nn.Conv2d(3, num_anchors * num_classes, 3, padding=1)
         self.box = nn.Conv2d(3, num_anchors * 4, 3, padding=1)
         with torch.no_grad():
@@ -190,12 +192,11 @@ def test_flip_tta_is_mirror_consistent() -> None:
     torch.manual_seed(0)
     model = PooledConvNet().eval()
     image = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)
-    anchors = generate_anchors((SIZE, SIZE))
     valid = torch.tensor([[SIZE, SIZE]] * 2, dtype=torch.float32)
     settings = PostprocessSettings(score_threshold=0.05)
-    plain = detect_batch(model, image, anchors, valid, None, settings, flip=False)
-    tta = detect_batch(model, image, anchors, valid, None, settings, flip=True)
-    tta_mirror = detect_batch(model, image.flip(-1), anchors, valid, None, settings, flip=True)
+    plain = detect_batch(model, image, valid, None, settings, flip=False)
+    tta = detect_batch(model, image, valid, None, settings, flip=True)
+    tta_mirror = detect_batch(model, image.flip(-1), valid, None, settings, flip=True)
     for i in range(2):
         assert len(tta[i]["scores"]) > 10 and not torch.equal(tta[i]["boxes"], plain[i]["boxes"])
         mirrored = tta_mirror[i]["boxes"]
@@ -249,7 +250,7 @@ def _eval_tool():
 
 
 def test_eval_tool(demo: CocoDetection, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from effdet.checkpoints import save_checkpoint
+    from effdet.weights.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = create_model("efficientdet_d0", num_classes=4, image_size=SIZE, fpn_channels=16, fpn_cells=1,

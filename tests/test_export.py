@@ -1,5 +1,5 @@
 """ONNX export: ONNX Runtime gives PyTorch's detections (any batch size), the graph's NMS equals
-effdet.postprocess, metadata travels with the file, tools/export.py errors are clear."""
+effdet.modeling.postprocess, metadata travels with the file, tools/export.py errors are clear."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ pytest.importorskip("onnx", reason="onnx is an optional extra: pip install effde
 pytest.importorskip("onnxruntime", reason="onnxruntime is an optional extra: pip install effdet[export]")
 
 from effdet import create_model  # noqa: E402
-from effdet.checkpoints import save_checkpoint  # noqa: E402
-from effdet.export import (DetectionGraph, box_tolerance, example_input, export_onnx, read_metadata,  # noqa: E402
+from effdet.weights.checkpoint import save_checkpoint  # noqa: E402
+from effdet.export.onnx import (DetectionGraph, box_tolerance, example_input, export_onnx, read_metadata,  # noqa: E402
                            run_onnx, verify_onnx)
-from effdet.letterbox import normalize  # noqa: E402
-from effdet.postprocess import PostprocessSettings, postprocess  # noqa: E402
+from effdet.data.letterbox import normalize  # noqa: E402
+from effdet.modeling.postprocess import PostprocessSettings, postprocess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from effdet import create_model
-from effdet.checkpoints import save_checkpoint
-from effdet.engine.inference import output_names, read_class_names
+from effdet.weights.checkpoint import save_checkpoint
+from effdet.inference.run import output_names, read_class_names
 
 ROOT = Path(__file__).resolve().parents[1]
 INFER = ROOT / "tools" / "infer.py"
@@ -194,7 +194,7 @@ def test_read_class_names(tmp_path: Path) -> None:
 def test_reference_checkpoint_infer_and_eval(image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A reference-port COCO state dict: 90 COCO names in the drawings, category ids 1..90 in the
     JSON, and evaluation against an annotation file that uses COCO's ids and names."""
-    from tests.refport.env import require_reference, run_reference
+    from refport.env import require_reference, run_reference
 
     require_reference()
     weights = tmp_path / "ref_d0.pth"

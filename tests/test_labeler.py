@@ -7,8 +7,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from effdet.anchors import decode_boxes, generate_anchors
-from effdet.labeler import AnchorLabeler, LabeledTargets, batched_box_iou
+from effdet.modeling.anchors import decode_boxes, generate_anchors
+from effdet.modeling.labeler import AnchorLabeler, LabeledTargets, batched_box_iou
 
 # Handcrafted anchors (xyxy) with IoUs that are easy to compute by hand.
 ANCHORS = torch.tensor([

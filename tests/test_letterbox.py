@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from effdet.letterbox import IMAGENET_MEAN, IMAGENET_STD, PAD_VALUE, letterbox, normalize, to_rgb_array
+from effdet.data.letterbox import IMAGENET_MEAN, IMAGENET_STD, PAD_VALUE, letterbox, normalize, to_rgb_array
 
 
 def test_pad_value_is_rounded_mean():

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from effdet.anchors import generate_anchors
-from effdet.labeler import AnchorLabeler, LabeledTargets
-from effdet.loss import DetectionLoss, focal_loss
-from effdet.model import create_model
+from effdet.modeling.anchors import generate_anchors
+from effdet.modeling.labeler import AnchorLabeler, LabeledTargets
+from effdet.modeling.loss import DetectionLoss, focal_loss
+from effdet.factory import create_model
 
 # One location with A = 2 anchors and C = 2 classes; channel a*C + c (class), a*4 + k (box).
 LOGITS = [[2.0, -1.0], [0.5, -3.0]]  # anchor 0, anchor 1

@@ -1,7 +1,7 @@
 """Parity with the reference port (PyPI effdet 0.4.1 ``AnchorLabeler`` + ``DetectionLoss``).
 
 The same head outputs and ground truth go through our labeler + loss and, in a subprocess,
-through the reference's (tests/refport harness, worker command ``loss``). Conversions at the
+through the reference's (refport harness, worker command ``loss``). Conversions at the
 edge: boxes xyxy -> yxyx, classes 0-based -> 1-based, box-regression channels per anchor
 (dx, dy, dw, dh) -> (dy, dx, dh, dw). The anchors, the per-anchor targets and the three loss
 values are compared. A non-square input (256 x 384) catches any x/y mix-up.
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from effdet.anchors import generate_anchors
+from effdet.modeling.anchors import generate_anchors
 from effdet.config import resolve
-from effdet.labeler import AnchorLabeler
-from effdet.loss import DetectionLoss
+from effdet.modeling.labeler import AnchorLabeler
+from effdet.modeling.loss import DetectionLoss
 
 try:  # works when tests/ is a package or the repo root is on sys.path
-    from tests.refport.env import require_reference, run_reference
+    from refport.env import require_reference, run_reference
 except ImportError:  # pytest's default rootdir-less import mode puts tests/ on sys.path
     from refport.env import require_reference, run_reference
 

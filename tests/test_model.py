@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from effdet import count_parameters, create_model, model_names
-from effdet.backbone import round_channels, scaled_stages
-from effdet.bifpn import bifpn_nodes
+from effdet.modeling.backbone import round_channels, scaled_stages
+from effdet.modeling.bifpn import bifpn_nodes
 from effdet.config import ConfigError
 
 # Parameter counts of the reference port (effdet 0.4.1, tf_efficientdet_dN, 90 classes).

@@ -1,4 +1,5 @@
-"""optimize_for_inference: the same outputs and detections as the eval-mode model, faster parts exact."""
+"""Fusion for inference (EfficientDet.fuse / optimize_for_inference): the same outputs and detections
+as the eval-mode model, faster parts exact."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from effdet.layers import Conv2dSame
-from effdet.model import create_model
-from effdet.optimize import (FUSED_MIN_PIXELS, ConvAct, fold_conv_bn, onednn_fusion_available, optimize_for_inference,
-                             stack_convs, static_conv)
-from effdet.predictor import Predictor
+from effdet.factory import create_model
+from effdet.inference.predictor import Predictor, optimize_for_inference
+from effdet.modeling.fused import FUSED_MIN_PIXELS, FusedConv, fold_conv_bn, onednn_fusion_available, stack_convs, static_conv
+from effdet.modeling.head import StackedHeads
+from effdet.modeling.layers import Conv2dSame
 
 TINY = dict(num_classes=3, image_size=128, fpn_channels=16, fpn_cells=2, head_repeats=2)
 
@@ -71,7 +73,7 @@ def test_plain_ops_path_matches() -> None:
     model = tiny_model()
     fast = optimize_for_inference(model)
     for m in fast.modules():
-        if isinstance(m, ConvAct):
+        if isinstance(m, FusedConv):
             m.fused = False
     x = torch.randn(1, 3, 128, 128)
     with torch.inference_mode():
@@ -97,6 +99,48 @@ def test_folding_actually_removes_batchnorm_and_same_padding() -> None:
     assert nn.BatchNorm2d not in kinds and Conv2dSame not in kinds
     # one (two-head) pointwise conv per level and repeat (BN was per level)
     assert len(fast.heads.conv_pw) == 5 and len(fast.heads.conv_pw[0]) == 2
+
+
+def test_fuse_is_in_place_and_runs_the_same_forward() -> None:
+    """model.fuse() changes the modules, not the network's forward code, and keeps the anchors."""
+    model = tiny_model()
+    reference = copy.deepcopy(model)
+    x = torch.randn(2, 3, 128, 128)
+    with torch.inference_mode():
+        expected = reference(x)
+    assert model.fuse() is model
+    assert model.fused_size == (128, 128) and model.class_net is None and model.heads is not None
+    assert type(model).forward is type(reference).forward
+    with torch.inference_mode():
+        assert_outputs_close(expected, model(x))
+    assert torch.equal(model.anchors((128, 128)), reference.anchors((128, 128)))
+    with pytest.raises(RuntimeError, match="already fused"):
+        model.fuse()
+
+
+def test_fused_heads_without_stacking_match() -> None:
+    """HeadNet.fuse alone (per-level folded pointwise convs, no stacking) keeps the outputs."""
+    model = tiny_model()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.inference_mode():
+        expected = model(x)
+    model.fuse(stack_heads=False, channels_last=False)
+    assert model.heads is None and model.class_net is not None
+    with torch.inference_mode():
+        assert_outputs_close(expected, model(x))
+
+
+def test_stacked_heads_equal_the_two_fused_heads() -> None:
+    model = tiny_model()
+    model.fuse(stack_heads=False)
+    features = [torch.randn(2, 16, s, s) for s in (16, 8, 4, 2, 1)]
+    stacked = StackedHeads(model.class_net, model.box_net)
+    with torch.inference_mode():
+        both = stacked(features)
+        apart = model.class_net(features), model.box_net(features)
+    assert_outputs_close(apart, both, rtol=1e-5)
+    with pytest.raises(ValueError, match="fused heads"):
+        StackedHeads(tiny_model().class_net, tiny_model().box_net)
 
 
 def test_stacked_convs_equal_the_two_apart() -> None:
@@ -145,21 +189,26 @@ def test_fold_conv_bn_matches_conv_then_bn() -> None:
 
 
 @pytest.mark.skipif(not onednn_fusion_available(), reason="oneDNN fused convolutions not available")
-def test_convact_fused_matches_plain() -> None:
+@pytest.mark.parametrize("act", ["silu", "relu6"])
+def test_fusedconv_fused_matches_plain(act: str) -> None:
     conv = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-    fused, plain = ConvAct(conv, act=True), ConvAct(conv, act=True)
+    fused, plain = FusedConv(conv, act), FusedConv(conv, act)
     plain.fused = False
     side = math.isqrt(FUSED_MIN_PIXELS) + 3  # large enough for the fused path
-    x = torch.randn(1, 8, side, side).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(1, 8, side, side).contiguous(memory_format=torch.channels_last) * 4
     with torch.no_grad():
         torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=1e-5)
+        expected = F.silu(conv(x)) if act == "silu" else F.relu6(conv(x))
+        torch.testing.assert_close(plain(x), expected, atol=1e-5, rtol=1e-5)
     pw = nn.Conv2d(8, 4, 1)
-    fused, plain = ConvAct(pw, act=False), ConvAct(pw, act=False)
+    fused, plain = FusedConv(pw), FusedConv(pw)
     plain.fused = False
-    residual, gate = torch.randn(1, 4, side, side), torch.rand(1, 8)
+    residual, gate = torch.randn(1, 4, side, side), torch.rand(1, 8, 1, 1)
     with torch.no_grad():
-        torch.testing.assert_close(fused(x, weight_scale=gate, residual=residual),
-                                   plain(x * gate[:, :, None, None]) + residual, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fused(x, scale=gate, residual=residual),
+                                   plain(x * gate) + residual, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(plain(x, scale=gate, residual=residual), pw(x * gate) + residual,
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_packed_weights_follow_weight_changes_and_copies() -> None:
@@ -169,8 +218,8 @@ def test_packed_weights_follow_weight_changes_and_copies() -> None:
         before = fast(x)
     twin = copy.deepcopy(fast)  # the packed-weight caches are not copied
     with torch.no_grad():
-        fast.heads.class_pw.weight.mul_(2)
-        fast.heads.class_pw.bias.mul_(2)
+        fast.heads.first_pw.weight.mul_(2)
+        fast.heads.first_pw.bias.mul_(2)
     with torch.inference_mode():
         after, copied = fast(x), twin(x)
     torch.testing.assert_close(after[0][0], before[0][0] * 2, atol=1e-4, rtol=1e-4)
@@ -199,7 +248,7 @@ def straightforward_postprocess(class_logits, box_regressions, anchors, settings
     """Full topk over every (anchor, class), one batched NMS over all candidates, first K kept."""
     from torchvision.ops import batched_nms
 
-    from effdet.anchors import decode_boxes, flatten_outputs
+    from effdet.modeling.anchors import decode_boxes, flatten_outputs
 
     a = box_regressions[0].shape[1] // 4
     logits = flatten_outputs(class_logits, class_logits[0].shape[1] // a)
@@ -221,8 +270,8 @@ def straightforward_postprocess(class_logits, box_regressions, anchors, settings
     (0.0, 5000, 100), (0.0, 300, 100), (0.3, 5000, 100), (0.0, 5000, 2000), (0.9, 5000, 100)])
 def test_fast_postprocess_matches_straightforward(threshold: float, max_candidates: int,
                                                   max_detections: int) -> None:
-    from effdet.anchors import generate_anchors
-    from effdet.postprocess import PostprocessSettings, postprocess
+    from effdet.modeling.anchors import generate_anchors
+    from effdet.modeling.postprocess import PostprocessSettings, postprocess
 
     g = torch.Generator().manual_seed(0)
     sizes, a, c = [(16, 16), (8, 8), (4, 4)], 9, 20
@@ -250,7 +299,7 @@ def canonical_order(det: dict) -> dict:
 
 
 def test_top_candidates_equals_topk() -> None:
-    from effdet.postprocess import top_candidates
+    from effdet.modeling.postprocess import top_candidates
 
     g = torch.Generator().manual_seed(1)
     flat = torch.randn(3, 4000 * 30, generator=g)

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from effdet.anchors import encode_boxes
-from effdet.postprocess import PostprocessSettings, postprocess, soft_nms
+from effdet.modeling.anchors import encode_boxes
+from effdet.modeling.postprocess import PostprocessSettings, postprocess, soft_nms
 
 
 def _outputs_for(boxes: torch.Tensor, logits: torch.Tensor, anchors: torch.Tensor):

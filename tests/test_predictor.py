@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from effdet import create_model
-from effdet.letterbox import letterbox, normalize
-from effdet.postprocess import PostprocessSettings, postprocess
-from effdet.predictor import Predictor
+from effdet.data.letterbox import letterbox, normalize
+from effdet.modeling.postprocess import PostprocessSettings, postprocess
+from effdet.inference.predictor import Predictor
 
 
 def _spread(model) -> None:

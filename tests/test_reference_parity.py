@@ -13,10 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from effdet.checkpoints import load_model
-from effdet.postprocess import PostprocessSettings
-from effdet.predictor import Predictor
-from tests.refport.env import require_reference, run_reference
+from effdet.factory import load_model
+from effdet.modeling.postprocess import PostprocessSettings
+from effdet.inference.predictor import Predictor
+from refport.env import require_reference, run_reference
 
 FAST = [("tf_efficientdet_d0", 256), ("efficientdet_d0", 256), ("tf_efficientdet_d7x", 256)]
 SLOW = [(f"tf_efficientdet_d{i}", 256) for i in range(1, 8)] + [("efficientdet_d1", 256)]

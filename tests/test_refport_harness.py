@@ -1,4 +1,4 @@
-"""Smoke test for the reference-port harness (tests/refport).
+"""Smoke test for the reference-port harness (refport).
 
 Skips (with the reason) when the reference effdet==0.4.1 cannot be installed,
 e.g. without access to the package registry.  Uses tf_efficientdet_d0 at
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 try:  # works when tests/ is a package or the repo root is on sys.path
-    from tests.refport import env as refenv
+    from refport import env as refenv
 except ImportError:  # pytest's default rootdir-less import mode puts tests/ on sys.path
     from refport import env as refenv
 

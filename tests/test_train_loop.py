@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from effdet.checkpoints import read_checkpoint, save_checkpoint
+from effdet.weights.checkpoint import read_checkpoint, save_checkpoint
 from effdet.config import ConfigError
 from effdet.data import make_synthetic_coco
 from effdet.engine.checkpointing import resume_run_config
 from effdet.engine.setup import build_train_model
 from effdet.engine.train_config import RunConfig, load_run_config
 from effdet.engine.trainer import Trainer, TrainingDiverged
-from effdet.model import create_model
+from effdet.factory import create_model
 
 TINY = {"image_size": 128, "fpn_channels": 16, "fpn_cells": 1, "head_repeats": 1}
 

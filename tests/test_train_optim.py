@@ -11,7 +11,7 @@ from torch import nn
 from effdet.engine.ema import ModelEma
 from effdet.engine.optim import WarmupCosine, build_optimizer, param_groups, scaled_lr
 from effdet.engine.sampling import EpochBatchSampler, sample_seed
-from effdet.model import create_model
+from effdet.factory import create_model
 
 
 def tiny_model() -> nn.Module:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from effdet.data.transforms import TransformResult, eval_transform, train_transform
-from effdet.letterbox import PAD_VALUE, letterbox
+from effdet.data.letterbox import PAD_VALUE, letterbox
 
 COLOURS = np.array(
     [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)], dtype=np.uint8
@@ -143,12 +143,16 @@ class _SceneDataset(torch.utils.data.Dataset):
 
 
 def test_workers_get_distinct_reproducible_augmentation():
-    from effdet.data.loader import build_loader
+    from effdet.engine.distributed import DistContext
+    from effdet.engine.setup import build_train_loader
+    from effdet.engine.train_config import load_run_config
 
+    run = load_run_config("efficientdet_d0", {"batch_size": 1, "workers": 2, "seed": 5})
     runs = []
     for _ in range(2):
         dataset = _SceneDataset(train_transform((64, 64)))
-        loader = build_loader(dataset, batch_size=1, shuffle=False, workers=2, seed=5)
+        loader = build_train_loader(dataset, run, DistContext())
+        loader.batch_sampler.set_epoch(0)
         runs.append([images for images, _, _ in loader])
         del loader
     for a, b in zip(*runs):

@@ -15,14 +15,14 @@ Figures (medians of timed runs; warm-up runs excluded):
 plus peak memory of each, from one extra untimed call after freed heap memory is returned to the OS
 (resident-set growth on CPU, torch.cuda.max_memory_allocated on CUDA), so timed runs pay no page faults
 of a trimmed heap.
-"ours" is the optimised path (effdet.optimize.optimize_for_inference / Predictor(optimize=True);
+"ours" is the optimised path (effdet.inference.predictor.optimize_for_inference / Predictor(optimize=True);
 for training: channels_last memory format, see --no-train-channels-last); "eager" the plain model
 (training: default memory format, tools/train.py's train.channels_last=false); "compiled" (--compile): torch.compile of the
 optimised network. "ratio" compares median wall-clock times; "best" the fastest runs; "cpu" the
 median process CPU times (all threads); the last two are less sensitive to a busy machine.
 
 --compare-reference runs the reference port (PyPI effdet 0.4.1) in a separate process (installed
-by the test harness tests/refport/env.py, so it needs a source checkout of this project) with the
+by the test harness refport/env.py, so it needs a source checkout of this project) with the
 same random weights (exported by the reference and imported into ours), the same inputs and the
 same post-processing settings. Timed runs of ours and the reference alternate in --rounds rounds,
 so that a busy machine slows both alike; every figure is printed with its ratio ours / reference,
@@ -53,16 +53,16 @@ WORKER = Path(__file__).resolve().with_name("refport_bench_worker.py")
 
 import torch  # noqa: E402
 
-from effdet.benchmark import (ForwardTask, Measurement, PredictTask, TrainStepTask, make_jpegs,  # noqa: E402
+from benchmarking import (ForwardTask, Measurement, PredictTask, TrainStepTask, make_jpegs,  # noqa: E402
                               make_train_batch, peak_memory, random_input, time_calls)
-from effdet.checkpoints import CheckpointError, load_model  # noqa: E402
+from effdet.cli import parse_image_size  # noqa: E402
 from effdet.config import ConfigError, parse_overrides  # noqa: E402
 from effdet.data.images import find_images  # noqa: E402
-from effdet.model import create_model  # noqa: E402
-from effdet.optimize import optimize_for_inference  # noqa: E402
-from effdet.postprocess import PostprocessSettings  # noqa: E402
-from effdet.predictor import Predictor  # noqa: E402
-from effdet.results import write_json  # noqa: E402
+from effdet.data.results import write_json  # noqa: E402
+from effdet.factory import create_model, load_model  # noqa: E402
+from effdet.inference.predictor import Predictor, optimize_for_inference  # noqa: E402
+from effdet.modeling.postprocess import PostprocessSettings  # noqa: E402
+from effdet.weights.checkpoint import CheckpointError  # noqa: E402
 from effdet.runtime import GLIBC_KEEP_FREED_MEMORY_ENV, freed_memory_kept, keep_freed_memory  # noqa: E402
 
 TASKS = ("forward", "throughput", "predict", "train", "onnx")
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="variant name or YAML config (default efficientdet_d0)")
     p.add_argument("--checkpoint", help="weights to load (this project's checkpoint or a reference-port state dict); "
                                         "default: random weights")
-    p.add_argument("--image-size", type=int, nargs="+", metavar="PX", help="input size: one side or HEIGHT WIDTH")
+    p.add_argument("--image-size", type=parse_image_size, metavar="PX",
+                   help="input size: SIDE or HEIGHTxWIDTH (default: the model's)")
     p.add_argument("--num-classes", type=int, default=None, help="classes (default: the config's, 90)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (cuda when present)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (and ONNX Runtime, cv2)")
@@ -259,9 +260,9 @@ def max_output_diff(a: tuple[list[torch.Tensor], list[torch.Tensor]],
 def _reference_dir() -> Path:
     sys.path.insert(0, str(REPO_ROOT))
     try:
-        from tests.refport.env import reference_dir, skip_reason
+        from refport.env import reference_dir, skip_reason
     except ImportError:
-        raise SystemExit("error: --compare-reference needs a source checkout of this project (tests/refport/env.py "
+        raise SystemExit("error: --compare-reference needs a source checkout of this project (refport/env.py "
                          f"under {REPO_ROOT}); run tools/benchmark.py from a git clone") from None
     print("Preparing the reference port (PyPI effdet 0.4.1, installed on first use) ...", flush=True)
     d = reference_dir()
@@ -271,7 +272,7 @@ def _reference_dir() -> Path:
 
 
 def _reference_name(model: str) -> str:
-    from effdet.reference import REFERENCE_MODELS
+    from effdet.weights.reference import REFERENCE_MODELS
 
     inverse = {ours: ref for ref, ours in REFERENCE_MODELS.items()}
     if model in inverse:  # our variant names first: "efficientdet_d0" is ours (TF padding) = tf_efficientdet_d0
@@ -289,7 +290,7 @@ def build_models(args: argparse.Namespace, overrides: dict[str, Any], work: Path
     if args.num_classes is not None:
         overrides["num_classes"] = args.num_classes
     if args.image_size:
-        overrides["image_size"] = args.image_size[0] if len(args.image_size) == 1 else list(args.image_size)
+        overrides["image_size"] = list(args.image_size)
     if not args.compare_reference:
         if args.checkpoint:
             model, _ = load_model(args.checkpoint, model=args.model, **overrides)
@@ -299,8 +300,7 @@ def build_models(args: argparse.Namespace, overrides: dict[str, Any], work: Path
         return model.eval(), None, None
     if args.checkpoint:
         raise SystemExit("error: --compare-reference uses random weights exported by the reference; drop --checkpoint")
-    from effdet.reference import import_reference_checkpoint
-    from tests.refport.env import run_reference
+    from refport.env import run_reference
 
     ref_name = _reference_name(args.model or "efficientdet_d0")
     cfg = create_model(args.model or "efficientdet_d0", **overrides).config
@@ -308,8 +308,7 @@ def build_models(args: argparse.Namespace, overrides: dict[str, Any], work: Path
     print(f"Exporting random {ref_name} weights from the reference to {weights} ...", flush=True)
     run_reference("export", model_name=ref_name, out=weights, num_classes=cfg.num_classes,
                   image_size=list(cfg.image_size), seed=args.seed, probe=False)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model, _ = import_reference_checkpoint(state, ref_name, source=str(weights), **overrides)
+    model, _ = load_model(weights, model=ref_name, **overrides)
     return model.eval(), ref_name, weights
 
 
@@ -488,7 +487,7 @@ def onnx_benchmark(model: torch.nn.Module, size: tuple[int, int], work: Path, ar
                    ) -> dict[str, Any]:
     """Export to ONNX and time ONNX Runtime at batch 1 with --threads intra-op threads.
 
-    With ``effdet.export``: the exported detector (uint8 input, decoding and NMS in the graph),
+    With ``effdet.export.onnx``: the exported detector (uint8 input, decoding and NMS in the graph),
     from the optimised network ("ours") and from the plain one ("eager"). Without it: the
     optimised network alone via ``torch.onnx.export``.
     """
@@ -501,7 +500,7 @@ def onnx_benchmark(model: torch.nn.Module, size: tuple[int, int], work: Path, ar
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     model = model.cpu().eval()
     try:
-        from effdet.export import DetectionGraph, example_input, export_onnx
+        from effdet.export.onnx import DetectionGraph, example_input, export_onnx
     except ImportError:
         DetectionGraph = None  # noqa: N806
     variants: dict[str, tuple[Path, dict[str, Any], str]] = {}
@@ -509,12 +508,12 @@ def onnx_benchmark(model: torch.nn.Module, size: tuple[int, int], work: Path, ar
         for name, net in (("ours", optimize_for_inference(model, size, channels_last=False)), ("eager", model)):
             graph = DetectionGraph(net, size, nms=True, score_threshold=args.score_threshold,
                                    max_detections=args.max_detections, max_candidates=args.max_candidates)
-            x = example_input(graph, 1, args.seed)
+            x, valid = example_input(graph, 1, args.seed)
             path = work / f"{name}.onnx"
             start = time.perf_counter()
-            check = export_onnx(graph, path, sample=x)  # raises ExportError when ORT disagrees with PyTorch
-            variants[name] = (path, {"images": x.numpy()},
-                              f"effdet.export.export_onnx(DetectionGraph({'optimised' if name == 'ours' else 'plain'} "
+            check = export_onnx(graph, path, sample=(x, valid))  # raises ExportError when ORT disagrees with PyTorch
+            variants[name] = (path, {"images": x.numpy(), "valid_sizes": valid.numpy()},
+                              f"effdet.export.onnx.export_onnx(DetectionGraph({'optimised' if name == 'ours' else 'plain'} "
                               f"network)), {time.perf_counter() - start:.1f} s; check: "
                               f"{check.message if check else 'skipped'}")
     else:

@@ -24,15 +24,15 @@ from typing import Any
 
 import torch
 
-from effdet.checkpoints import load_model
+from effdet.cli import USER_ERRORS, add_image_size_argument, check_device, plain_warnings
 from effdet.config import resolve
 from effdet.data import CocoDetection, eval_transform
 from effdet.engine.evaluate import (SUMMARY_NAMES, checkpoint_category_ids, coco_stats, evaluate_coco,
                                     format_per_class, format_summary)
-from effdet.engine.inference import (USER_ERRORS, InferenceError, check_device, parse_image_size,
-                                     plain_warnings)
-from effdet.postprocess import PostprocessSettings
-from effdet.results import read_results, write_json
+from effdet.data.results import read_results, write_json
+from effdet.factory import load_model
+from effdet.inference.run import InferenceError
+from effdet.modeling.postprocess import EVAL_SETTINGS, PostprocessSettings
 from effdet.runtime import keep_freed_memory
 
 
@@ -45,16 +45,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", help="image folder the annotation file's file_name entries are relative to")
     parser.add_argument("--output-json", help="where to write the metrics (default: next to the checkpoint)")
     parser.add_argument("--detections-json", help="also write the detections as COCO results JSON")
-    parser.add_argument("--score-threshold", type=float, default=0.001, help="default: 0.001 (official)")
-    parser.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU threshold (default: 0.5)")
+    parser.add_argument("--score-threshold", type=float, default=EVAL_SETTINGS.score_threshold,
+                        help=f"default: {EVAL_SETTINGS.score_threshold} (the official COCO-eval threshold; lower "
+                             "than other tools' on purpose: AP counts low-scored true positives)")
+    parser.add_argument("--nms-iou", type=float, default=EVAL_SETTINGS.nms_iou,
+                        help=f"NMS IoU threshold (default: {EVAL_SETTINGS.nms_iou})")
     parser.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS (sigma 0.5) instead of hard NMS")
-    parser.add_argument("--max-detections", type=int, default=100, help="per image (default: 100)")
+    parser.add_argument("--max-detections", type=int, default=EVAL_SETTINGS.max_detections,
+                        help=f"per image (default: {EVAL_SETTINGS.max_detections})")
     parser.add_argument("--flip", action="store_true", help="horizontal-flip test-time augmentation")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default: 2)")
-    parser.add_argument("--image-size", type=parse_image_size, metavar="PX",
-                        help="network input: SIDE or HEIGHTxWIDTH, multiples of 128 (default: the model's)")
+    add_image_size_argument(parser, "the checkpoint's")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if (args.weights is None) == (args.results is None):

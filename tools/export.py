@@ -20,12 +20,14 @@ import time
 
 import torch
 
-from effdet.checkpoints import load_model
+from effdet.cli import USER_ERRORS, add_image_size_argument, plain_warnings
 from effdet.config import resolve
 from effdet.data.images import read_image
-from effdet.engine.inference import USER_ERRORS, parse_image_size, plain_warnings
-from effdet.export import DEFAULT_OPSET, DetectionGraph, ExportError, describe, export_onnx
-from effdet.letterbox import letterbox
+from effdet.data.letterbox import letterbox
+from effdet.export.onnx import DEFAULT_OPSET, DetectionGraph, ExportError, describe, export_onnx
+from effdet.factory import load_model
+from effdet.inference.predictor import optimize_for_inference
+from effdet.modeling.postprocess import PostprocessSettings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,16 +37,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="output .onnx file")
     parser.add_argument("--nms", action="store_true", help="put per-class NMS in the graph (final detections out)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset >= 17 (default: {DEFAULT_OPSET})")
-    parser.add_argument("--image-size", type=parse_image_size, metavar="PX",
-                        help="network input: SIDE or HEIGHTxWIDTH, multiples of 128 (default: the model's)")
+    add_image_size_argument(parser, "the checkpoint's")
     parser.add_argument("--input", choices=("uint8", "float"), default="uint8",
                         help="uint8 RGB with normalisation in the graph (default), or normalised float32")
-    parser.add_argument("--score-threshold", type=float, default=0.05, help="with --nms (default: 0.05)")
-    parser.add_argument("--nms-iou", type=float, default=0.5, help="with --nms (default: 0.5)")
-    parser.add_argument("--max-detections", type=int, default=100, help="with --nms, per image (default: 100)")
-    parser.add_argument("--max-candidates", type=int, default=5000,
-                        help="top class scores kept before NMS (default: 5000)")
-    parser.add_argument("--optimize", action="store_true", help="fold BatchNorm into convolutions before export")
+    defaults = PostprocessSettings()
+    parser.add_argument("--score-threshold", type=float, default=defaults.score_threshold,
+                        help=f"with --nms (default: {defaults.score_threshold})")
+    parser.add_argument("--nms-iou", type=float, default=defaults.nms_iou, help=f"with --nms (default: {defaults.nms_iou})")
+    parser.add_argument("--max-detections", type=int, default=defaults.max_detections,
+                        help=f"with --nms, per image (default: {defaults.max_detections})")
+    parser.add_argument("--max-candidates", type=int, default=defaults.max_candidates,
+                        help=f"top class scores kept before NMS (default: {defaults.max_candidates})")
+    parser.add_argument("--optimize", action="store_true",
+                        help="export the fused network (BN folded into the convolutions, static padding)")
     parser.add_argument("--sample-image", help="image used for the ONNX Runtime check (default: random pixels)")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")
     return parser.parse_args(argv)
@@ -64,18 +69,20 @@ def run(args: argparse.Namespace) -> int:
         if args.image_size:
             size = resolve(model.config, image_size=args.image_size).image_size
         if args.optimize:
-            from effdet.optimize import optimize_for_inference
-
             model = optimize_for_inference(model, size, channels_last=False)
         graph = DetectionGraph(model, size, nms=args.nms, input_format=args.input,
                                score_threshold=args.score_threshold, nms_iou=args.nms_iou,
                                max_detections=args.max_detections, max_candidates=args.max_candidates)
         sample = None
         if args.sample_image:
-            boxed, _ = letterbox(read_image(args.sample_image), size)
-            sample = torch.from_numpy(boxed).permute(2, 0, 1)[None].contiguous()
+            rgb = read_image(args.sample_image)
+            boxed, scale = letterbox(rgb, size)
+            images = torch.from_numpy(boxed).permute(2, 0, 1)[None].contiguous()
             if args.input == "float":
-                sample = (sample.float() - graph.mean) / graph.std
+                images = (images.float() - graph.mean) / graph.std
+            valid = torch.tensor([[min(rgb.shape[0] * scale, size[0]), min(rgb.shape[1] * scale, size[1])]],
+                                 dtype=torch.float32)
+            sample = (images, valid)
         metadata = dict(model=model.config.name, class_names=info.get("class_names"),
                         category_ids=info.get("category_ids"), source=str(args.weights))
         check = export_onnx(graph, args.output, args.opset, verify=not args.no_verify, sample=sample,

@@ -15,8 +15,9 @@ import argparse
 import sys
 import time
 
-from effdet.engine.inference import USER_ERRORS, load_predictor, parse_image_size, plain_warnings, run_inference
-from effdet.postprocess import PostprocessSettings
+from effdet.cli import USER_ERRORS, add_image_size_argument, check_device, plain_warnings
+from effdet.inference.run import load_predictor, run_inference
+from effdet.modeling.postprocess import PostprocessSettings
 from effdet.runtime import keep_freed_memory
 
 
@@ -30,17 +31,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-images", action="store_true", help="do not write annotated images")
     parser.add_argument("--json", help="also write COCO results JSON here")
     parser.add_argument("--ann", help="COCO annotation file to take image ids from (with --json)")
-    parser.add_argument("--score-threshold", type=float, default=0.3,
-                        help="drop detections below this score (default: 0.3; use 0.001 for COCO evaluation)")
-    parser.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU threshold (default: 0.5)")
+    defaults = PostprocessSettings()
+    parser.add_argument("--score-threshold", type=float, default=defaults.score_threshold,
+                        help=f"drop detections below this score (default: {defaults.score_threshold}; "
+                             "use 0.001 for COCO evaluation)")
+    parser.add_argument("--nms-iou", type=float, default=defaults.nms_iou,
+                        help=f"NMS IoU threshold (default: {defaults.nms_iou})")
     parser.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS (sigma 0.5) instead of hard NMS")
-    parser.add_argument("--max-detections", type=int, default=100, help="per image (default: 100)")
+    parser.add_argument("--max-detections", type=int, default=defaults.max_detections,
+                        help=f"per image (default: {defaults.max_detections})")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    parser.add_argument("--image-size", type=parse_image_size, metavar="PX",
-                        help="network input: SIDE or HEIGHTxWIDTH, multiples of 128 (default: the model's)")
+    add_image_size_argument(parser)
     parser.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=True,
-                        help="run effdet.optimize.optimize_for_inference (BN folded, fused convolutions): "
+                        help="run effdet.inference.predictor.optimize_for_inference (BN folded, fused convolutions): "
                              "the same detections, faster; --no-optimize runs the plain network (default on)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                                    max_detections=args.max_detections)
     start = time.perf_counter()
     try:
-        predictor = load_predictor(args.weights, args.model, args.class_names, args.device, args.image_size,
+        predictor = load_predictor(args.weights, args.model, args.class_names, check_device(args.device), args.image_size,
                                    args.batch_size, settings, optimize=args.optimize)
         summary = run_inference(predictor, args.sources, None if args.no_images else args.output, args.json,
                                 args.ann, progress=not args.quiet)

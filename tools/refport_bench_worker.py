@@ -87,7 +87,7 @@ def reset_hwm():
 
 
 def letterbox(image, size):
-    """Same arithmetic as effdet.letterbox.letterbox of this project."""
+    """Same arithmetic as effdet.data.letterbox.letterbox of this project."""
     out_h, out_w = size
     h, w = image.shape[:2]
     scale = min(out_h / h, out_w / w)

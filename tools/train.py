@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from effdet.checkpoints import CheckpointError
+from effdet.weights.checkpoint import CheckpointError
 from effdet.config import ConfigError, parse_overrides
 from effdet.data import DatasetError
 from effdet.engine.checkpointing import resume_path, resume_run_config

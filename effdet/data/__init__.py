@@ -1,12 +1,12 @@
 """Data: COCO-format datasets, image reading, transforms, batching and synthetic demo data.
 
 Boxes are absolute-pixel xyxy float32 everywhere; images are uint8 until
-``effdet.letterbox.normalize`` runs on the device.
+``effdet.data.letterbox.normalize`` runs on the device.
 """
 
 from effdet.data.coco import CocoDetection, DatasetError
 from effdet.data.images import IMAGE_EXTENSIONS, ImageReadError, find_images, read_image
-from effdet.data.loader import build_loader, collate
+from effdet.data.loader import collate
 from effdet.data.synthetic import CATEGORIES as SYNTHETIC_CATEGORIES
 from effdet.data.synthetic import DemoData, make_synthetic_coco
 from effdet.data.transforms import TransformResult, eval_transform, train_transform
@@ -19,7 +19,6 @@ __all__ = [
     "DemoData",
     "ImageReadError",
     "TransformResult",
-    "build_loader",
     "collate",
     "eval_transform",
     "find_images",

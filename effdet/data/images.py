@@ -14,7 +14,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageOps
 
-from effdet.letterbox import to_rgb_array
+from effdet.data.letterbox import to_rgb_array
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}

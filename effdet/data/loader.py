@@ -13,7 +13,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 Sample = tuple[torch.Tensor, dict[str, Any]]
 
@@ -49,51 +48,3 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-
-
-def build_loader(
-    dataset: Dataset,
-    batch_size: int,
-    shuffle: bool,
-    workers: int,
-    distributed: bool = False,
-    seed: int = 0,
-    drop_last: bool = False,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """DataLoader over a detection dataset, batches from ``collate``.
-
-    Args:
-        dataset: yields ``(image, target)`` or ``None`` per item.
-        batch_size: samples per batch (per process when distributed).
-        shuffle: shuffle every epoch.
-        workers: worker processes; 0 loads in the main process. Workers are persistent.
-        distributed: shard with a ``DistributedSampler`` (needs an initialised process
-            group). The caller must call ``loader.sampler.set_epoch(epoch)`` every epoch.
-        seed: seeds shuffling and the per-worker torch seeds (offset by rank when
-            distributed), from which the transforms draw their randomness: same seed, same
-            batches. With ``workers=0`` augmentation follows torch's global seed instead
-            (``torch.manual_seed``).
-        drop_last: drop the last incomplete batch (and, distributed, uneven tail samples).
-        pin_memory: page-locked batches for faster host-to-GPU copies.
-    """
-    generator = torch.Generator()
-    sampler = None
-    if distributed:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-        generator.manual_seed(seed + sampler.rank)
-    else:
-        generator.manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle if sampler is None else False,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-        worker_init_fn=seed_worker,
-        generator=generator,
-        persistent_workers=workers > 0,
-    )

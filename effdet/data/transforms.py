@@ -7,7 +7,7 @@ Both transforms are callables ``(image, boxes, labels, iscrowd) -> TransformResu
     iscrowd  N bool
 and return the image at exactly ``image_size`` (out_h, out_w) with boxes in its pixels.
 
-* ``eval_transform`` is ``effdet.letterbox.letterbox`` plus boxes times scale: the same
+* ``eval_transform`` is ``effdet.data.letterbox.letterbox`` plus boxes times scale: the same
   numbers as the prediction path.
 * ``train_transform`` is the official EfficientDet scale jitter: scale so the image
   letterboxes to ``image_size * f`` with f ~ U(scale_range), random crop / pad (bottom-right,
@@ -34,7 +34,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from effdet.letterbox import PAD_VALUE, letterbox  # noqa: E402
+from effdet.data.letterbox import PAD_VALUE, letterbox  # noqa: E402
 
 
 class TransformResult(NamedTuple):

@@ -1,6 +1,6 @@
 """Training checkpoints (``last.pt``, ``best.pt``), RNG states and the ``metrics.csv`` log.
 
-``last.pt`` is a regular project checkpoint (``effdet.checkpoints.load_model`` reads it, using
+``last.pt`` is a regular project checkpoint (``effdet.factory.load_model`` reads it, using
 the EMA weights) plus everything needed to continue the run exactly where it stopped:
 
     model        raw (non-EMA) weights          ema, ema_updates   averaged weights, update count
@@ -17,9 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from effdet.checkpoints import CheckpointError, read_checkpoint
+from effdet.fileio import atomic_write
+from effdet.weights.checkpoint import CheckpointError, read_checkpoint
 from effdet.engine.train_config import RunConfig, load_run_config
 
 METRIC_COLUMNS = ("epoch", "step", "loss", "class_loss", "box_loss", "lr", "map", "map50", "images",
@@ -119,14 +118,8 @@ def write_metrics_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else _fmt(row[k])) for k in METRIC_COLUMNS})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(buf.getvalue())
     return path
 
 

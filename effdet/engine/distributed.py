@@ -111,15 +111,6 @@ def gather_to_main(ctx: DistContext, obj: Any) -> list[Any] | None:
     return out
 
 
-def broadcast_from_main(ctx: DistContext, obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not ctx.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def wrap_model(model: nn.Module, ctx: DistContext, sync_bn: bool = True) -> nn.Module:
     """DistributedDataParallel around ``model`` (already on ``ctx.device``); identity in one process.
 
@@ -135,11 +126,6 @@ def wrap_model(model: nn.Module, ctx: DistContext, sync_bn: bool = True) -> nn.M
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The network inside a DDP wrapper (the model itself otherwise)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 __all__ = ["DistContext", "resolve_device", "setup_distributed", "cleanup_distributed", "barrier",
-           "any_across_ranks", "gather_to_main", "broadcast_from_main", "wrap_model", "unwrap_model",
+           "any_across_ranks", "gather_to_main", "wrap_model",
            "PROCESS_GROUP_TIMEOUT"]

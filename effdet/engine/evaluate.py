@@ -1,17 +1,11 @@
 """COCO bbox evaluation of an EfficientDet on a COCO-format dataset.
 
 ``evaluate_coco`` runs the network over a :class:`effdet.data.CocoDetection` (with
-``eval_transform``), decodes detections with :func:`effdet.postprocess.postprocess` (official
-settings by default: no pre-NMS threshold beyond 0.001, 5000 candidates, hard NMS 0.5, 100
-detections), maps class indices to dataset category ids, and scores them with pycocotools'
-COCOeval restricted to the images evaluated. ``coco_stats`` scores a ready results list.
-
-Horizontal-flip test-time augmentation (``flip=True``): the network also sees the horizontally
-flipped input frame (the whole letterboxed frame, padding included). Its outputs are mapped back
-by mirroring its anchors (x -> W - x) and negating its dx regressions, so ``decode(dx', a') ==
-mirror(decode(dx, a))``. The candidates of both views are pooled *before* top-k and NMS:
-post-processing sees 2M anchors and picks the top 5000 class scores over both, then NMS merges
-duplicates. Nothing is averaged, so a box found in only one view keeps its score.
+``eval_transform``), detects with :func:`effdet.inference.predictor.detect_batch` (the
+predictor's own path; official settings by default, :data:`~effdet.modeling.postprocess.EVAL_SETTINGS`:
+score threshold 0.001, 5000 candidates, hard NMS 0.5, 100 detections; optional horizontal-flip
+TTA), maps class indices to dataset category ids, and scores them with pycocotools' COCOeval
+restricted to the images evaluated. ``coco_stats`` scores a ready results list.
 """
 
 from __future__ import annotations
@@ -27,15 +21,11 @@ import torch
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from effdet.anchors import generate_anchors
 from effdet.data.loader import collate
-from effdet.letterbox import normalize
-from effdet.model import EfficientDet
-from effdet.postprocess import PostprocessSettings, postprocess
-from effdet.results import detections_to_coco, write_results
-
-EVAL_SETTINGS = PostprocessSettings(score_threshold=0.001)
-"""The official COCO-eval post-processing: threshold 0.001, 5000 candidates, NMS 0.5, 100 boxes."""
+from effdet.data.results import detections_to_coco, write_results
+from effdet.inference.predictor import detect_batch
+from effdet.modeling.efficientdet import EfficientDet
+from effdet.modeling.postprocess import EVAL_SETTINGS, PostprocessSettings
 
 SUMMARY_NAMES: tuple[str, ...] = (
     "AP @[IoU=0.50:0.95 | area=all | maxDets=100]",
@@ -52,46 +42,6 @@ SUMMARY_NAMES: tuple[str, ...] = (
     "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
 )
 """Names of COCOeval's 12 summary numbers, in ``stats`` order."""
-
-
-def mirror_outputs(box_regressions: list[torch.Tensor], anchors: torch.Tensor, width: int
-                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Map box outputs of a horizontally flipped input back to the unflipped frame.
-
-    box_regressions: per-level N x (A*4) x H_l x W_l (dx, dy, dw, dh), computed on the flipped
-    frame; anchors: (M, 4) xyxy; width: input width W in pixels. Returns (regressions with dx
-    negated, mirrored anchors (W - x2, y1, W - x1, y2)), which decode to the mirrored boxes.
-    """
-    mirrored = []
-    for r in box_regressions:
-        n, c, h, w = r.shape
-        sign = r.new_tensor([-1.0, 1.0, 1.0, 1.0]).view(1, 1, 4, 1, 1)
-        mirrored.append((r.view(n, c // 4, 4, h, w) * sign).view(n, c, h, w))
-    x1, y1, x2, y2 = anchors.unbind(-1)
-    return mirrored, torch.stack([width - x2, y1, width - x1, y2], dim=-1)
-
-
-@torch.inference_mode()
-def detect_batch(model: EfficientDet, images: torch.Tensor, anchors: torch.Tensor,
-                 valid_sizes: torch.Tensor | None, scales: torch.Tensor | None,
-                 settings: PostprocessSettings = EVAL_SETTINGS, flip: bool = False) -> list[dict[str, torch.Tensor]]:
-    """Detections for a letterboxed batch.
-
-    images: B x 3 x H x W uint8 (or normalised float) on the model's device; anchors (M, 4)
-    xyxy for H x W; valid_sizes (B, 2) (h, w) of each image's content in the frame; scales (B,)
-    letterbox scales. Returns per image ``boxes`` (K, 4) float32 xyxy in original pixels (input
-    pixels without ``scales``), ``scores`` (K,), ``labels`` (K,) int64. ``flip`` adds
-    horizontal-flip TTA (see the module docstring).
-    """
-    x = normalize(images) if images.dtype == torch.uint8 else images
-    class_logits, box_regressions = model(x)
-    if flip:
-        flip_logits, flip_boxes = model(x.flip(-1))
-        flip_boxes, flip_anchors = mirror_outputs(flip_boxes, anchors, x.shape[-1])
-        class_logits = class_logits + flip_logits
-        box_regressions = box_regressions + flip_boxes
-        anchors = torch.cat([anchors, flip_anchors])
-    return postprocess(class_logits, box_regressions, anchors, valid_sizes, scales, settings)
 
 
 def evaluate_coco(model: EfficientDet, dataset: Dataset, batch_size: int = 8, device: str | torch.device = "cpu",
@@ -132,20 +82,17 @@ def evaluate_coco(model: EfficientDet, dataset: Dataset, batch_size: int = 8, de
     results: list[dict[str, Any]] = []
     image_ids: list[int] = []
     skipped = 0
-    anchors: dict[tuple[int, int], torch.Tensor] = {}
     try:
         for images, targets, n_skipped in tqdm(loader, desc="eval", disable=not progress, unit="batch"):
             skipped += n_skipped
             if not targets:
                 continue
             size = (images.shape[-2], images.shape[-1])
-            if size not in anchors:
-                anchors[size] = _anchors_for(model, size).to(device)
             scales = torch.tensor([t["scale"] for t in targets], dtype=torch.float32, device=device)
             valid = torch.tensor([[min(t["orig_size"][0] * t["scale"], size[0]), min(t["orig_size"][1] * t["scale"],
                                   size[1])] for t in targets], dtype=torch.float32, device=device)
             batch = images.to(device, non_blocking=True)
-            detections = detect_batch(model, batch, anchors[size], valid, scales, settings, flip)
+            detections = detect_batch(model, batch, valid, scales, settings, flip)
             ids = [int(t["image_id"]) for t in targets]
             results.extend(detections_to_coco(detections, ids, mapping))
             image_ids.extend(ids)
@@ -266,13 +213,6 @@ def _class_mapping(model: EfficientDet, dataset: Any, category_ids: Sequence[int
         raise ValueError(f"none of the model's category ids occur in {dataset.annotation_file}; "
                          "the checkpoint was trained for other categories")
     return kept
-
-
-def _anchors_for(model: EfficientDet, size: tuple[int, int]) -> torch.Tensor:
-    cfg = model.config
-    if cfg is None:
-        raise ValueError("evaluate_coco needs a model built by effdet.create_model / build_model (with a config)")
-    return generate_anchors(size, cfg.min_level, cfg.max_level, cfg.num_scales, cfg.aspect_ratios, cfg.anchor_scale)
 
 
 def checkpoint_category_ids(class_names: Sequence[str] | None, category_ids: Sequence[int] | None,

@@ -10,14 +10,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from effdet.checkpoints import load_model, load_weights
+from effdet.factory import load_model
+from effdet.weights.checkpoint import load_weights
 from effdet.config import ConfigError, EfficientDetConfig
 from effdet.data import CocoDetection, DatasetError, collate, eval_transform, train_transform
 from effdet.data.loader import seed_worker
 from effdet.engine.distributed import DistContext
 from effdet.engine.sampling import EpochBatchSampler, EpochSeededDataset
 from effdet.engine.train_config import RunConfig
-from effdet.model import EfficientDet, build_model
+from effdet.modeling.efficientdet import EfficientDet, build_model
 
 
 def build_datasets(run: RunConfig, with_val: bool = True) -> tuple[CocoDetection, CocoDetection | None]:

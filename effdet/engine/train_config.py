@@ -20,14 +20,13 @@ has it (``epochs=3``). Values are parsed as YAML (``scale_range=[0.5,1.5]``).
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from effdet.fileio import atomic_write
 from effdet.config import ConfigError, EfficientDetConfig, from_dict, get_config, load_yaml, resolve
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -239,17 +238,10 @@ def with_model(run: RunConfig, **changes: Any) -> RunConfig:
 def write_run_config(run: RunConfig, path: str | Path) -> Path:
     """Write ``run`` atomically as a recipe YAML that :func:`load_run_config` reads back to ``run``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = "# Resolved training run config (effdet.engine.train_config); reuse with --config.\n"
     text += yaml.safe_dump(run.to_dict(), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
     return path
 
 

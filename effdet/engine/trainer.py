@@ -23,20 +23,20 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from effdet.anchors import generate_anchors
-from effdet.checkpoints import load_weights, save_checkpoint
+from effdet.weights.checkpoint import load_weights, save_checkpoint
 from effdet.config import ConfigError, EfficientDetConfig
 from effdet.engine import distributed as D
 from effdet.engine.checkpointing import (TrainState, read_training_checkpoint, rng_states, set_rng_states,
                                          write_metrics_csv)
 from effdet.engine.ema import ModelEma
+from effdet.engine.evaluate import evaluate_coco
 from effdet.engine.interrupt import StopSignals
 from effdet.engine.optim import WarmupCosine, build_optimizer, scaled_lr, set_lr
 from effdet.engine.setup import amp_settings, build_datasets, build_train_loader, build_train_model
 from effdet.engine.train_config import RunConfig, with_model, write_run_config
-from effdet.labeler import AnchorLabeler
-from effdet.letterbox import normalize
-from effdet.loss import DetectionLoss
+from effdet.modeling.labeler import AnchorLabeler
+from effdet.data.letterbox import normalize
+from effdet.modeling.loss import DetectionLoss
 
 
 class TrainingDiverged(RuntimeError):
@@ -110,9 +110,7 @@ class Trainer:
         torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed input size: pick the fastest kernels
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         cfg = self.run.model
-        anchors = generate_anchors(cfg.image_size, cfg.min_level, cfg.max_level, cfg.num_scales,
-                                   cfg.aspect_ratios, cfg.anchor_scale)
-        self.labeler = AnchorLabeler(anchors.to(ctx.device))
+        self.labeler = AnchorLabeler(self.model.anchors(cfg.image_size, ctx.device))
         self.loss_fn = DetectionLoss(cfg.num_classes)
         torch.manual_seed(train.seed + ctx.rank)  # per-rank stream for stochastic depth
         self.state = TrainState(steps_per_epoch=self.steps_per_epoch)
@@ -287,8 +285,6 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _evaluate(self) -> dict[str, Any]:
-        from effdet.engine.evaluate import evaluate_coco
-
         train = self.run.train
         return evaluate_coco(self.eval_model, self.val_set, batch_size=train.eval_batch_size or train.batch_size,
                              device=self.ctx.device, workers=train.workers, progress=self.progress)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageFont
 from torchvision.utils import draw_bounding_boxes
 
-from effdet.letterbox import to_rgb_array
+from effdet.data.letterbox import to_rgb_array
 
 # 20 well-separated, fairly light colours (Tableau 20, reordered so neighbours differ).
 PALETTE: tuple[tuple[int, int, int], ...] = (

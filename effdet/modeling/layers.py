@@ -4,21 +4,35 @@ TensorFlow "SAME" padding is asymmetric for stride 2 (the extra pixel goes botto
 ``nn.Conv2d`` cannot express and torchvision's ``Conv2dNormActivation`` does not offer; TF-trained
 checkpoints need it. Stride-1 "same" convolutions with odd kernels are symmetric, so only strided
 convolutions and pools get the special modules below; everything else is a plain ``nn.Conv2d``.
+
+Each module with parameters has a ``fuse`` method that simplifies it in place for inference (BN
+folded, padding fixed for one input size, convolution + activation as one op; see
+:mod:`effdet.modeling.fused`); its ``forward`` is the same before and after.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from effdet.modeling.fused import FusedConv, Size, fold_conv_bn, same_pad_amounts, static_conv
 
-def same_pad_amounts(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TF SAME padding (before, after) along one axis of length ``size``."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
+
+def activation(name: str | None) -> nn.Module:
+    """The activation module of a name: ``silu`` (EfficientNet/EfficientDet), ``relu6`` (Lite), None."""
+    if name == "silu":
+        return nn.SiLU(inplace=True)
+    if name == "relu6":
+        return nn.ReLU6(inplace=True)
+    if name is None:
+        return nn.Identity()
+    raise ValueError(f"unknown activation {name!r}; use 'silu' or 'relu6'")
+
+
+def conv_output_size(size: Size, stride: int) -> Size:
+    """Output (H, W) of a "same" or symmetric convolution or pool: ceil(size / stride) per side."""
+    return (-(-size[0] // stride), -(-size[1] // stride))
 
 
 class Conv2dSame(nn.Conv2d):
@@ -27,6 +41,8 @@ class Conv2dSame(nn.Conv2d):
     Input N x C x H x W -> N x C' x ceil(H/s) x ceil(W/s). Same parameters (and state-dict keys)
     as ``nn.Conv2d``; the padding is derived from the input size, which is known only at call time.
     """
+
+    same_padding = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  groups: int = 1, bias: bool = True) -> None:
@@ -50,21 +66,49 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 
                      groups=groups, bias=bias)
 
 
-def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                padding: str = "same", bn_eps: float = 1e-3, bn_momentum: float = 0.01,
-                act: bool = True, bias: bool = False) -> nn.Sequential:
-    """conv -> BN -> SiLU as an ``nn.Sequential`` indexed 0, 1, 2.
+class ConvBnAct(nn.Sequential):
+    """conv -> BN -> activation, indexed 0, 1, 2: N x C x H x W -> N x C' x H/s x W/s.
 
     The indices match torchvision's ``Conv2dNormActivation``, so torchvision's EfficientNet state
-    dicts load without renaming.
+    dicts load without renaming. ``forward(x, scale=None, residual=None)``: ``scale``
+    (N x C x 1 x 1, a squeeze-excite gate) multiplies the input first; ``residual`` is added to
+    the output (used without an activation). After :meth:`fuse` the three are one
+    :class:`~effdet.modeling.fused.FusedConv` (index 0; 1 and 2 become identities).
     """
-    layers: list[nn.Module] = [
-        conv2d(in_channels, out_channels, kernel_size, stride, groups=groups, bias=bias, padding=padding),
-        nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
-    ]
-    if act:
-        layers.append(nn.SiLU(inplace=True))
-    return nn.Sequential(*layers)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
+                 padding: str = "same", bn_eps: float = 1e-3, bn_momentum: float = 0.01,
+                 act: str | None = "silu", bias: bool = False) -> None:
+        layers: list[nn.Module] = [
+            conv2d(in_channels, out_channels, kernel_size, stride, groups=groups, bias=bias, padding=padding),
+            nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
+        ]
+        if act is not None:
+            layers.append(activation(act))
+        super().__init__(*layers)
+        self.act = act
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        conv = self[0]
+        if isinstance(conv, FusedConv):
+            return conv(x, scale, residual)
+        if scale is not None:
+            x = x * scale
+        y = self[1](conv(x))
+        if len(self) > 2:
+            y = self[2](y)
+        return y if residual is None else y + residual
+
+    def fuse(self, input_size: Size) -> Size:
+        """Fold BN into the conv (static padding for ``input_size``) and fuse the activation, in
+        place; returns the output size."""
+        self[0] = FusedConv(fold_conv_bn(self[0], self[1], input_size), self.act)
+        self[1] = nn.Identity()
+        if len(self) > 2:
+            self[2] = nn.Identity()
+        return conv_output_size(input_size, self.stride)
 
 
 class SeparableConv2d(nn.Module):
@@ -79,6 +123,13 @@ class SeparableConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_pw(self.conv_dw(x))
+
+    def fuse(self, input_size: Size | None = None, bn: nn.BatchNorm2d | None = None,
+             act: str | None = None) -> None:
+        """In place: static depthwise conv; ``bn`` (the BN that follows this conv) folded into
+        the pointwise conv, and ``act`` (the activation after that BN) fused into it."""
+        self.conv_dw = FusedConv(static_conv(self.conv_dw, input_size))
+        self.conv_pw = FusedConv(fold_conv_bn(self.conv_pw, bn), act)
 
 
 class MaxPool2dDown(nn.Module):
@@ -103,3 +154,7 @@ class MaxPool2dDown(nn.Module):
             x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
             return F.max_pool2d(x, 3, 2, 0)
         return F.max_pool2d(x, 3, 2, 1)
+
+
+__all__ = ["Conv2dSame", "ConvBnAct", "MaxPool2dDown", "SeparableConv2d", "activation", "conv2d",
+           "conv_output_size", "same_pad_amounts"]

@@ -1,22 +1,21 @@
-"""Checkpoints: this project's self-describing files, reference-port and torchvision weights.
+"""This project's checkpoint format: self-describing files, safe reading, strict loading.
 
 Every load goes through ``torch.load(..., weights_only=True)``: a checkpoint holds tensors and
 plain Python data only, so a file from the internet cannot run code. Files are written
-atomically (temporary name in the same folder, then rename).
+atomically (:func:`effdet.fileio.atomic_write`). Building a model from a file is
+:func:`effdet.factory.load_model`'s job.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from torch import nn
 
-from effdet.config import EfficientDetConfig, from_dict, resolve
-from effdet.model import EfficientDet, build_model
+from effdet.config import EfficientDetConfig
+from effdet.fileio import atomic_write
+from effdet.modeling.efficientdet import EfficientDet
 
 CHECKPOINT_FORMAT = "effdet-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -28,25 +27,15 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file next to ``path``, then rename it into place.
-
-    An interrupted or failed write (e.g. a full disk) leaves any previous file intact.
-    """
+    """``torch.save`` atomically: an interrupted or failed write (e.g. a full disk) leaves any
+    previous file intact; an ``OSError`` becomes a :class:`CheckpointError` saying what to do."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CheckpointError(f"could not write checkpoint {path}: {e}. Free disk space or choose another "
-                                  "output folder; the previous file (if any) is unchanged.") from e
-        raise
+    except OSError as e:
+        raise CheckpointError(f"could not write checkpoint {path}: {e}. Free disk space or choose another "
+                              "output folder; the previous file (if any) is unchanged.") from e
     return path
 
 
@@ -137,76 +126,3 @@ def load_weights(model: EfficientDet, state_dict: Mapping[str, torch.Tensor], so
         print(f"Notice: {source} has a different class count; the class predictor "
               f"({', '.join(skipped)}) was re-initialised for {model.config.num_classes if model.config else '?'} "
               "classes (fine-tuning).")
-
-
-def load_model(path: str | Path, model: str | Path | EfficientDetConfig | None = None,
-               num_classes: int | None = None, device: str | torch.device = "cpu",
-               ema: bool = True, **overrides: Any) -> tuple[EfficientDet, dict[str, Any]]:
-    """Rebuild a model from a checkpoint; returns ``(model in eval mode, info)``.
-
-    Accepts this project's checkpoints (self-describing; ``model`` not needed) and reference-port
-    (rwightman/efficientdet-pytorch) state dicts, which need ``model`` (``tf_efficientdet_d0`` or
-    one of :func:`effdet.model_names`). ``num_classes`` different from the checkpoint's
-    re-initialises the class predictor (fine-tuning). ``info`` holds ``class_names``,
-    ``category_ids`` and ``config`` (an :class:`EfficientDetConfig`). With ``ema`` the EMA
-    weights are used when the checkpoint has them.
-    """
-    obj = read_checkpoint(path)
-    if is_project_checkpoint(obj):
-        cfg = from_dict(obj["config"], source=f"{path} (stored config)")
-        saved_classes = cfg.num_classes
-        if model is not None:
-            cfg = resolve(model, **({"num_classes": saved_classes} | overrides))
-        else:
-            cfg = resolve(cfg, **overrides)
-        if num_classes is not None:
-            cfg = resolve(cfg, num_classes=num_classes)
-        state = obj.get("ema") if ema and obj.get("ema") is not None else obj["model"]
-        net = build_model(cfg)
-        load_weights(net, state, source=str(path), reinit_class_head=cfg.num_classes != saved_classes)
-        same_classes = cfg.num_classes == saved_classes
-        info = dict(config=cfg, class_names=obj.get("class_names") if same_classes else None,
-                    category_ids=obj.get("category_ids") if same_classes else None)
-    else:
-        from effdet.reference import import_reference_checkpoint
-
-        net, info = import_reference_checkpoint(obj, model, num_classes=num_classes, source=str(path), **overrides)
-    return net.to(device).eval(), info
-
-
-def load_backbone_weights(backbone: nn.Module, weights: str | Path, backbone_name: str) -> None:
-    """Load torchvision ImageNet EfficientNet weights into an :class:`EfficientNetFeatures`.
-
-    ``weights``: a local state-dict file of ``torchvision.models.efficientnet_bN`` or a torchvision
-    weights name such as ``EfficientNet_B0_Weights.IMAGENET1K_V1`` (downloaded once into
-    torchvision's cache). The classifier and the final 1x1 conv are not part of the trunk.
-    """
-    if Path(weights).is_file():
-        state = read_checkpoint(weights)
-        state = state.get("state_dict", state)
-    else:
-        from torchvision.models import get_weight
-
-        try:
-            w = get_weight(str(weights))
-        except (ValueError, KeyError, AttributeError) as e:
-            raise CheckpointError(f"backbone weights {weights!r} is neither a file nor a torchvision weights name "
-                                  f"(e.g. EfficientNet_B0_Weights.IMAGENET1K_V1): {e}") from None
-        expected = backbone_name.replace("efficientnet_b", "EfficientNet_B")
-        if not str(weights).startswith(expected + "_Weights"):
-            raise CheckpointError(f"backbone weights {weights} are not for {backbone_name}; use {expected}_Weights.*")
-        state = w.get_state_dict(progress=True)
-    own = backbone.state_dict()
-    num_stages = len(backbone.features)
-    # torchvision's trunk is features.0..7; features.8 (last 1x1 conv) and the classifier are not ours
-    trunk = {k: v for k, v in state.items()
-             if k.startswith("features.") and int(k.split(".")[1]) < num_stages}
-    missing = [k for k in own if k not in trunk]
-    extra = [k for k in trunk if k not in own]
-    bad = [k for k in trunk if k in own and tuple(trunk[k].shape) != tuple(own[k].shape)]
-    if missing or extra or bad:
-        raise CheckpointError(
-            f"backbone weights {weights} do not fit {backbone_name}: {len(missing)} tensors missing "
-            f"(e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]}), {len(bad)} with other shapes "
-            f"(e.g. {bad[:3]}). Pass the weights of the same EfficientNet variant.")
-    backbone.load_state_dict(trunk)

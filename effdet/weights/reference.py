@@ -13,9 +13,9 @@ from typing import Any, Mapping
 
 import torch
 
-from effdet.bifpn import bifpn_nodes
 from effdet.config import EfficientDetConfig, resolve
-from effdet.model import EfficientDet, build_model
+from effdet.modeling.bifpn import bifpn_nodes
+from effdet.weights.checkpoint import CheckpointError
 
 # Reference model name -> our variant name.
 REFERENCE_MODELS: dict[str, str] = {f"tf_efficientdet_d{i}": f"efficientdet_d{i}" for i in range(8)}
@@ -128,22 +128,20 @@ def looks_like_reference(state_dict: Mapping[str, Any]) -> bool:
     return any(k.startswith(("backbone.conv_stem.", "backbone.blocks.")) for k in state_dict)
 
 
-def import_reference_checkpoint(obj: Mapping[str, Any], model: str | EfficientDetConfig | None,
-                                num_classes: int | None = None, source: str = "checkpoint",
-                                **overrides: Any) -> tuple[EfficientDet, dict[str, Any]]:
-    """Build our model for a reference-port checkpoint and load it; returns ``(model, info)``.
-
-    ``obj``: a state dict, or a training checkpoint holding one under ``state_dict_ema`` /
-    ``state_dict`` / ``model``. ``model``: the reference name (``tf_efficientdet_d0``,
-    ``efficientdet_d1``, ...) or one of ours. ``num_classes`` other than the checkpoint's
-    re-initialises the class predictor (fine-tuning).
-    """
-    from effdet.checkpoints import CheckpointError, load_weights
-
+def reference_state_dict(obj: Mapping[str, Any], source: str = "checkpoint") -> Mapping[str, torch.Tensor]:
+    """The reference-port EfficientDet state dict in ``obj`` (a state dict, or a training
+    checkpoint holding one under ``state_dict_ema`` / ``state_dict`` / ``model``)."""
     state = next((obj[k] for k in ("state_dict_ema", "state_dict", "model") if isinstance(obj.get(k), Mapping)), obj)
     if not looks_like_reference(state):
         raise CheckpointError(f"{source} is neither an effdet checkpoint nor a reference-port "
                               "(efficientdet-pytorch) EfficientDet state dict")
+    return state
+
+
+def reference_config(state: Mapping[str, torch.Tensor], model: str | EfficientDetConfig | None,
+                     source: str = "checkpoint", **overrides: Any) -> EfficientDetConfig:
+    """Our config for a reference-port state dict of ``model`` (a reference name such as
+    ``tf_efficientdet_d0``, or one of ours), with the class count the state dict was saved with."""
     if model is None:
         raise CheckpointError(f"{source} is a reference-port state dict, which does not record its model: pass the "
                               f"model name (--model), one of {', '.join(REFERENCE_MODELS)}")
@@ -151,16 +149,14 @@ def import_reference_checkpoint(obj: Mapping[str, Any], model: str | EfficientDe
     base = resolve(name, **overrides)
     head = state.get("class_net.predict.conv_pw.weight")
     saved_classes = int(head.shape[0]) // base.num_anchors if head is not None else base.num_classes
-    cfg = resolve(base, num_classes=saved_classes)
+    return resolve(base, num_classes=saved_classes)
+
+
+def convert_reference_checkpoint(state: Mapping[str, torch.Tensor], cfg: EfficientDetConfig,
+                                 source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """:func:`convert_reference_state_dict` for ``cfg``'s levels, errors as :class:`CheckpointError`."""
     try:
-        converted = convert_reference_state_dict(state, cfg.min_level, cfg.max_level)
+        return convert_reference_state_dict(state, cfg.min_level, cfg.max_level)
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}; is it an EfficientDet checkpoint of the reference port?") from None
-    if num_classes is not None and num_classes != saved_classes:
-        cfg = resolve(cfg, num_classes=num_classes)
-    net = build_model(cfg)
-    load_weights(net, converted, source=f"{source} (as {cfg.name})", reinit_class_head=cfg.num_classes != saved_classes)
-    coco = cfg.num_classes == 90 and saved_classes == 90
-    info = dict(config=cfg, class_names=COCO90_CLASS_NAMES if coco else None,
-                category_ids=COCO90_CATEGORY_IDS if coco else None)
-    return net, info
+

@@ -1,56 +1,35 @@
 """Running a trained detector over image files: load weights, read, predict, draw, write.
 
 ``load_predictor`` turns a checkpoint (this project's, or a reference-port state dict plus a
-model name) into an :class:`effdet.predictor.Predictor`. ``run_inference`` reads every image of
+model name) into an :class:`effdet.inference.predictor.Predictor`. ``run_inference`` reads every image of
 a list of sources (files, folders, glob patterns), skips unreadable files with a warning, runs
 the predictor in batches and writes annotated copies and/or a COCO results JSON.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import glob
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-import torch
 from PIL import Image
 from tqdm import tqdm
 
-from effdet.checkpoints import CheckpointError, load_model
-from effdet.config import ConfigError, resolve
-from effdet.data.coco import DatasetError
+from effdet.config import resolve
 from effdet.data.images import ImageReadError, find_images, read_image
-from effdet.draw import draw_detections
-from effdet.postprocess import PostprocessSettings
-from effdet.predictor import Predictor
-from effdet.results import ResultsError, detections_to_coco, write_results
+from effdet.data.results import detections_to_coco, write_results
+from effdet.factory import load_model
+from effdet.fileio import atomic_write
+from effdet.inference.draw import draw_detections
+from effdet.inference.predictor import Predictor
+from effdet.modeling.postprocess import PostprocessSettings
 
 
 class InferenceError(ValueError):
     """Bad input to an inference run (class-names file, sources, annotation file); says what to do."""
-
-
-USER_ERRORS: tuple[type[Exception], ...] = (InferenceError, CheckpointError, ConfigError, DatasetError, ResultsError,
-                                            FileNotFoundError)
-"""Errors caused by the user's input; command-line tools print them in one line and exit with 2."""
-
-
-@contextlib.contextmanager
-def plain_warnings() -> Iterator[None]:
-    """Show warnings as ``warning: message`` lines (for command-line tools), restored on exit."""
-    previous = warnings.formatwarning
-    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
-    try:
-        yield
-    finally:
-        warnings.formatwarning = previous
 
 
 @dataclass
@@ -63,30 +42,6 @@ class InferenceSummary:
     """Unreadable files, with the reason."""
     output_dir: Path | None = None
     json_path: Path | None = None
-
-
-def parse_image_size(text: str) -> tuple[int, int]:
-    """Command-line image size: ``512`` (square) or ``384x640`` / ``384,640`` (height x width)."""
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2) or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"image size must be SIDE or HEIGHTxWIDTH in pixels, got {text!r}")
-    return (values[0], values[-1])
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """``torch.device(device)``, with an :class:`InferenceError` for an unknown or absent device."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise InferenceError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise InferenceError(f"device {device} is not available (CUDA devices: {torch.cuda.device_count()}); "
-                             "use --device cpu")
-    return dev
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -122,9 +77,9 @@ def load_predictor(weights: str | Path, model: str | None = None, class_names: s
         image_size: network input (h, w) or side; default the model's. Must be a multiple of
             2^max_level (128 for D0..D7).
         settings: post-processing; default the Predictor's (score threshold 0.05).
-        optimize: run :func:`effdet.optimize.optimize_for_inference` (BN folding etc.).
+        optimize: run :func:`effdet.modeling.fused.optimize_for_inference` (BN folding etc.).
     """
-    net, info = load_model(weights, model=model, device=check_device(device))
+    net, info = load_model(weights, model=model, device=device)
     cfg = net.config
     size = resolve(cfg, image_size=image_size).image_size if image_size is not None else cfg.image_size
     names = info.get("class_names")
@@ -204,15 +159,8 @@ def save_image_atomic(image: Image.Image, path: Path) -> Path:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
         path, fmt = path.with_suffix(".png"), "PNG"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, suffix=path.suffix) as f:
+        image.save(f, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
     return path
 
 

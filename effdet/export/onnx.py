@@ -1,18 +1,20 @@
 """ONNX export of a detector with box decoding (and optionally NMS) inside the graph.
 
 The exported graph takes ``images``: N x 3 x H x W, by default **uint8 RGB** already letterboxed
-to the export size (``effdet.letterbox.letterbox``: scale to fit, pad bottom/right); ImageNet
+to the export size (``effdet.data.letterbox.letterbox``: scale to fit, pad bottom/right); ImageNet
 normalisation runs inside the graph. With ``input_format="float"`` it takes normalised float32
-instead. The batch dimension is dynamic; H x W are fixed at export.
+instead. Its second input ``valid_sizes`` (N, 2) float32 is each image's content (height,
+width) in the frame (original size times the letterbox scale); boxes are clipped to it, as the
+PyTorch predictor clips them. The batch dimension is dynamic; H x W are fixed at export.
 
-Outputs (boxes are xyxy in input pixels, clipped to the input frame; divide by the letterbox
-scale for original-image pixels):
+Outputs (boxes are xyxy in input pixels, clipped to each image's content; divide by the
+letterbox scale for original-image pixels):
 
 * ``nms=True``: ``boxes`` (N, K, 4) float32, ``scores`` (N, K) float32, ``labels`` (N, K) int64,
   ``num_detections`` (N,) int64, K = ``max_detections``. Per image the first ``num_detections``
   rows are valid, sorted by score; the rest are padding (boxes 0, scores 0, labels -1). Hard
   NMS per class (IoU ``nms_iou``) over the top ``max_candidates`` class scores, then the score
-  threshold - the same detections as :func:`effdet.postprocess.postprocess`.
+  threshold - the same detections as :func:`effdet.modeling.postprocess.postprocess`.
 * ``nms=False``: the top ``max_candidates`` (anchor, class) candidates per image before NMS:
   ``boxes`` (N, T, 4), ``scores`` (N, T) sigmoid probabilities sorted descending, ``labels``
   (N, T) int64. Run your own per-class NMS on them.
@@ -25,21 +27,18 @@ with ONNX Runtime when it is installed (``pip install effdet[export]``).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torchvision.ops import batched_nms
-
-from effdet.anchors import decode_boxes, flatten_outputs, generate_anchors
-from effdet.letterbox import IMAGENET_MEAN, IMAGENET_STD
-from effdet.model import EfficientDet
+from effdet.data.letterbox import IMAGENET_MEAN, IMAGENET_STD
+from effdet.fileio import atomic_path
+from effdet.modeling.efficientdet import EfficientDet
+from effdet.modeling.postprocess import PostprocessSettings, postprocess_padded, select_candidates
 
 DEFAULT_OPSET = 17
 BOX_TOLERANCE_PX = 1e-3
@@ -54,74 +53,56 @@ class ExportError(RuntimeError):
 
 
 class DetectionGraph(nn.Module):
-    """EfficientDet + decoding (+ NMS) as one tensor function, ready for ``torch.onnx.export``.
+    """EfficientDet + the project's post-processing as one tensor function, for ``torch.onnx.export``.
 
-    forward(images N x 3 x H x W, uint8 or normalised float32 per ``input_format``) returns the
-    outputs described in the module docstring.
+    ``forward(images, valid_sizes)``: images N x 3 x H x W (uint8 or normalised float32 per
+    ``input_format``), valid_sizes (N, 2) float32 (height, width) of each image's content in the
+    letterboxed frame (``original size * scale``; the frame size for an unpadded input). Returns
+    the outputs described in the module docstring, computed by
+    :func:`effdet.modeling.postprocess.postprocess_padded` (``nms=True``) or
+    :func:`~effdet.modeling.postprocess.select_candidates` (``nms=False``) with the model's own
+    anchors: the same detections as :class:`effdet.inference.predictor.Predictor`. Post-processing
+    settings default to :class:`~effdet.modeling.postprocess.PostprocessSettings`'s; soft-NMS
+    cannot be exported.
     """
 
     def __init__(self, model: EfficientDet, image_size: tuple[int, int] | None = None, nms: bool = True,
-                 input_format: str = "uint8", score_threshold: float = 0.05, nms_iou: float = 0.5,
-                 max_detections: int = 100, max_candidates: int = 5000) -> None:
+                 input_format: str = "uint8", settings: PostprocessSettings | None = None,
+                 **setting_overrides: Any) -> None:
         super().__init__()
         if input_format not in ("uint8", "float"):
             raise ValueError(f"input_format must be 'uint8' or 'float', got {input_format!r}")
         cfg = model.config
         if cfg is None:
             raise ValueError("export needs a model built by effdet.create_model / build_model (with a config)")
+        self.settings = replace(settings or PostprocessSettings(), **setting_overrides)
+        if self.settings.soft_nms:
+            raise ValueError("soft-NMS runs in PyTorch only and cannot be exported; export with hard NMS")
         self.model = model.eval()
         self.image_size = tuple(image_size or cfg.image_size)
         self.nms, self.input_format = nms, input_format
-        self.score_threshold, self.nms_iou = float(score_threshold), float(nms_iou)
-        self.max_detections, self.max_candidates = int(max_detections), int(max_candidates)
         self.num_classes = cfg.num_classes
-        anchors = generate_anchors(self.image_size, cfg.min_level, cfg.max_level, cfg.num_scales, cfg.aspect_ratios,
-                                   cfg.anchor_scale)
-        self.register_buffer("anchors", anchors, persistent=False)
+        self.register_buffer("anchors", model.anchors(self.image_size), persistent=False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
         self.eval()  # inference only: BN uses its running statistics
 
     @property
+    def input_names(self) -> list[str]:
+        return ["images", "valid_sizes"]
+
+    @property
     def output_names(self) -> list[str]:
         return ["boxes", "scores", "labels", "num_detections"] if self.nms else ["boxes", "scores", "labels"]
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, images: torch.Tensor, valid_sizes: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = (images.float() - self.mean) / self.std if self.input_format == "uint8" else images
         class_logits, box_regressions = self.model(x)
-        logits = flatten_outputs(class_logits, self.num_classes)
-        deltas = flatten_outputs(box_regressions, 4)
-        n = logits.shape[0]
-        flat = logits.reshape(n, -1)
-        k = min(self.max_candidates, flat.shape[1])
-        top_logits, top_idx = flat.topk(k, dim=1)
-        anchor_idx = top_idx // self.num_classes
-        labels = top_idx % self.num_classes
-        boxes = decode_boxes(torch.gather(deltas, 1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4)),
-                             self.anchors[anchor_idx])
-        h, w = self.image_size
-        limits = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
-        boxes = torch.minimum(boxes.clamp(min=0), limits)
-        scores = top_logits.sigmoid()
         if not self.nms:
-            return boxes, scores, labels
-        return self._nms(boxes, scores, labels)
-
-    def _nms(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per-(image, class) hard NMS on (N, k) candidates, padded to (N, K) outputs."""
-        n, k = scores.shape
-        image_idx = torch.arange(n, device=boxes.device).unsqueeze(1).expand(n, k)
-        groups = (image_idx * self.num_classes + labels).reshape(-1)
-        kept = batched_nms(boxes.reshape(-1, 4), scores.reshape(-1), groups, self.nms_iou)
-        # Scatter the kept scores back to (N, k) (-1 elsewhere), then take each image's top K.
-        kept_scores = torch.full((n * k,), -1.0, dtype=scores.dtype, device=scores.device)
-        kept_scores = kept_scores.scatter(0, kept, scores.reshape(-1)[kept]).reshape(n, k)
-        kept_scores = torch.where(kept_scores >= self.score_threshold, kept_scores, torch.full_like(kept_scores, -1.0))
-        top_scores, order = kept_scores.topk(min(self.max_detections, k), dim=1)
-        valid = top_scores >= 0
-        out_boxes = torch.gather(boxes, 1, order.unsqueeze(-1).expand(-1, -1, 4)) * valid.unsqueeze(-1)
-        out_labels = torch.where(valid, torch.gather(labels, 1, order), torch.full_like(order, -1))
-        return out_boxes, top_scores.clamp(min=0), out_labels, valid.sum(dim=1)
+            return select_candidates(class_logits, box_regressions, self.anchors, self.settings.max_candidates,
+                                     valid_sizes)
+        out = postprocess_padded(class_logits, box_regressions, self.anchors, valid_sizes, self.settings)
+        return out["boxes"], out["scores"], out["labels"], out["num_detections"]
 
 
 @dataclass(frozen=True)
@@ -137,8 +118,12 @@ class ExportCheck:
     message: str
 
 
+Inputs = tuple[torch.Tensor, torch.Tensor]
+"""A graph input: (images N x 3 x H x W, valid_sizes N x 2)."""
+
+
 def export_onnx(graph: DetectionGraph, path: str | Path, opset: int = DEFAULT_OPSET, batch_size: int = 1,
-                verify: bool = True, sample: torch.Tensor | None = None,
+                verify: bool = True, sample: Inputs | None = None,
                 metadata: dict[str, Any] | None = None) -> ExportCheck | None:
     """Write ``graph`` to ``path`` (atomically) and check it with ONNX Runtime.
 
@@ -149,7 +134,7 @@ def export_onnx(graph: DetectionGraph, path: str | Path, opset: int = DEFAULT_OP
         batch_size: batch of the example input used for tracing (the exported batch is dynamic).
         verify: run ONNX Runtime on ``sample`` and compare with PyTorch (skipped with a warning
             when onnxruntime is not installed).
-        sample: input for the check; default a fixed pseudo-random image batch.
+        sample: (images, valid_sizes) for the check; default :func:`example_input`.
         metadata: stored in the ONNX file's ``metadata_props`` (values JSON-encoded unless
             strings), e.g. class names and category ids; the graph's input size and format and
             the post-processing settings are always stored.
@@ -162,34 +147,29 @@ def export_onnx(graph: DetectionGraph, path: str | Path, opset: int = DEFAULT_OP
     """
     if opset < 17:
         raise ValueError(f"opset {opset} is too old: use 17 or newer")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     graph = graph.cpu().eval()
     example = sample if sample is not None else example_input(graph, batch_size)
-    dynamic = {name: {0: "batch"} for name in ["images", *graph.output_names]}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    dynamic = {name: {0: "batch"} for name in [*graph.input_names, *graph.output_names]}
+    check = None
+    with atomic_path(path) as tmp:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python values
-            torch.onnx.export(graph, (example,), tmp, dynamo=False, opset_version=opset, input_names=["images"],
-                              output_names=graph.output_names, dynamic_axes=dynamic, do_constant_folding=True)
+            torch.onnx.export(graph, tuple(example), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=graph.input_names, output_names=graph.output_names,
+                              dynamic_axes=dynamic, do_constant_folding=True)
         _add_metadata(tmp, {**graph_metadata(graph), **(metadata or {})})
-        check = verify_onnx(graph, tmp, example) if verify else None
+        check = verify_onnx(graph, tmp, *example) if verify else None
         if check is not None and not check.ok:
             raise ExportError(f"ONNX Runtime disagrees with PyTorch for {path}: {check.message}")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return check
 
 
 def graph_metadata(graph: DetectionGraph) -> dict[str, Any]:
     """What a user of the ONNX file needs to know: input size/format, outputs, post-processing."""
+    s = graph.settings
     return dict(image_size=list(graph.image_size), input_format=graph.input_format, nms=graph.nms,
-                score_threshold=graph.score_threshold, nms_iou=graph.nms_iou, max_detections=graph.max_detections,
-                max_candidates=graph.max_candidates, num_classes=graph.num_classes, **describe(graph))
+                score_threshold=s.score_threshold, nms_iou=s.nms_iou, max_detections=s.max_detections,
+                max_candidates=s.max_candidates, num_classes=graph.num_classes, **describe(graph))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -217,29 +197,39 @@ def _add_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
     onnx.save(model, str(path))
 
 
-def example_input(graph: DetectionGraph, batch_size: int = 1, seed: int = 0) -> torch.Tensor:
-    """A fixed pseudo-random input batch of the graph's shape and dtype."""
+def example_input(graph: DetectionGraph, batch_size: int = 1, seed: int = 0) -> Inputs:
+    """A fixed pseudo-random input batch of the graph's shape and dtype, as (images, valid_sizes):
+    image i's content fills the frame's top-left (1 - i / (2 * batch_size)) of each side, the
+    rest counts as letterbox padding, so that clipping to the content is exercised."""
     generator = torch.Generator().manual_seed(seed)
     h, w = graph.image_size
     images = torch.randint(0, 256, (batch_size, 3, h, w), generator=generator, dtype=torch.uint8)
+    fractions = 1 - torch.arange(batch_size, dtype=torch.float32) / (2 * batch_size)
+    valid_sizes = torch.stack([fractions * h, fractions * w], dim=1)
     if graph.input_format == "uint8":
-        return images
-    return (images.float() - graph.mean) / graph.std
+        return images, valid_sizes
+    return (images.float() - graph.mean) / graph.std, valid_sizes
 
 
-def run_onnx(path: str | Path, images: np.ndarray | torch.Tensor, providers: list[str] | None = None
-             ) -> dict[str, np.ndarray]:
-    """Run an exported model with ONNX Runtime; returns outputs by name."""
+def run_onnx(path: str | Path, images: np.ndarray | torch.Tensor, valid_sizes: np.ndarray | torch.Tensor | None = None,
+             providers: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Run an exported model with ONNX Runtime; returns outputs by name. ``valid_sizes``
+    (N, 2) (h, w) of each image's content defaults to the whole frame."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
-    array = images.numpy() if isinstance(images, torch.Tensor) else images
+    array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if valid_sizes is None:
+        valid_sizes = np.tile(np.array(array.shape[-2:], dtype=np.float32), (array.shape[0], 1))
+    sizes = valid_sizes.numpy() if isinstance(valid_sizes, torch.Tensor) else np.asarray(valid_sizes, np.float32)
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {session.get_inputs()[0].name: array})))
+    return dict(zip(names, session.run(names, {"images": array, "valid_sizes": sizes.astype(np.float32)})))
 
 
-def verify_onnx(graph: DetectionGraph, path: str | Path, images: torch.Tensor) -> ExportCheck | None:
-    """Compare ONNX Runtime with PyTorch on ``images``; None (and a warning) without onnxruntime.
+def verify_onnx(graph: DetectionGraph, path: str | Path, images: torch.Tensor,
+                valid_sizes: torch.Tensor | None = None) -> ExportCheck | None:
+    """Compare ONNX Runtime with PyTorch on ``images`` (content ``valid_sizes``, default the
+    whole frame); None (and a warning) without onnxruntime.
 
     Detections are matched one to one per image (same label, scores within ``SCORE_TOLERANCE``,
     every box coordinate within :func:`box_tolerance`), so the order of equal scores does not
@@ -252,9 +242,11 @@ def verify_onnx(graph: DetectionGraph, path: str | Path, images: torch.Tensor) -
         warnings.warn("onnxruntime is not installed, so the export was not checked: pip install effdet[export]",
                       stacklevel=2)
         return None
+    if valid_sizes is None:
+        valid_sizes = torch.tensor([list(graph.image_size)], dtype=torch.float32).expand(images.shape[0], 2)
     with torch.no_grad():
-        expected = dict(zip(graph.output_names, (t.numpy() for t in graph(images))))
-    got = run_onnx(path, images)
+        expected = dict(zip(graph.output_names, (t.numpy() for t in graph(images, valid_sizes))))
+    got = run_onnx(path, images, valid_sizes)
     tolerance = box_tolerance(graph.image_size)
     n, capacity = expected["scores"].shape
     counts_e = expected["num_detections"] if graph.nms else np.full(n, capacity)
@@ -312,7 +304,9 @@ def describe(graph: DetectionGraph) -> dict[str, Any]:
     """Input/output description of an exported graph (for logs and README snippets)."""
     h, w = graph.image_size
     dtype = "uint8 RGB 0..255" if graph.input_format == "uint8" else "float32 normalised"
+    sizes = "valid_sizes (N, 2) float32 (height, width) of each image's content in the frame"
     outputs = (["boxes (N, K, 4) float32 xyxy px", "scores (N, K) float32", "labels (N, K) int64 (-1 = padding)",
                 "num_detections (N,) int64"] if graph.nms else
                ["boxes (N, T, 4) float32 xyxy px", "scores (N, T) float32", "labels (N, T) int64"])
-    return dict(input=f"images (N, 3, {h}, {w}) {dtype}, letterboxed (top-left, pad bottom/right)", outputs=outputs)
+    return dict(input=f"images (N, 3, {h}, {w}) {dtype}, letterboxed (top-left, pad bottom/right); {sizes}",
+                outputs=outputs)

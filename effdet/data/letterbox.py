@@ -41,7 +41,7 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, flo
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(
             f"letterbox expects an H x W x 3 uint8 RGB array, got shape {image.shape} "
-            f"dtype {image.dtype}; convert it with effdet.letterbox.to_rgb_array first"
+            f"dtype {image.dtype}; convert it with effdet.data.letterbox.to_rgb_array first"
         )
     out_h, out_w = int(size[0]), int(size[1])
     h, w = image.shape[:2]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Worker that runs the reference port (rwightman/efficientdet-pytorch, PyPI ``effdet==0.4.1``).
 
-It is executed by ``tests/refport/env.py`` in a *separate* Python process with
+It is executed by ``refport/env.py`` in a *separate* Python process with
 ``PYTHONPATH=<reference dir>`` first, so ``import effdet`` here is the
 reference, never our package.  At start-up it asserts that effdet's version is
 0.4.1 and that ``effdet.__file__`` lies inside ``$EFFDET_REFPORT_DIR`` (or the
@@ -82,40 +82,16 @@ Commands
       ``anchors_out`` (optional) receives the anchors tensor [N, 4] yxyx.
       -> {loss, class_loss, box_loss, num_positives: [per image], normalizer (sum + 1), config_loss:
           {alpha, gamma, delta, box_loss_weight, label_smoothing, legacy_focal}}
-  anchors  model_name, out, [image_size]
-      Saves Anchors.from_config(config).boxes (float32 [N, 4], yxyx) to ``out``.
-      -> {out, num_anchors, anchors_per_location, feat_sizes (all levels 0..max), level_counts}
-  count-params  [model_names=(tf_efficientdet_d0..d7, tf_efficientdet_d7x, efficientdet_d0,
-                efficientdet_d1), num_classes]
-      -> {models: {name: {param_count, state_numel, config, fpn_nodes}}}
-  keys  model_name, [num_classes, image_size]
-      -> {model_name, keys: [[key, shape], ...] in state_dict order, buffer_keys: [...], param_count}
-  describe  model_name, [num_classes, image_size]
-      Structural facts: BN eps/momentum per section, pooling/upsampling modules, conv padding
-      kinds, per-fnode inputs / resample convs / weight method, head BN layout.
-      -> {model_name, bn, pools, upsamples, convs, fnodes, fpn_resample, head}
-  benchmark  model_name, [num_classes, image_size, batch_size=1, warmup=2, iters=10, weights=None,
-             input=None, with_postprocess=False, device='cpu', num_threads]
-      -> {times_ms: [...], median_ms, mean_ms, min_ms, device, batch_size, image_size}
 """
 import argparse
 import json
-import math
 import os
 import random
-import statistics
 import sys
-import time
 import traceback
 import warnings
 
 REFERENCE_VERSION = "0.4.1"
-
-DEFAULT_COUNT_MODELS = (
-    "tf_efficientdet_d0", "tf_efficientdet_d1", "tf_efficientdet_d2", "tf_efficientdet_d3",
-    "tf_efficientdet_d4", "tf_efficientdet_d5", "tf_efficientdet_d6", "tf_efficientdet_d7",
-    "tf_efficientdet_d7x", "efficientdet_d0", "efficientdet_d1",
-)
 
 # head_spread parameters (see module docstring)
 CLASS_PREDICT_GAIN, CLASS_BIAS_MEAN, CLASS_BIAS_STD = 15.0, -4.0, 0.3
@@ -466,8 +442,8 @@ def _as_list_of_tensors(v, what):
 def cmd_loss(model_name, targets, out=None, anchors_out=None, num_classes=90, image_size=None,
              label_smoothing=0.0, legacy_focal=False, filter_valid=True, seed=0):
     _seed_all(seed)
-    from effdet.anchors import Anchors, AnchorLabeler
-    from effdet.loss import DetectionLoss
+    from effdet.modeling.anchors import Anchors, AnchorLabeler
+    from effdet.modeling.loss import DetectionLoss
     data = _load(targets)
     cls_outputs = [t.float() for t in data["cls_outputs"]]
     box_outputs = [t.float() for t in data["box_outputs"]]
@@ -514,169 +490,11 @@ def cmd_loss(model_name, targets, out=None, anchors_out=None, num_classes=90, im
     }
 
 
-def cmd_anchors(model_name, out, image_size=None, num_classes=90, seed=0):
-    _seed_all(seed)
-    from effdet.anchors import Anchors
-    config = _build_config(model_name, num_classes, image_size)
-    anchors = Anchors.from_config(config)
-    _save(anchors.boxes.detach().clone(), out)
-    per_loc = anchors.get_anchors_per_location()
-    return {
-        "out": out,
-        "num_anchors": int(anchors.boxes.shape[0]),
-        "anchors_per_location": int(per_loc),
-        "feat_sizes": [list(s) for s in anchors.feat_sizes],
-        "level_counts": [int(anchors.feat_sizes[l][0] * anchors.feat_sizes[l][1] * per_loc)
-                         for l in range(config.min_level, config.max_level + 1)],
-        "image_size": _image_size_of(config),
-    }
-
-
-def cmd_count_params(model_names=None, num_classes=90, seed=0):
-    models = {}
-    for name in (model_names or DEFAULT_COUNT_MODELS):
-        _seed_all(seed)
-        model = _build_model(name, num_classes)
-        sd = model.state_dict()
-        models[name] = {
-            "param_count": _param_count(model),
-            "state_numel": int(sum(v.numel() for v in sd.values())),
-            "config": _config_dict(model.config),
-            "fpn_nodes": _fpn_nodes(model.config),
-        }
-        del model, sd
-    return {"num_classes": num_classes, "models": models}
-
-
-def cmd_keys(model_name, num_classes=90, image_size=None, seed=0):
-    _seed_all(seed)
-    model = _build_model(model_name, num_classes, image_size)
-    sd = model.state_dict()
-    param_names = {n for n, _ in model.named_parameters()}
-    return {
-        "model_name": model_name,
-        "keys": [[k, list(v.shape)] for k, v in sd.items()],
-        "buffer_keys": [k for k in sd if k not in param_names],
-        "param_count": _param_count(model),
-    }
-
-
-def _padding_desc(m):
-    """Describe how a conv / pool module pads."""
-    cls = type(m).__name__
-    pad = getattr(m, "padding", None)
-    if isinstance(pad, (tuple, list)):
-        pad = list(pad)
-    return f"{cls}(padding={pad})"
-
-
-def cmd_describe(model_name, num_classes=90, image_size=None, seed=0):
-    _seed_all(seed)
-    model = _build_model(model_name, num_classes, image_size)
-    cfg = model.config
-    bn, pools, ups, convs = {}, {}, {}, {}
-    for n, m in model.named_modules():
-        section = n.split(".")[0]
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            k = f"{section}:{type(m).__name__}(eps={m.eps}, momentum={m.momentum})"
-            bn[k] = bn.get(k, 0) + 1
-        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) or "Pool" in type(m).__name__:
-            k = (f"{section}:{type(m).__name__}(kernel={m.kernel_size}, stride={m.stride}, "
-                 f"padding={getattr(m, 'padding', None)})")
-            pools.setdefault(k, []).append(n)
-        elif "Interpolate" in type(m).__name__ or isinstance(m, nn.Upsample):
-            k = f"{section}:{type(m).__name__}(mode={m.mode}, size={m.size}, scale={m.scale_factor})"
-            ups.setdefault(k, []).append(n)
-        elif isinstance(m, nn.Conv2d):
-            kind = "depthwise" if m.groups == m.in_channels and m.groups > 1 else (
-                "grouped" if m.groups > 1 else "dense")
-            k = (f"{section}:{_padding_desc(m)} k={list(m.kernel_size)} s={list(m.stride)} {kind} "
-                 f"bias={m.bias is not None}")
-            convs[k] = convs.get(k, 0) + 1
-    fnodes = []
-    for ci, cell in enumerate(model.fpn.cell):
-        for fi, fnode in enumerate(cell.fnode):
-            comb = fnode.combine
-            fnodes.append({
-                "cell": ci, "fnode": fi,
-                "inputs_offsets": list(comb.inputs_offsets),
-                "weight_method": comb.weight_method,
-                "has_edge_weights": comb.edge_weights is not None,
-                "resample": {k: [type(c).__name__ + ":" + cn for cn, c in r.named_children()]
-                             for k, r in comb.resample.items()},
-                "after_combine": [cn + ":" + type(c).__name__ for cn, c in fnode.after_combine.named_children()],
-            })
-    fpn_resample = {k: [cn + ":" + type(c).__name__ for cn, c in r.named_children()]
-                    for k, r in model.fpn.resample.items()}
-    head = {
-        "bn_level_first": bool(model.class_net.bn_level_first),
-        "conv_rep": [type(c).__name__ for c in model.class_net.conv_rep],
-        "bn_rep_shape": [len(model.class_net.bn_rep), len(model.class_net.bn_rep[0])],
-        "act": type(model.class_net.act).__name__,
-        "predict": type(model.class_net.predict).__name__,
-        "class_predict_out_channels": int(
-            (model.class_net.predict.conv_pw if hasattr(model.class_net.predict, "conv_pw")
-             else model.class_net.predict.conv).out_channels),
-    }
-    return {
-        "model_name": model_name,
-        "image_size": _image_size_of(cfg),
-        "bn": bn, "pools": pools, "upsamples": ups, "convs": convs,
-        "fnodes": fnodes, "fpn_resample": fpn_resample, "head": head,
-        "backbone_feature_info": model.backbone.feature_info.get_dicts(keys=["num_chs", "reduction", "module"]),
-        "backbone_act": sorted({type(m).__name__ for n, m in model.backbone.named_modules()
-                                if type(m).__name__ in ("SiLU", "Swish", "ReLU", "ReLU6", "Hardswish", "GELU")}),
-    }
-
-
-def cmd_benchmark(model_name, num_classes=90, image_size=None, batch_size=1, warmup=2, iters=10,
-                  weights=None, input=None, with_postprocess=False, device="cpu", seed=0):
-    _seed_all(seed)
-    from effdet import DetBenchPredict
-    x = _load(input).float() if input else None
-    if x is not None and image_size is None:
-        image_size = list(x.shape[-2:])
-    model = _build_model(model_name, num_classes, image_size)
-    if weights:
-        model.load_state_dict(_load(weights), strict=True)
-    net = DetBenchPredict(model) if with_postprocess else model
-    net = net.eval().to(device)
-    h, w = _image_size_of(model.config)
-    if x is None:
-        x = torch.randn(int(batch_size), 3, h, w)
-    x = x.to(device)
-
-    def sync():
-        if str(device).startswith("cuda"):
-            torch.cuda.synchronize()
-
-    times = []
-    with torch.no_grad():
-        for i in range(int(warmup) + int(iters)):
-            sync()
-            t0 = time.perf_counter()
-            net(x)
-            sync()
-            if i >= int(warmup):
-                times.append((time.perf_counter() - t0) * 1000.0)
-    return {
-        "times_ms": times, "median_ms": statistics.median(times), "mean_ms": statistics.fmean(times),
-        "min_ms": min(times), "device": str(device), "batch_size": int(x.shape[0]),
-        "image_size": [h, w], "with_postprocess": bool(with_postprocess),
-        "num_threads": torch.get_num_threads(),
-    }
-
-
 COMMANDS = {
     "ping": cmd_ping,
     "export": cmd_export,
     "predict": cmd_predict,
     "loss": cmd_loss,
-    "anchors": cmd_anchors,
-    "count-params": cmd_count_params,
-    "keys": cmd_keys,
-    "describe": cmd_describe,
-    "benchmark": cmd_benchmark,
 }
 
 

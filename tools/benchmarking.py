@@ -28,14 +28,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from effdet.anchors import generate_anchors
 from effdet.data.images import read_image
 from effdet.data.synthetic import draw_image
-from effdet.labeler import AnchorLabeler
-from effdet.letterbox import normalize
-from effdet.loss import DetectionLoss
-from effdet.model import EfficientDet
-from effdet.predictor import Predictor
+from effdet.modeling.labeler import AnchorLabeler
+from effdet.data.letterbox import normalize
+from effdet.modeling.loss import DetectionLoss
+from effdet.modeling.efficientdet import EfficientDet
+from effdet.inference.predictor import Predictor
 
 AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -269,9 +268,7 @@ class TrainStepTask:
         self.images = images.to(device)
         self.boxes = [b.to(device) for b in boxes]
         self.labels = [lab.to(device) for lab in labels]
-        anchors = generate_anchors(tuple(images.shape[-2:]), cfg.min_level, cfg.max_level, cfg.num_scales,
-                                   cfg.aspect_ratios, cfg.anchor_scale).to(device)
-        self.labeler = AnchorLabeler(anchors)
+        self.labeler = AnchorLabeler(model.anchors(tuple(images.shape[-2:]), device))
         self.loss_fn = DetectionLoss(cfg.num_classes)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9, weight_decay=4e-5)
         self.device = device

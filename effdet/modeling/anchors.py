@@ -50,6 +50,45 @@ def generate_anchors(image_size: tuple[int, int], min_level: int = 3, max_level:
     return torch.cat(per_level).float()
 
 
+class AnchorGenerator:
+    """The anchors of one detector, for any input size: ``anchors(image_size, device)`` -> (M, 4).
+
+    The one place anchors are built from the anchor settings (levels, octave scales, aspect
+    ratios, anchor scale); :class:`effdet.modeling.efficientdet.EfficientDet` owns one
+    (``model.anchors``) and everything that decodes or labels boxes asks it. Each (size, device)
+    grid is computed once and cached.
+    """
+
+    def __init__(self, min_level: int = 3, max_level: int = 7, num_scales: int = 3,
+                 aspect_ratios: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4)),
+                 anchor_scale: float = 4.0) -> None:
+        self.min_level, self.max_level = min_level, max_level
+        self.num_scales, self.aspect_ratios = num_scales, tuple(tuple(a) for a in aspect_ratios)
+        self.anchor_scale = anchor_scale
+        self._cache: dict[tuple[tuple[int, int], str], torch.Tensor] = {}
+
+    @property
+    def num_anchors(self) -> int:
+        """Anchors per feature-map location."""
+        return self.num_scales * len(self.aspect_ratios)
+
+    def __call__(self, image_size: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:
+        """float32 (M, 4) xyxy anchors for an input of ``image_size`` (H, W), on ``device``."""
+        size = (int(image_size[0]), int(image_size[1]))
+        key = (size, str(torch.device(device or "cpu")))
+        if key not in self._cache:
+            self._cache[key] = generate_anchors(size, self.min_level, self.max_level, self.num_scales,
+                                                self.aspect_ratios, self.anchor_scale).to(key[1])
+        return self._cache[key]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": {}}
+
+    def __repr__(self) -> str:
+        return (f"AnchorGenerator(levels={self.min_level}..{self.max_level}, num_scales={self.num_scales}, "
+                f"aspect_ratios={self.aspect_ratios}, anchor_scale={self.anchor_scale})")
+
+
 def num_anchors_per_level(image_size: tuple[int, int], min_level: int, max_level: int, num_anchors: int) -> list[int]:
     h, w = image_size
     return [math.ceil(h / 2 ** l) * math.ceil(w / 2 ** l) * num_anchors for l in range(min_level, max_level + 1)]

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effdet.anchors import flatten_outputs
-from effdet.labeler import IGNORED, LabeledTargets
+from effdet.modeling.anchors import flatten_outputs
+from effdet.modeling.labeler import IGNORED, LabeledTargets
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float,
@@ -74,7 +74,7 @@ class DetectionLoss(nn.Module):
         Args:
             class_logits: per level (B, A*C, H_l, W_l) logits, channel a*C + c.
             box_regressions: per level (B, A*4, H_l, W_l) (dx, dy, dw, dh), channel a*4 + k.
-            targets: :class:`LabeledTargets` from :class:`effdet.labeler.AnchorLabeler` for the
+            targets: :class:`LabeledTargets` from :class:`effdet.modeling.labeler.AnchorLabeler` for the
                 same anchors: cls_targets (B, M), box_targets (B, M, 4), num_positives (B,).
 
         Returns:

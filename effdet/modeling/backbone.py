@@ -1,8 +1,8 @@
 """EfficientNet B0..B7 feature extractor returning C3, C4, C5.
 
 The architecture is data: the B0 stage table and the per-model (width, depth) coefficients; the
-eight networks are computed from them. Blocks reuse torchvision's ``SqueezeExcitation`` and
-``StochasticDepth``; the convolutions are ours because torchvision has no TF "same" padding.
+eight networks are computed from them. Blocks reuse torchvision's ``StochasticDepth``; the
+convolutions are ours because torchvision has no TF "same" padding.
 Module names follow torchvision's EfficientNet (``features.<stage>.<block>.block.<i>``), so its
 ImageNet state dicts load directly.
 """
@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import SqueezeExcitation, StochasticDepth
+from torchvision.ops import StochasticDepth
 
-from effdet.layers import conv_bn_act
+from effdet.modeling.fused import Size
+from effdet.modeling.layers import ConvBnAct, activation
 
 
 @dataclass(frozen=True)
@@ -79,33 +81,71 @@ def scaled_stages(width_mult: float, depth_mult: float) -> list[StageSpec]:
             for s in B0_STAGES]
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-excite gate: N x C x H x W -> N x C x 1 x 1 = sigmoid(fc2(act(fc1(mean_HW(x))))).
+
+    ``fc1``/``fc2`` are 1x1 convolutions (the state-dict keys of torchvision's
+    ``SqueezeExcitation``), applied as linear layers to the pooled vector. The gate is returned,
+    not applied: the block multiplies it into the projection's input (or, fused at batch 1, into
+    the projection's weights).
+    """
+
+    def __init__(self, channels: int, squeeze_channels: int, act: str = "silu") -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
+        self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.linear(x.mean((2, 3)), self.fc1.weight.flatten(1), self.fc1.bias)
+        s = F.linear(self.act(s), self.fc2.weight.flatten(1), self.fc2.bias)
+        return torch.sigmoid(s)[:, :, None, None]
+
+
 class MBConv(nn.Module):
     """Mobile inverted bottleneck with squeeze-excite: N x C_in x H x W -> N x C_out x H/s x W/s.
 
-    ``block`` holds [expand 1x1 (if expand_ratio > 1), depthwise kxk, SE, project 1x1]; the residual
-    (with stochastic depth) applies when stride is 1 and channels are unchanged.
+    ``block`` holds [expand 1x1 (if expand_ratio > 1), depthwise kxk, SE (if ``se``), project 1x1];
+    the residual (with stochastic depth) applies when stride is 1 and channels are unchanged.
     """
 
     def __init__(self, in_channels: int, out_channels: int, expand_ratio: int, kernel: int, stride: int,
-                 drop_path: float, padding: str, bn_eps: float, bn_momentum: float) -> None:
+                 drop_path: float, padding: str, bn_eps: float, bn_momentum: float, act: str = "silu",
+                 se: bool = True) -> None:
         super().__init__()
-        cba = partial(conv_bn_act, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        cba = partial(ConvBnAct, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
         mid = in_channels * expand_ratio
         layers: list[nn.Module] = []
         if expand_ratio != 1:
-            layers.append(cba(in_channels, mid, 1))
-        layers.append(cba(mid, mid, kernel, stride, groups=mid))
-        layers.append(SqueezeExcitation(mid, max(1, in_channels // 4), activation=partial(nn.SiLU, inplace=True)))
-        layers.append(cba(mid, out_channels, 1, act=False))
+            layers.append(cba(in_channels, mid, 1, act=act))
+        layers.append(cba(mid, mid, kernel, stride, groups=mid, act=act))
+        self.num_convs = len(layers)
+        if se:
+            layers.append(SqueezeExcite(mid, max(1, in_channels // 4), act))
+        layers.append(cba(mid, out_channels, 1, act=None))
         self.block = nn.Sequential(*layers)
+        self.has_se = se
         self.use_residual = stride == 1 and in_channels == out_channels
         self.stochastic_depth = StochasticDepth(drop_path, "row")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
-        if self.use_residual:
-            out = self.stochastic_depth(out) + x
-        return out
+        h = x
+        for i in range(self.num_convs):
+            h = self.block[i](h)
+        gate = self.block[self.num_convs](h) if self.has_se else None
+        project = self.block[-1]
+        if not self.use_residual:
+            return project(h, scale=gate)
+        if self.training and self.stochastic_depth.p > 0:
+            return self.stochastic_depth(project(h, scale=gate)) + x
+        return project(h, scale=gate, residual=x)
+
+    def fuse(self, input_size: Size) -> Size:
+        """Fold BN and fix padding in place for an ``input_size`` input; returns the output size."""
+        size = input_size
+        for i in range(self.num_convs):
+            size = self.block[i].fuse(size)
+        return self.block[-1].fuse(size)
 
 
 class EfficientNetFeatures(nn.Module):
@@ -118,7 +158,7 @@ class EfficientNetFeatures(nn.Module):
                  padding: str = "same", bn_eps: float = 1e-3, bn_momentum: float = 0.01) -> None:
         super().__init__()
         stages = scaled_stages(width_mult, depth_mult)
-        cba = partial(conv_bn_act, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        cba = partial(ConvBnAct, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
         total_blocks = sum(s.repeats for s in stages)
         features: list[nn.Module] = [cba(3, round_channels(STEM_CHANNELS, width_mult), 3, 2)]
         block_id = 0
@@ -142,6 +182,13 @@ class EfficientNetFeatures(nn.Module):
             if i in FEATURE_STAGES:
                 out.append(x)
         return out
+
+    def fuse(self, image_size: Size) -> None:
+        """In place, for ``image_size`` (H, W) inputs: BN folded, static padding, fused activations."""
+        size = self.features[0].fuse(image_size)
+        for stage in list(self.features)[1:]:
+            for block in stage:
+                size = block.fuse(size)
 
 
 def efficientnet_features(name: str, drop_path_rate: float = 0.2, padding: str = "same",

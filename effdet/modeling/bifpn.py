@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effdet.layers import MaxPool2dDown, SeparableConv2d
+from effdet.modeling.fused import Size
+from effdet.modeling.layers import ConvBnAct, MaxPool2dDown, SeparableConv2d
 
 
 def bifpn_nodes(min_level: int, max_level: int) -> list[tuple[int, tuple[int, ...]]]:
@@ -39,10 +40,9 @@ def output_indices(min_level: int, max_level: int) -> list[int]:
     return [last[level] for level in range(min_level, max_level + 1)]
 
 
-def conv1x1_bn(in_channels: int, out_channels: int, bias: bool, bn_eps: float, bn_momentum: float) -> nn.Sequential:
-    """1x1 conv + BN that maps a backbone feature to the FPN width."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=bias),
-                         nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum))
+def conv1x1_bn(in_channels: int, out_channels: int, bias: bool, bn_eps: float, bn_momentum: float) -> ConvBnAct:
+    """1x1 conv + BN (no activation) that maps a backbone feature to the FPN width."""
+    return ConvBnAct(in_channels, out_channels, 1, bn_eps=bn_eps, bn_momentum=bn_momentum, act=None, bias=bias)
 
 
 class FusionNode(nn.Module):
@@ -66,6 +66,7 @@ class FusionNode(nn.Module):
         self.eps = eps
         if weight_method == "fastattn":
             self.edge_weights = nn.Parameter(torch.ones(len(input_levels)))
+        self.fused_weights: list[float] | None = None
         self.conv = SeparableConv2d(channels, channels, 3, bias=redundant_bias, padding=padding)
         self.bn = nn.BatchNorm2d(channels, eps=bn_eps, momentum=bn_momentum)
 
@@ -79,10 +80,12 @@ class FusionNode(nn.Module):
             x = self.downsample(x)
         return x
 
-    def fusion_weights(self) -> torch.Tensor | None:
-        """Normalised fusion weights (one per input), or None for a plain sum."""
+    def fusion_weights(self) -> torch.Tensor | list[float] | None:
+        """Normalised fusion weights (one per input), or None for a plain sum; constants once fused."""
         if self.weight_method != "fastattn":
             return None
+        if self.fused_weights is not None:
+            return self.fused_weights
         w = F.relu(self.edge_weights)
         return w / (w.sum() + self.eps)
 
@@ -94,6 +97,17 @@ class FusionNode(nn.Module):
         for i in range(1, len(xs)):
             out = out + (xs[i] * weights[i] if weights is not None else xs[i])
         return self.bn(self.conv(F.silu(out)))
+
+    def fuse(self, size: Size) -> None:
+        """In place, for an output of ``size``: BN folded into the pointwise conv, static padding,
+        fusion weights normalised once into constants."""
+        for conv in self.resample.values():
+            conv.fuse(size)  # 1x1, stride 1: no padding to fix
+        weights = self.fusion_weights()
+        if weights is not None:
+            self.fused_weights = [float(w) for w in weights.detach()]
+        self.conv.fuse(size, bn=self.bn)
+        self.bn = nn.Identity()
 
 
 class BiFpnCell(nn.Module):
@@ -122,6 +136,11 @@ class BiFpnCell(nn.Module):
         for (level, inputs), node in zip(self.nodes_spec, self.nodes):
             feats.append(node([feats[i] for i in inputs], sizes[level - self.min_level]))
         return [feats[i] for i in self.outputs]
+
+    def fuse(self, level_sizes: list[Size]) -> None:
+        """In place, for inputs of ``level_sizes`` (H, W per level, min..max)."""
+        for (level, _), node in zip(self.nodes_spec, self.nodes):
+            node.fuse(level_sizes[level - self.min_level])
 
 
 class BiFpn(nn.Module):
@@ -164,6 +183,16 @@ class BiFpn(nn.Module):
         for cell in self.cells:
             feats = cell(feats)
         return feats
+
+    def fuse(self, level_sizes: list[Size]) -> None:
+        """In place, for pyramid levels of ``level_sizes`` (H, W per level, min..max)."""
+        min_level = self.cells[0].min_level
+        for i, extra in enumerate(self.extra):  # level 6 + i, from level 5 + i
+            for m in extra:
+                if isinstance(m, ConvBnAct):
+                    m.fuse(level_sizes[5 + i - min_level])
+        for cell in self.cells:
+            cell.fuse(level_sizes)
 
 
 __all__ = ["BiFpn", "BiFpnCell", "FusionNode", "bifpn_nodes", "output_indices"]

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from effdet.anchors import encode_boxes
+from effdet.modeling.anchors import encode_boxes
 
 NEGATIVE = -1
 IGNORED = -2
@@ -72,7 +72,7 @@ class AnchorLabeler:
 
     Args:
         anchors: (M, 4) float32 xyxy anchors in network-input pixels, in the order of
-            ``effdet.anchors.generate_anchors`` / ``flatten_outputs``. Targets are computed on
+            ``effdet.modeling.anchors.generate_anchors`` / ``flatten_outputs``. Targets are computed on
             this tensor's device; inputs are moved there.
         match_threshold: IoU at or above which an anchor is positive.
         unmatched_threshold: IoU below which an anchor is negative; [unmatched, match) is ignored.

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torchvision.ops import box_convert
+
+from effdet.fileio import atomic_write
 
 BBOX_DECIMALS = 3
 """Box coordinates are rounded to 1/1000 pixel in results (smaller files, same AP)."""
@@ -72,17 +72,8 @@ def detections_to_coco(detections: Sequence[Mapping[str, torch.Tensor]], image_i
 def write_json(obj: Any, path: str | Path, indent: int | None = None) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically (temporary file in the same folder + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=indent)
     return path
 
 
