@@ -442,8 +442,8 @@ def _as_list_of_tensors(v, what):
 def cmd_loss(model_name, targets, out=None, anchors_out=None, num_classes=90, image_size=None,
              label_smoothing=0.0, legacy_focal=False, filter_valid=True, seed=0):
     _seed_all(seed)
-    from effdet.modeling.anchors import Anchors, AnchorLabeler
-    from effdet.modeling.loss import DetectionLoss
+    from effdet.anchors import Anchors, AnchorLabeler
+    from effdet.loss import DetectionLoss
     data = _load(targets)
     cls_outputs = [t.float() for t in data["cls_outputs"]]
     box_outputs = [t.float() for t in data["box_outputs"]]
