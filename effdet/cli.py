@@ -19,6 +19,7 @@ from effdet.config import ConfigError
 from effdet.data.coco import DatasetError
 from effdet.data.results import ResultsError
 from effdet.inference.run import InferenceError
+from effdet.modeling.postprocess import PostprocessSettings
 from effdet.weights.checkpoint import CheckpointError
 
 
@@ -61,6 +62,30 @@ def add_image_size_argument(parser: argparse.ArgumentParser, help_default: str =
                              f"(default {help_default})")
 
 
+def add_postprocess_arguments(parser: argparse.ArgumentParser, defaults: PostprocessSettings = PostprocessSettings(),
+                              soft_nms: bool = True, why: str = "") -> None:
+    """``--score-threshold --nms-iou --max-detections --max-candidates [--soft-nms]``, defaults from
+    ``defaults`` (the project's one set, or ``EVAL_SETTINGS`` for evaluation); ``why`` explains a
+    default that differs on purpose."""
+    parser.add_argument("--score-threshold", type=float, default=defaults.score_threshold,
+                        help=f"drop detections below this score (default: {defaults.score_threshold}{why})")
+    parser.add_argument("--nms-iou", type=float, default=defaults.nms_iou,
+                        help=f"NMS IoU threshold (default: {defaults.nms_iou})")
+    parser.add_argument("--max-detections", type=int, default=defaults.max_detections,
+                        help=f"per image (default: {defaults.max_detections})")
+    parser.add_argument("--max-candidates", type=int, default=defaults.max_candidates,
+                        help=f"top class scores kept before NMS (default: {defaults.max_candidates})")
+    if soft_nms:
+        parser.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS (sigma 0.5) instead of hard NMS")
+
+
+def postprocess_settings(args: argparse.Namespace) -> PostprocessSettings:
+    """The settings of :func:`add_postprocess_arguments`' flags."""
+    return PostprocessSettings(score_threshold=args.score_threshold, nms_iou=args.nms_iou,
+                               max_detections=args.max_detections, max_candidates=args.max_candidates,
+                               soft_nms=getattr(args, "soft_nms", False))
+
+
 def check_device(device: str | torch.device) -> torch.device:
     """``torch.device(device)``, with a :class:`DeviceError` for an unknown or absent device."""
     try:
@@ -73,5 +98,6 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-__all__ = ["DeviceError", "USER_ERRORS", "add_image_size_argument", "check_device", "parse_image_size",
+__all__ = ["DeviceError", "USER_ERRORS", "add_image_size_argument", "add_postprocess_arguments", "check_device",
+           "parse_image_size", "postprocess_settings",
            "plain_warnings"]

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from effdet.cli import USER_ERRORS, add_image_size_argument, check_device, plain_warnings
+from effdet.cli import (USER_ERRORS, add_image_size_argument, add_postprocess_arguments, check_device,
+                        plain_warnings, postprocess_settings)
 from effdet.config import resolve
 from effdet.data import CocoDetection, eval_transform
 from effdet.engine.evaluate import (SUMMARY_NAMES, checkpoint_category_ids, coco_stats, evaluate_coco,
@@ -32,7 +33,7 @@ from effdet.engine.evaluate import (SUMMARY_NAMES, checkpoint_category_ids, coco
 from effdet.data.results import read_results, write_json
 from effdet.factory import load_model
 from effdet.inference.run import InferenceError
-from effdet.modeling.postprocess import EVAL_SETTINGS, PostprocessSettings
+from effdet.modeling.postprocess import EVAL_SETTINGS
 from effdet.runtime import keep_freed_memory
 
 
@@ -45,14 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", help="image folder the annotation file's file_name entries are relative to")
     parser.add_argument("--output-json", help="where to write the metrics (default: next to the checkpoint)")
     parser.add_argument("--detections-json", help="also write the detections as COCO results JSON")
-    parser.add_argument("--score-threshold", type=float, default=EVAL_SETTINGS.score_threshold,
-                        help=f"default: {EVAL_SETTINGS.score_threshold} (the official COCO-eval threshold; lower "
-                             "than other tools' on purpose: AP counts low-scored true positives)")
-    parser.add_argument("--nms-iou", type=float, default=EVAL_SETTINGS.nms_iou,
-                        help=f"NMS IoU threshold (default: {EVAL_SETTINGS.nms_iou})")
-    parser.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS (sigma 0.5) instead of hard NMS")
-    parser.add_argument("--max-detections", type=int, default=EVAL_SETTINGS.max_detections,
-                        help=f"per image (default: {EVAL_SETTINGS.max_detections})")
+    add_postprocess_arguments(parser, EVAL_SETTINGS, why=": the official COCO-eval threshold, lower than the other "
+                              "tools' on purpose, since AP counts low-scored true positives")
     parser.add_argument("--flip", action="store_true", help="horizontal-flip test-time augmentation")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
@@ -89,8 +84,7 @@ def evaluate_weights(args: argparse.Namespace) -> dict[str, Any]:
                                                model.config.num_classes, dataset, str(args.weights))
     except ValueError as error:
         raise InferenceError(str(error)) from None
-    settings = PostprocessSettings(score_threshold=args.score_threshold, nms_iou=args.nms_iou,
-                                   soft_nms=args.soft_nms, max_detections=args.max_detections)
+    settings = postprocess_settings(args)
     metrics = evaluate_coco(model, dataset, args.batch_size, args.device, settings, args.workers, args.flip,
                             progress=not args.quiet, results_file=args.detections_json, category_ids=category_ids)
     metrics.update(model=model.config.name, image_size=list(size), settings=dataclasses.asdict(settings),

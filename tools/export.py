@@ -20,14 +20,13 @@ import time
 
 import torch
 
-from effdet.cli import USER_ERRORS, add_image_size_argument, plain_warnings
+from effdet.cli import USER_ERRORS, add_image_size_argument, add_postprocess_arguments, plain_warnings, postprocess_settings
 from effdet.config import resolve
 from effdet.data.images import read_image
 from effdet.data.letterbox import letterbox
 from effdet.export.onnx import DEFAULT_OPSET, DetectionGraph, ExportError, describe, export_onnx
 from effdet.factory import load_model
 from effdet.inference.predictor import optimize_for_inference
-from effdet.modeling.postprocess import PostprocessSettings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,14 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_image_size_argument(parser, "the checkpoint's")
     parser.add_argument("--input", choices=("uint8", "float"), default="uint8",
                         help="uint8 RGB with normalisation in the graph (default), or normalised float32")
-    defaults = PostprocessSettings()
-    parser.add_argument("--score-threshold", type=float, default=defaults.score_threshold,
-                        help=f"with --nms (default: {defaults.score_threshold})")
-    parser.add_argument("--nms-iou", type=float, default=defaults.nms_iou, help=f"with --nms (default: {defaults.nms_iou})")
-    parser.add_argument("--max-detections", type=int, default=defaults.max_detections,
-                        help=f"with --nms, per image (default: {defaults.max_detections})")
-    parser.add_argument("--max-candidates", type=int, default=defaults.max_candidates,
-                        help=f"top class scores kept before NMS (default: {defaults.max_candidates})")
+    add_postprocess_arguments(parser, soft_nms=False, why="; with --nms")
     parser.add_argument("--optimize", action="store_true",
                         help="export the fused network (BN folded into the convolutions, static padding)")
     parser.add_argument("--sample-image", help="image used for the ONNX Runtime check (default: random pixels)")
@@ -70,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
             size = resolve(model.config, image_size=args.image_size).image_size
         if args.optimize:
             model = optimize_for_inference(model, size, channels_last=False)
-        graph = DetectionGraph(model, size, nms=args.nms, input_format=args.input,
-                               score_threshold=args.score_threshold, nms_iou=args.nms_iou,
-                               max_detections=args.max_detections, max_candidates=args.max_candidates)
+        graph = DetectionGraph(model, size, nms=args.nms, input_format=args.input, settings=postprocess_settings(args))
         sample = None
         if args.sample_image:
             rgb = read_image(args.sample_image)

@@ -15,9 +15,9 @@ import argparse
 import sys
 import time
 
-from effdet.cli import USER_ERRORS, add_image_size_argument, check_device, plain_warnings
+from effdet.cli import (USER_ERRORS, add_image_size_argument, add_postprocess_arguments, check_device,
+                        plain_warnings, postprocess_settings)
 from effdet.inference.run import load_predictor, run_inference
-from effdet.modeling.postprocess import PostprocessSettings
 from effdet.runtime import keep_freed_memory
 
 
@@ -31,15 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-images", action="store_true", help="do not write annotated images")
     parser.add_argument("--json", help="also write COCO results JSON here")
     parser.add_argument("--ann", help="COCO annotation file to take image ids from (with --json)")
-    defaults = PostprocessSettings()
-    parser.add_argument("--score-threshold", type=float, default=defaults.score_threshold,
-                        help=f"drop detections below this score (default: {defaults.score_threshold}; "
-                             "use 0.001 for COCO evaluation)")
-    parser.add_argument("--nms-iou", type=float, default=defaults.nms_iou,
-                        help=f"NMS IoU threshold (default: {defaults.nms_iou})")
-    parser.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS (sigma 0.5) instead of hard NMS")
-    parser.add_argument("--max-detections", type=int, default=defaults.max_detections,
-                        help=f"per image (default: {defaults.max_detections})")
+    add_postprocess_arguments(parser, why="; use 0.001 for COCO evaluation")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     add_image_size_argument(parser)
@@ -57,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = PostprocessSettings(score_threshold=args.score_threshold, nms_iou=args.nms_iou, soft_nms=args.soft_nms,
-                                   max_detections=args.max_detections)
+    settings = postprocess_settings(args)
     start = time.perf_counter()
     try:
         predictor = load_predictor(args.weights, args.model, args.class_names, check_device(args.device), args.image_size,

@@ -96,7 +96,7 @@ class FusionNode(nn.Module):
         out = xs[0] * weights[0] if weights is not None else xs[0]
         for i in range(1, len(xs)):
             out = out + (xs[i] * weights[i] if weights is not None else xs[i])
-        return self.bn(self.conv(F.silu(out)))
+        return self.bn(self.conv(F.silu(out, inplace=True)))  # out is a fresh sum: safe in place
 
     def fuse(self, size: Size) -> None:
         """In place, for an output of ``size``: BN folded into the pointwise conv, static padding,
