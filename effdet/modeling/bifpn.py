@@ -93,9 +93,14 @@ class FusionNode(nn.Module):
         """``inputs`` N x C_i x H_i x W_i at their own levels; output N x C x size."""
         xs = [self._resample(i, x, size) for i, x in enumerate(inputs)]
         weights = self.fusion_weights()
-        out = xs[0] * weights[0] if weights is not None else xs[0]
-        for i in range(1, len(xs)):
-            out = out + (xs[i] * weights[i] if weights is not None else xs[i])
+        if isinstance(weights, list):  # fused: constant weights, one multiply-add per input
+            out = xs[0] * weights[0]
+            for x, w in zip(xs[1:], weights[1:]):
+                out.add_(x, alpha=w)
+        else:
+            out = xs[0] * weights[0] if weights is not None else xs[0]
+            for i in range(1, len(xs)):
+                out = out + (xs[i] * weights[i] if weights is not None else xs[i])
         return self.bn(self.conv(F.silu(out, inplace=True)))  # out is a fresh sum: safe in place
 
     def fuse(self, size: Size) -> None:

@@ -130,7 +130,7 @@ class FusedConv(nn.Module):
 
     ``forward(x, scale=None, residual=None)``: ``scale`` (N x C x 1 x 1) multiplies the input
     channels (a squeeze-excite gate before a 1x1 conv; at batch 1 folded into the weight instead
-    of scaling the map); ``residual`` (N x C' x H' x W') is added to the output (not with an
+    of scaling the map, above batch 1 applied to ``x`` in place); ``residual`` (N x C' x H' x W') is added to the output (not with an
     activation).
     """
 
@@ -175,7 +175,7 @@ class FusedConv(nn.Module):
                 residual: torch.Tensor | None = None) -> torch.Tensor:
         fold_scale = scale is not None and x.shape[0] == 1 and not _tracing()
         if scale is not None and not fold_scale:
-            x = x * scale
+            x = x.mul_(scale)  # in place: the input is the block's own intermediate (MBConv's expanded map)
         weight = self.weight * scale.reshape(1, -1, 1, 1) if fold_scale else None
         if (self.fused and x.device.type == "cpu" and x.dtype == torch.float32 and not _tracing()
                 and x.shape[-2] * x.shape[-1] >= FUSED_MIN_PIXELS * self.stride[0] * self.stride[1]):
