@@ -87,3 +87,12 @@ def test_tiny_end_to_end_run_writes_all_outputs(tmp_path: Path, capsys: pytest.C
     assert saved["model"]["num_classes"] == 4 and saved["train"]["epochs"] == 1
     # --resume of a finished run does nothing more and exits 0
     assert tool.main(["--resume", str(out), "--no-progress"]) == 0
+
+
+def test_image_size_flag_takes_the_other_tools_spelling() -> None:
+    tool = load_tool()
+    for value, expected in ((["256x384"], [256, 384]), (["256"], 256), (["384,640"], [384, 640])):
+        args = tool.build_parser().parse_args(["--image-size", *value])
+        assert tool.collect_overrides(args)["model.image_size"] == expected
+    with pytest.raises(tool.ConfigError, match="SIDE or HEIGHTxWIDTH"):
+        tool.collect_overrides(tool.build_parser().parse_args(["--image-size", "big"]))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from effdet.weights.checkpoint import CheckpointError
+from effdet.cli import parse_image_size
 from effdet.config import ConfigError, parse_overrides
 from effdet.data import DatasetError
 from effdet.engine.checkpointing import resume_path, resume_run_config
@@ -49,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-images", help="validation image folder")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--batch-size", type=int, help="images per batch per process (global = x processes)")
-    p.add_argument("--image-size", type=int, nargs="+", metavar="PX",
-                   help="network input size: one side or HEIGHT WIDTH (multiples of 128 for levels 3-7)")
+    p.add_argument("--image-size", nargs="+", metavar="PX",
+                   help="network input size: SIDE or HEIGHTxWIDTH as in the other tools (also HEIGHT WIDTH); "
+                        "multiples of 128 for levels 3-7")
     p.add_argument("--lr", type=float, help="peak learning rate (default: 0.08 per 64 images in the global batch)")
     p.add_argument("--workers", type=int, help="data-loading worker processes per training process")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -76,7 +78,14 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if flag == "image_size":
             if len(value) > 2:
                 raise ConfigError("--image-size takes one value (square) or two (HEIGHT WIDTH)")
-            value = value[0] if len(value) == 1 else list(value)
+            try:
+                sizes = [parse_image_size(v) for v in value]
+            except argparse.ArgumentTypeError as error:
+                raise ConfigError(f"--image-size: {error}") from None
+            if len(sizes) == 2:
+                value = [sizes[0][0], sizes[1][0]]
+            else:
+                value = sizes[0][0] if sizes[0][0] == sizes[0][1] else list(sizes[0])
         overrides[key] = value
     return overrides
 
