@@ -77,7 +77,7 @@ def load_predictor(weights: str | Path, model: str | None = None, class_names: s
         image_size: network input (h, w) or side; default the model's. Must be a multiple of
             2^max_level (128 for D0..D7).
         settings: post-processing; default the Predictor's (score threshold 0.05).
-        optimize: run :func:`effdet.modeling.fused.optimize_for_inference` (BN folding etc.).
+        optimize: run a fused copy (:func:`effdet.inference.predictor.optimize_for_inference`).
     """
     net, info = load_model(weights, model=model, device=device)
     cfg = net.config
