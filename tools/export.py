@@ -23,7 +23,7 @@ import torch
 from effdet.cli import USER_ERRORS, add_image_size_argument, add_postprocess_arguments, plain_warnings, postprocess_settings
 from effdet.config import resolve
 from effdet.data.images import read_image
-from effdet.data.letterbox import letterbox
+from effdet.data.letterbox import content_size, letterbox
 from effdet.export.onnx import DEFAULT_OPSET, DetectionGraph, ExportError, describe, export_onnx
 from effdet.factory import load_model
 from effdet.inference.predictor import optimize_for_inference
@@ -70,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
             images = torch.from_numpy(boxed).permute(2, 0, 1)[None].contiguous()
             if args.input == "float":
                 images = (images.float() - graph.mean) / graph.std
-            valid = torch.tensor([[min(rgb.shape[0] * scale, size[0]), min(rgb.shape[1] * scale, size[1])]],
-                                 dtype=torch.float32)
+            valid = torch.tensor([content_size(rgb.shape[:2], scale, size)], dtype=torch.float32)
             sample = (images, valid)
         metadata = dict(model=model.config.name, class_names=info.get("class_names"),
                         category_ids=info.get("category_ids"), source=str(args.weights))

@@ -59,6 +59,12 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, flo
     return out, scale
 
 
+def content_size(original: tuple[int, int], scale: float, frame: tuple[int, int]) -> tuple[float, float]:
+    """(h, w) of an ``original`` (H, W) image's content inside its letterboxed ``frame``: the
+    unpadded part that boxes are clipped to (``original * scale``, at most the frame)."""
+    return (min(original[0] * scale, frame[0]), min(original[1] * scale, frame[1]))
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """Turn uint8 RGB images into float32 network input: ``(x / 255 - mean) / std``.
 

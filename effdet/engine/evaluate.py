@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
+from effdet.data.letterbox import content_size
 from effdet.data.loader import collate
 from effdet.data.results import detections_to_coco, write_results
 from effdet.inference.predictor import detect_batch
@@ -89,8 +90,8 @@ def evaluate_coco(model: EfficientDet, dataset: Dataset, batch_size: int = 8, de
                 continue
             size = (images.shape[-2], images.shape[-1])
             scales = torch.tensor([t["scale"] for t in targets], dtype=torch.float32, device=device)
-            valid = torch.tensor([[min(t["orig_size"][0] * t["scale"], size[0]), min(t["orig_size"][1] * t["scale"],
-                                  size[1])] for t in targets], dtype=torch.float32, device=device)
+            valid = torch.tensor([content_size(t["orig_size"], t["scale"], size) for t in targets],
+                                 dtype=torch.float32, device=device)
             batch = images.to(device, non_blocking=True)
             detections = detect_batch(model, batch, valid, scales, settings, flip)
             ids = [int(t["image_id"]) for t in targets]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from effdet.data.images import read_image
-from effdet.data.letterbox import letterbox, normalize, to_rgb_array
+from effdet.data.letterbox import content_size, letterbox, normalize, to_rgb_array
 from effdet.factory import load_model
 from effdet.modeling.efficientdet import EfficientDet
 from effdet.modeling.postprocess import PostprocessSettings, postprocess
@@ -136,7 +136,7 @@ class Predictor:
             boxed, scale = letterbox(rgb, self.image_size)
             arrays.append(boxed)
             scales.append(scale)
-            valid.append((min(rgb.shape[0] * scale, self.image_size[0]), min(rgb.shape[1] * scale, self.image_size[1])))
+            valid.append(content_size(rgb.shape[:2], scale, self.image_size))
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
         return batch, torch.tensor(scales, dtype=torch.float64), torch.tensor(valid, dtype=torch.float32)
 

@@ -67,11 +67,6 @@ class AnchorGenerator:
         self.anchor_scale = anchor_scale
         self._cache: dict[tuple[tuple[int, int], str], torch.Tensor] = {}
 
-    @property
-    def num_anchors(self) -> int:
-        """Anchors per feature-map location."""
-        return self.num_scales * len(self.aspect_ratios)
-
     def __call__(self, image_size: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:
         """float32 (M, 4) xyxy anchors for an input of ``image_size`` (H, W), on ``device``."""
         size = (int(image_size[0]), int(image_size[1]))

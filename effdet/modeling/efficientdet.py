@@ -50,10 +50,6 @@ class EfficientDet(nn.Module):
             return self.heads(features)
         return self.class_net(features), self.box_net(features)
 
-    @property
-    def num_levels(self) -> int:
-        return self.anchors.max_level - self.anchors.min_level + 1
-
     def fuse(self, image_size: Size | int | None = None, channels_last: bool = True,
              stack_heads: bool = True) -> "EfficientDet":
         """Simplify the network in place for inference on ``image_size`` inputs; returns ``self``.
