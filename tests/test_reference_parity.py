@@ -60,18 +60,26 @@ def _check_parity(ref_name: str, size: int, tmp_path) -> None:
 
 
 def _assert_same_detections(det: dict, theirs: torch.Tensor) -> None:
-    """One-to-one match: label equal, score within 1e-4, box within 1e-3 px.
+    """One-to-one match: label equal, score within 1e-4, box within 1e-3 px + 2e-4 of its size.
 
     Matching (rather than comparing position by position) lets two detections whose scores are
     equal to float precision come out in either order, as top-k and NMS may order exact ties
-    differently; everything else must agree.
+    differently; everything else must agree. The size term is what the raw-output tolerance above
+    (1e-4 on each regression) allows after decoding (x = tx * wa + xa, w = exp(tw) * wa): on one CI
+    machine the reference's efficientdet_d1 widths came out up to 7e-5 relative apart from ours
+    (4.6e-3 px on a 62 px box) while the raw outputs passed; on this machine they agree to 1e-14.
     """
     assert torch.allclose(det["scores"], theirs[:, 4], atol=1e-4)  # same sorted scores
     free = torch.ones(len(theirs), dtype=torch.bool)
     for box, label, score in zip(det["boxes"], det["labels"], det["scores"]):
-        same = free & (theirs[:, 5].long() == label + 1) & ((theirs[:, 4] - score).abs() <= 1e-4) & \
-            ((theirs[:, :4] - box).abs().amax(1) <= 1e-3)
-        assert same.any(), f"no reference detection matches label {int(label)}, score {float(score):.6f}, {box}"
+        tol = 1e-3 + 2e-4 * float((box[2:] - box[:2]).max())
+        offset = (theirs[:, :4] - box).abs().amax(1)
+        same = free & (theirs[:, 5].long() == label + 1) & ((theirs[:, 4] - score).abs() <= 1e-4) & (offset <= tol)
+        nearest = theirs[offset.argmin()].tolist()
+        assert same.any(), (f"no reference detection matches label {int(label)}, score {float(score):.6f}, "
+                            f"box {box.tolist()} (tolerance {tol:.4f} px); nearest reference box "
+                            f"{nearest[:4]} score {nearest[4]:.6f} class {int(nearest[5]) - 1}, "
+                            f"{float(offset.min()):.4f} px off")
         free[torch.nonzero(same)[0, 0]] = False
 
 
