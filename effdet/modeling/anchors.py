@@ -17,13 +17,14 @@ _MAX_LOG_SIZE = math.log(1000.0 / 16)
 
 
 def anchor_shapes(num_scales: int, aspect_ratios: tuple[tuple[float, float], ...], anchor_scale: float,
-                  stride: int) -> torch.Tensor:
-    """(A, 2) widths and heights of the anchors at one level, octave-major."""
+                  stride: float | tuple[float, float]) -> torch.Tensor:
+    """(A, 2) widths and heights of the anchors at one level, octave-major; ``stride`` (y, x) or one."""
+    stride_y, stride_x = stride if isinstance(stride, tuple) else (stride, stride)
     sizes = []
     for octave in range(num_scales):
-        base = anchor_scale * stride * 2 ** (octave / num_scales)
+        scale = anchor_scale * 2 ** (octave / num_scales)
         for aw, ah in aspect_ratios:
-            sizes.append((base * aw, base * ah))
+            sizes.append((scale * stride_x * aw, scale * stride_y * ah))
     return torch.tensor(sizes, dtype=torch.float64)
 
 
@@ -32,17 +33,19 @@ def generate_anchors(image_size: tuple[int, int], min_level: int = 3, max_level:
                      anchor_scale: float = 4.0) -> torch.Tensor:
     """All anchors for an input of ``image_size`` (H, W): float32 (N, 4) xyxy pixels.
 
-    Per level l (stride 2^l), centres at ((x + 0.5) * stride, (y + 0.5) * stride) over a
-    ceil(H / stride) x ceil(W / stride) grid; sizes ``anchor_scale * stride * 2^(o / num_scales)``
+    Per level l, a ceil(H / 2^l) x ceil(W / 2^l) grid with strides (H / rows, W / cols): 2^l
+    when the side is a multiple of it, fractional otherwise (as in google/automl). Centres at
+    ((x + 0.5) * stride_x, (y + 0.5) * stride_y); sizes ``anchor_scale * stride * 2^(o / num_scales)``
     times each (w, h) aspect factor.
     """
     h, w = image_size
     per_level = []
     for level in range(min_level, max_level + 1):
-        stride = 2 ** level
-        shapes = anchor_shapes(num_scales, aspect_ratios, anchor_scale, stride)  # (A, 2)
-        ys = (torch.arange(math.ceil(h / stride), dtype=torch.float64) + 0.5) * stride
-        xs = (torch.arange(math.ceil(w / stride), dtype=torch.float64) + 0.5) * stride
+        rows, cols = math.ceil(h / 2 ** level), math.ceil(w / 2 ** level)
+        stride_y, stride_x = h / rows, w / cols
+        shapes = anchor_shapes(num_scales, aspect_ratios, anchor_scale, (stride_y, stride_x))  # (A, 2)
+        ys = (torch.arange(rows, dtype=torch.float64) + 0.5) * stride_y
+        xs = (torch.arange(cols, dtype=torch.float64) + 0.5) * stride_x
         cy, cx = torch.meshgrid(ys, xs, indexing="ij")
         centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2)  # (HW, 1, 2)
         half = shapes.reshape(1, -1, 2) / 2

@@ -1,7 +1,10 @@
-"""EfficientNet B0..B7 feature extractor returning C3, C4, C5.
+"""EfficientNet B0..B7 and EfficientNet-Lite0..4 feature extractors returning C3, C4, C5.
 
 The architecture is data: the B0 stage table and the per-model (width, depth) coefficients; the
-eight networks are computed from them. Blocks reuse torchvision's ``StochasticDepth``; the
+thirteen networks are computed from them. The Lite variants (google/automl
+``efficientnet_lite_builder``) change three things for mobile accelerators and quantisation:
+ReLU6 instead of SiLU, no squeeze-excite, and a fixed stem (32 channels) and head (1280), with
+the first and last stages' depths not scaled. Blocks reuse torchvision's ``StochasticDepth``; the
 convolutions are ours because torchvision has no TF "same" padding.
 Module names follow torchvision's EfficientNet (``features.<stage>.<block>.block.<i>``), so its
 ImageNet state dicts load directly.
@@ -55,7 +58,13 @@ SCALING: dict[str, tuple[float, float, int, float]] = {
     "efficientnet_b5": (1.6, 2.2, 456, 0.4),
     "efficientnet_b6": (1.8, 2.6, 528, 0.5),
     "efficientnet_b7": (2.0, 3.1, 600, 0.5),
+    "efficientnet_lite0": (1.0, 1.0, 224, 0.2),
+    "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
+    "efficientnet_lite2": (1.1, 1.2, 260, 0.3),
+    "efficientnet_lite3": (1.2, 1.4, 280, 0.3),
+    "efficientnet_lite4": (1.4, 1.8, 300, 0.3),
 }
+HEAD_CHANNELS = 1280  # the classifier's last 1x1 conv (B0 value; scaled by width except for Lite)
 
 # Stage indices (1-based, as in the table) whose outputs are C3 (stride 8), C4 (16), C5 (32).
 FEATURE_STAGES = (3, 5, 7)
@@ -74,11 +83,28 @@ def round_repeats(repeats: int, depth_mult: float) -> int:
     return int(math.ceil(depth_mult * repeats))
 
 
-def scaled_stages(width_mult: float, depth_mult: float) -> list[StageSpec]:
-    """The B0 table scaled by compound coefficients."""
-    return [StageSpec(s.expand_ratio, s.kernel, s.stride, round_channels(s.in_channels, width_mult),
-                      round_channels(s.out_channels, width_mult), round_repeats(s.repeats, depth_mult))
-            for s in B0_STAGES]
+def is_lite(name: str) -> bool:
+    """Whether a backbone name is an EfficientNet-Lite (ReLU6, no SE, fixed stem and head)."""
+    return name.startswith("efficientnet_lite")
+
+
+def scaled_stages(width_mult: float, depth_mult: float, lite: bool = False) -> list[StageSpec]:
+    """The B0 table scaled by compound coefficients.
+
+    ``lite``: the stem stays 32 channels (the first stage's input) and the first and last
+    stages keep their depth.
+    """
+    last = len(B0_STAGES) - 1
+    return [StageSpec(s.expand_ratio, s.kernel, s.stride,
+                      STEM_CHANNELS if lite and i == 0 else round_channels(s.in_channels, width_mult),
+                      round_channels(s.out_channels, width_mult),
+                      s.repeats if lite and i in (0, last) else round_repeats(s.repeats, depth_mult))
+            for i, s in enumerate(B0_STAGES)]
+
+
+def head_channels(name: str) -> int:
+    """Width of the classifier's last 1x1 conv: 1280 x width (1280 for Lite)."""
+    return HEAD_CHANNELS if is_lite(name) else round_channels(HEAD_CHANNELS, SCALING[name][0])
 
 
 class SqueezeExcite(nn.Module):
@@ -152,15 +178,19 @@ class EfficientNetFeatures(nn.Module):
     """EfficientNet trunk (no classifier head) returning [C3, C4, C5].
 
     Input N x 3 x H x W (normalised RGB); outputs with ``channels`` and ``strides`` (8, 16, 32).
+    ``lite``: the EfficientNet-Lite form (ReLU6, no squeeze-excite, fixed stem, first and last
+    stages unscaled in depth).
     """
 
     def __init__(self, width_mult: float, depth_mult: float, drop_path_rate: float = 0.2,
-                 padding: str = "same", bn_eps: float = 1e-3, bn_momentum: float = 0.01) -> None:
+                 padding: str = "same", bn_eps: float = 1e-3, bn_momentum: float = 0.01, lite: bool = False) -> None:
         super().__init__()
-        stages = scaled_stages(width_mult, depth_mult)
+        stages = scaled_stages(width_mult, depth_mult, lite)
+        act = "relu6" if lite else "silu"
+        self.act = act
         cba = partial(ConvBnAct, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
         total_blocks = sum(s.repeats for s in stages)
-        features: list[nn.Module] = [cba(3, round_channels(STEM_CHANNELS, width_mult), 3, 2)]
+        features: list[nn.Module] = [cba(3, stages[0].in_channels, 3, 2, act=act)]
         block_id = 0
         for spec in stages:
             blocks = []
@@ -168,7 +198,7 @@ class EfficientNetFeatures(nn.Module):
                 blocks.append(MBConv(
                     spec.in_channels if i == 0 else spec.out_channels, spec.out_channels, spec.expand_ratio,
                     spec.kernel, spec.stride if i == 0 else 1, drop_path_rate * block_id / total_blocks,
-                    padding, bn_eps, bn_momentum))
+                    padding, bn_eps, bn_momentum, act=act, se=not lite))
                 block_id += 1
             features.append(nn.Sequential(*blocks))
         self.features = nn.Sequential(*features)
@@ -193,6 +223,6 @@ class EfficientNetFeatures(nn.Module):
 
 def efficientnet_features(name: str, drop_path_rate: float = 0.2, padding: str = "same",
                           bn_eps: float = 1e-3, bn_momentum: float = 0.01) -> EfficientNetFeatures:
-    """EfficientNet-B0..B7 feature extractor by name (``efficientnet_b3``)."""
+    """EfficientNet-B0..B7 / Lite0..4 feature extractor by name (``efficientnet_b3``, ``efficientnet_lite0``)."""
     width, depth, _, _ = SCALING[name]
-    return EfficientNetFeatures(width, depth, drop_path_rate, padding, bn_eps, bn_momentum)
+    return EfficientNetFeatures(width, depth, drop_path_rate, padding, bn_eps, bn_momentum, lite=is_lite(name))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effdet.modeling.fused import Size
-from effdet.modeling.layers import ConvBnAct, MaxPool2dDown, SeparableConv2d
+from effdet.modeling.layers import ConvBnAct, MaxPool2dDown, SeparableConv2d, activation
 
 
 def bifpn_nodes(min_level: int, max_level: int) -> list[tuple[int, tuple[int, ...]]]:
@@ -46,7 +46,8 @@ def conv1x1_bn(in_channels: int, out_channels: int, bias: bool, bn_eps: float, b
 
 
 class FusionNode(nn.Module):
-    """One BiFPN node: resample inputs to the node's level, fuse, SiLU, separable conv, BN.
+    """One BiFPN node: resample inputs to the node's level, fuse, activation (SiLU; ReLU6 for
+    Lite), separable conv, BN.
 
     ``input_levels`` gives each input's level; ``input_channels`` its width (a 1x1 conv + BN maps
     inputs of another width, which happens for backbone features in the first cell).
@@ -55,7 +56,7 @@ class FusionNode(nn.Module):
 
     def __init__(self, level: int, input_levels: list[int], input_channels: list[int], channels: int,
                  weight_method: str, padding: str, redundant_bias: bool, bn_eps: float, bn_momentum: float,
-                 eps: float = 1e-4) -> None:
+                 eps: float = 1e-4, act: str = "silu") -> None:
         super().__init__()
         self.input_shifts = [lvl - level for lvl in input_levels]  # +1: from coarser, -1: from finer
         self.resample = nn.ModuleDict({
@@ -67,6 +68,7 @@ class FusionNode(nn.Module):
         if weight_method == "fastattn":
             self.edge_weights = nn.Parameter(torch.ones(len(input_levels)))
         self.fused_weights: list[float] | None = None
+        self.act = activation(act)
         self.conv = SeparableConv2d(channels, channels, 3, bias=redundant_bias, padding=padding)
         self.bn = nn.BatchNorm2d(channels, eps=bn_eps, momentum=bn_momentum)
 
@@ -101,7 +103,7 @@ class FusionNode(nn.Module):
             out = xs[0] * weights[0] if weights is not None else xs[0]
             for i in range(1, len(xs)):
                 out = out + (xs[i] * weights[i] if weights is not None else xs[i])
-        return self.bn(self.conv(F.silu(out, inplace=True)))  # out is a fresh sum: safe in place
+        return self.bn(self.conv(self.act(out)))  # in place: out is a fresh sum
 
     def fuse(self, size: Size) -> None:
         """In place, for an output of ``size``: BN folded into the pointwise conv, static padding,
@@ -119,7 +121,8 @@ class BiFpnCell(nn.Module):
     """One BiFPN layer: [P_min..P_max] -> [P_min..P_max] (same shapes, width ``channels``)."""
 
     def __init__(self, in_channels: list[int], channels: int, min_level: int, max_level: int,
-                 weight_method: str, padding: str, redundant_bias: bool, bn_eps: float, bn_momentum: float) -> None:
+                 weight_method: str, padding: str, redundant_bias: bool, bn_eps: float, bn_momentum: float,
+                 act: str = "silu") -> None:
         super().__init__()
         self.nodes_spec = bifpn_nodes(min_level, max_level)
         self.min_level = min_level
@@ -131,7 +134,7 @@ class BiFpnCell(nn.Module):
         for level, inputs in self.nodes_spec:
             self.nodes.append(FusionNode(
                 level, [feature_levels[i] for i in inputs], [feature_channels[i] for i in inputs], channels,
-                weight_method, padding, redundant_bias, bn_eps, bn_momentum))
+                weight_method, padding, redundant_bias, bn_eps, bn_momentum, act=act))
             feature_levels.append(level)
             feature_channels.append(channels)
 
@@ -158,7 +161,8 @@ class BiFpn(nn.Module):
 
     def __init__(self, in_channels: list[int], channels: int, num_cells: int, min_level: int = 3,
                  max_level: int = 7, weight_method: str = "fastattn", padding: str = "same",
-                 redundant_bias: bool = True, bn_eps: float = 1e-3, bn_momentum: float = 0.01) -> None:
+                 redundant_bias: bool = True, bn_eps: float = 1e-3, bn_momentum: float = 0.01,
+                 act: str = "silu") -> None:
         super().__init__()
         backbone_levels = list(range(3, 3 + len(in_channels)))
         self.used = [backbone_levels.index(level) for level in range(min_level, min(max_level, 5) + 1)]
@@ -177,7 +181,7 @@ class BiFpn(nn.Module):
         for i in range(num_cells):
             self.cells.append(BiFpnCell(level_channels if i == 0 else [channels] * len(level_channels), channels,
                                         min_level, max_level, weight_method, padding, redundant_bias, bn_eps,
-                                        bn_momentum))
+                                        bn_momentum, act))
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         feats = [features[i] for i in self.used]

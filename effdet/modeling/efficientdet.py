@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from effdet.config import EfficientDetConfig
+from effdet.config import IMAGENET_MEAN, IMAGENET_STD, EfficientDetConfig
 from effdet.modeling.anchors import AnchorGenerator
 from effdet.modeling.backbone import EfficientNetFeatures, efficientnet_features
 from effdet.modeling.bifpn import BiFpn
@@ -23,7 +23,9 @@ class EfficientDet(nn.Module):
     returns ``(class_logits, box_regressions)``: two lists over levels min..max of
     N x (A * num_classes) x H_l x W_l and N x (A * 4) x H_l x W_l tensors. Channel layout is
     anchor-major (channel = a * K + k); box regressions are (dx, dy, dw, dh) relative to
-    ``anchors(image_size)``, an :class:`~effdet.modeling.anchors.AnchorGenerator`.
+    ``anchors(image_size)``, an :class:`~effdet.modeling.anchors.AnchorGenerator`. ``mean`` and
+    ``std`` are the RGB statistics (0-1 scale) its input is normalised with
+    (``effdet.data.letterbox.normalize(images, model.mean, model.std)``).
 
     :meth:`fuse` simplifies the network in place for inference (and one input size); the same
     ``forward`` then computes the same outputs faster.
@@ -38,6 +40,8 @@ class EfficientDet(nn.Module):
         self.box_net: HeadNet | None = box_net
         self.anchors = anchors
         self.config = config  # descriptive only: the modules above are fully configured
+        self.mean = config.mean if config is not None else IMAGENET_MEAN
+        self.std = config.std if config is not None else IMAGENET_STD
         self.heads: StackedHeads | None = None  # the fused class + box heads (see fuse)
         self.fused_size: Size | None = None
         self.channels_last = False
@@ -115,7 +119,7 @@ def build_model(cfg: EfficientDetConfig) -> EfficientDet:
     backbone = efficientnet_features(cfg.backbone, drop_path_rate=cfg.drop_path_rate, padding=cfg.padding,
                                      bn_eps=cfg.backbone_bn_eps, bn_momentum=cfg.backbone_bn_momentum)
     norm = dict(padding=cfg.padding, redundant_bias=cfg.redundant_bias, bn_eps=cfg.bn_eps,
-                bn_momentum=cfg.bn_momentum)
+                bn_momentum=cfg.bn_momentum, act=cfg.act)
     fpn = BiFpn(backbone.channels, cfg.fpn_channels, cfg.fpn_cells, cfg.min_level, cfg.max_level,
                 weight_method=cfg.fpn_weight_method, **norm)
     head = dict(channels=cfg.fpn_channels, num_anchors=cfg.num_anchors, num_levels=cfg.num_levels,

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from effdet.modeling.fused import FusedConv, as_conv, fold_conv_bn, stack_convs, static_conv
-from effdet.modeling.layers import SeparableConv2d
+from effdet.modeling.layers import SeparableConv2d, activation
 
 
 class HeadNet(nn.Module):
-    """``repeats`` x (separable conv 3x3, BN, SiLU) then a separable-conv predictor.
+    """``repeats`` x (separable conv 3x3, BN, SiLU or ReLU6) then a separable-conv predictor.
 
     Convolutions are shared by all levels; each level has its own BN layers (``bns[level][i]``).
     Input: list of N x C x H_l x W_l. Output: list of N x (num_anchors * num_outputs) x H_l x W_l,
@@ -21,7 +21,7 @@ class HeadNet(nn.Module):
 
     def __init__(self, channels: int, num_outputs: int, num_anchors: int, num_levels: int, repeats: int,
                  padding: str = "same", redundant_bias: bool = True, bn_eps: float = 1e-3,
-                 bn_momentum: float = 0.01, prior_prob: float | None = None) -> None:
+                 bn_momentum: float = 0.01, prior_prob: float | None = None, act: str = "silu") -> None:
         super().__init__()
         self.num_outputs = num_outputs
         self.num_anchors = num_anchors
@@ -30,7 +30,8 @@ class HeadNet(nn.Module):
         self.bns = nn.ModuleList(
             nn.ModuleList(nn.BatchNorm2d(channels, eps=bn_eps, momentum=bn_momentum) for _ in range(repeats))
             for _ in range(num_levels))
-        self.act = nn.SiLU(inplace=True)
+        self.act_name = act
+        self.act = activation(act)
         self.predict = SeparableConv2d(channels, num_anchors * num_outputs, 3, bias=True, padding=padding)
         self.prior_prob = prior_prob
         self.reset_parameters()
@@ -60,16 +61,16 @@ class HeadNet(nn.Module):
         return outputs
 
     def fuse(self) -> None:
-        """In place, for inference: each level's BN (and the SiLU after it) folded into its own
+        """In place, for inference: each level's BN (and the activation after it) folded into its own
         copy of the shared pointwise convolution.
 
         ``forward`` runs unchanged: ``conv`` is then the depthwise convolution alone,
-        ``bns[level][i]`` the level's pointwise convolution with BN and SiLU folded in, ``act``
+        ``bns[level][i]`` the level's pointwise convolution with BN and activation folded in, ``act``
         the identity. No padding to fix: every head convolution has stride 1.
         """
         for level_bns in self.bns:
             for i, (conv, bn) in enumerate(zip(self.convs, level_bns)):
-                level_bns[i] = FusedConv(fold_conv_bn(conv.conv_pw, bn), "silu")
+                level_bns[i] = FusedConv(fold_conv_bn(conv.conv_pw, bn), self.act_name)
         for conv in self.convs:
             conv.conv_dw = FusedConv(static_conv(conv.conv_dw))
             conv.conv_pw = nn.Identity()
@@ -82,7 +83,7 @@ class StackedHeads(nn.Module):
 
     Their convolutions are stacked side by side (:func:`~effdet.modeling.fused.stack_convs`):
     per repeat one depthwise conv over 2C channels and, per level, one two-group pointwise conv
-    (SiLU fused): half as many convolution calls, each on twice the channels. Only the two
+    (activation fused): half as many convolution calls, each on twice the channels. Only the two
     predictors' pointwise convolutions, of different output widths, run apart, on their halves.
 
     Input: list over levels of N x C x H_l x W_l; output: (class outputs, box outputs), lists of
@@ -97,7 +98,7 @@ class StackedHeads(nn.Module):
         self.conv_dw = nn.ModuleList(FusedConv(stack_convs(as_conv(a.conv_dw), as_conv(b.conv_dw)))
                                      for a, b in zip(first.convs, second.convs))
         self.conv_pw = nn.ModuleList(
-            nn.ModuleList(FusedConv(stack_convs(as_conv(a), as_conv(b)), "silu") for a, b in zip(bns_a, bns_b))
+            nn.ModuleList(FusedConv(stack_convs(as_conv(a), as_conv(b)), first.act_name) for a, b in zip(bns_a, bns_b))
             for bns_a, bns_b in zip(first.bns, second.bns))
         self.predict_dw = FusedConv(stack_convs(as_conv(first.predict.conv_dw), as_conv(second.predict.conv_dw)))
         self.first_pw = first.predict.conv_pw
