@@ -112,7 +112,7 @@ def test_torchvision_backbone_weights(tmp_path) -> None:
     torch.save(torchvision.models.efficientnet_b1(weights=None).state_dict(), tmp_path / "b1.pth")
     with pytest.raises(CheckpointError, match="do not fit efficientnet_b0"):
         create_model("efficientdet_d0", image_size=128, backbone_weights=tmp_path / "b1.pth")
-    with pytest.raises(CheckpointError, match="neither a file nor a torchvision weights name"):
+    with pytest.raises(CheckpointError, match="neither a file, none, timm:NAME, pip:PACKAGE nor a torchvision weights name"):
         create_model("efficientdet_d0", image_size=128, backbone_weights="NoSuchWeights.X")
 
 

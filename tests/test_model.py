@@ -23,6 +23,11 @@ FACTS_PARAMS_M = {  # the table in EFFICIENTDET_FACTS.md, in millions
     "efficientdet_d4": 20.724, "efficientdet_d5": 33.653, "efficientdet_d6": 51.872, "efficientdet_d7": 51.872,
     "efficientdet_d7x": 77.147,
 }
+# The reference port's tf_efficientdet_lite* (90 classes): equal, not close.
+LITE_PARAMS = {
+    "efficientdet_lite0": 3_243_470, "efficientdet_lite1": 4_248_318, "efficientdet_lite2": 5_252_334,
+    "efficientdet_lite3": 8_350_862, "efficientdet_lite3x": 9_280_862, "efficientdet_lite4": 15_130_894,
+}
 SMALL_VARIANTS = ["efficientdet_d0", "efficientdet_d1", "efficientdet_d2", "efficientdet_d0_symmetric"]
 
 
@@ -36,6 +41,23 @@ def test_parameter_counts_match_reference(name: str) -> None:
     n = _count(name)
     assert abs(n / (FACTS_PARAMS_M[name] * 1e6) - 1) < 1e-3, n
     assert abs(n / REFERENCE_PARAMS[name] - 1) < 1e-3, n
+
+
+@pytest.mark.parametrize("name", list(LITE_PARAMS))
+def test_lite_parameter_counts_equal_reference(name: str) -> None:
+    assert _count(name) == LITE_PARAMS[name]
+
+
+def test_lite_architecture() -> None:
+    """ReLU6 everywhere, no squeeze-excite, stem 32 and the first/last stage depths unscaled."""
+    model = create_model("efficientdet_lite4")
+    acts = {type(m).__name__ for m in model.modules() if isinstance(m, (torch.nn.SiLU, torch.nn.ReLU6))}
+    assert acts == {"ReLU6"}
+    assert not any(type(m).__name__ == "SqueezeExcite" for m in model.modules())
+    features = model.backbone.features
+    assert features[0][0].out_channels == 32 and len(features[1]) == 1 and len(features[7]) == 1
+    assert len(features[4]) == 6  # 3 x 1.8 rounded up
+    assert model.mean == (0.5, 0.5, 0.5) and model.config.fpn_weight_method == "sum"
 
 
 def _small_input(name: str) -> tuple[int, int]:

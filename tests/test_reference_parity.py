@@ -18,8 +18,11 @@ from effdet.modeling.postprocess import PostprocessSettings
 from effdet.inference.predictor import Predictor
 from refport.env import require_reference, run_reference
 
-FAST = [("tf_efficientdet_d0", 256), ("efficientdet_d0", 256), ("tf_efficientdet_d7x", 256)]
-SLOW = [(f"tf_efficientdet_d{i}", 256) for i in range(1, 8)] + [("efficientdet_d1", 256)]
+# Lite0 at its own 320 px (P7 3x3: fractional anchor strides), Lite3 (anchor scale 4) in the default suite.
+FAST = [("tf_efficientdet_d0", 256), ("efficientdet_d0", 256), ("tf_efficientdet_d7x", 256),
+        ("tf_efficientdet_lite0", 320), ("tf_efficientdet_lite3", 256)]
+SLOW = [(f"tf_efficientdet_d{i}", 256) for i in range(1, 8)] + [("efficientdet_d1", 256)] + \
+    [(f"tf_efficientdet_lite{v}", 256) for v in ("1", "2", "3x", "4")]
 
 
 def _box_channels_to_ours(t: torch.Tensor) -> torch.Tensor:

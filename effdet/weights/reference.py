@@ -15,12 +15,14 @@ import torch
 
 from effdet.config import EfficientDetConfig, resolve
 from effdet.modeling.bifpn import bifpn_nodes
+from effdet.weights.backbones import to_our_names
 from effdet.weights.checkpoint import CheckpointError
 
 # Reference model name -> our variant name.
 REFERENCE_MODELS: dict[str, str] = {f"tf_efficientdet_d{i}": f"efficientdet_d{i}" for i in range(8)}
 REFERENCE_MODELS |= {"tf_efficientdet_d7x": "efficientdet_d7x", "efficientdet_d0": "efficientdet_d0_symmetric",
                      "efficientdet_d1": "efficientdet_d1_symmetric"}
+REFERENCE_MODELS |= {f"tf_efficientdet_lite{v}": f"efficientdet_lite{v}" for v in ("0", "1", "2", "3", "3x", "4")}
 
 # COCO category ids 1..90 (the 80 used ones named; the 10 unused ids keep a placeholder name).
 _COCO_NAMES = {
@@ -42,26 +44,6 @@ COCO90_CLASS_NAMES: list[str] = [_COCO_NAMES.get(i, f"unused-{i}") for i in COCO
 
 # (ty, tx, th, tw) -> (dx, dy, dw, dh): our coordinate k comes from the reference's _BOX_ORDER[k]
 _BOX_ORDER = (1, 0, 3, 2)
-
-_DS_BLOCK = {"conv_dw": "block.0.0", "bn1": "block.0.1", "se.conv_reduce": "block.1.fc1",
-             "se.conv_expand": "block.1.fc2", "conv_pw": "block.2.0", "bn2": "block.2.1"}
-_IR_BLOCK = {"conv_pw": "block.0.0", "bn1": "block.0.1", "conv_dw": "block.1.0", "bn2": "block.1.1",
-             "se.conv_reduce": "block.2.fc1", "se.conv_expand": "block.2.fc2", "conv_pwl": "block.3.0",
-             "bn3": "block.3.1"}
-
-
-def _rename_backbone(key: str) -> str:
-    if key.startswith("conv_stem."):
-        return "features.0.0." + key[len("conv_stem."):]
-    if key.startswith("bn1."):
-        return "features.0.1." + key[len("bn1."):]
-    m = re.fullmatch(r"blocks\.(\d+)\.(\d+)\.(.+)\.(\w+)", key)
-    if not m:
-        raise KeyError(key)
-    stage, block, module, tensor = int(m[1]), m[2], m[3], m[4]
-    table = _DS_BLOCK if stage == 0 else _IR_BLOCK
-    return f"features.{stage + 1}.{block}.{table[module]}.{tensor}"
-
 
 def _rename_fpn(key: str, nodes: list[tuple[int, tuple[int, ...]]], num_backbone_levels: int) -> str:
     m = re.fullmatch(r"resample\.(\d+)\.conv\.(conv|bn)\.(\w+)", key)
@@ -97,17 +79,24 @@ def _rename_head(key: str) -> str:
 
 
 def convert_reference_state_dict(state_dict: Mapping[str, torch.Tensor], min_level: int = 3,
-                                 max_level: int = 7) -> dict[str, torch.Tensor]:
-    """Reference-port EfficientDet state dict -> this project's keys and box-channel order."""
+                                 max_level: int = 7, backbone: str = "efficientnet_b0") -> dict[str, torch.Tensor]:
+    """Reference-port EfficientDet state dict -> this project's keys and box-channel order.
+
+    The backbone is timm's EfficientNet (renamed by :func:`effdet.weights.backbones.to_our_names`).
+    """
     nodes = bifpn_nodes(min_level, max_level)
     num_backbone_levels = min(max_level, 5) - min_level + 1
-    out: dict[str, torch.Tensor] = {}
+    trunk = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    out = {"backbone." + k: v for k, v in to_our_names(trunk, "timm", backbone).items()}
+    unknown = [k for k in out if not k.startswith("backbone.features.")]
+    if unknown:
+        raise ValueError(f"unexpected tensor {unknown[0]!r} in a reference-port state dict")
     for key, value in state_dict.items():
         part, _, rest = key.partition(".")
         try:
             if part == "backbone":
-                new = "backbone." + _rename_backbone(rest)
-            elif part == "fpn":
+                continue
+            if part == "fpn":
                 new = "fpn." + _rename_fpn(rest, nodes, num_backbone_levels)
             elif part in ("class_net", "box_net"):
                 new = f"{part}." + _rename_head(rest)
@@ -156,7 +145,7 @@ def convert_reference_checkpoint(state: Mapping[str, torch.Tensor], cfg: Efficie
                                  source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """:func:`convert_reference_state_dict` for ``cfg``'s levels, errors as :class:`CheckpointError`."""
     try:
-        return convert_reference_state_dict(state, cfg.min_level, cfg.max_level)
+        return convert_reference_state_dict(state, cfg.min_level, cfg.max_level, cfg.backbone)
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}; is it an EfficientDet checkpoint of the reference port?") from None
 
