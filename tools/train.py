@@ -25,7 +25,7 @@ from effdet.cli import parse_image_size
 from effdet.config import ConfigError, parse_overrides
 from effdet.data import DatasetError
 from effdet.engine.checkpointing import resume_path, resume_run_config
-from effdet.engine.train_config import load_run_config
+from effdet.engine.train_config import FREEZE_CHOICES, load_run_config
 from effdet.engine.trainer import Trainer, TrainingDiverged
 from effdet.runtime import keep_freed_memory
 
@@ -33,7 +33,8 @@ from effdet.runtime import keep_freed_memory
 FLAG_FIELDS = {"train_ann": "data.train_ann", "train_images": "data.train_images", "val_ann": "data.val_ann",
                "val_images": "data.val_images", "epochs": "train.epochs", "batch_size": "train.batch_size",
                "lr": "train.lr", "workers": "train.workers", "seed": "train.seed",
-               "image_size": "model.image_size"}
+               "image_size": "model.image_size", "freeze": "train.freeze", "freeze_epochs": "train.freeze_epochs",
+               "backbone_lr_mult": "train.backbone_lr_mult", "freeze_backbone_bn": "train.freeze_backbone_bn"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="initialise from a checkpoint (this project's, or a reference-port state "
                                      "dict); the class head is re-initialised if the class count differs")
     p.add_argument("--resume", help="continue an interrupted run: its last.pt or its output folder")
+    p.add_argument("--freeze", choices=FREEZE_CHOICES,
+                   help="keep these parts fixed (weights and BatchNorm statistics) for --freeze-epochs epochs "
+                        "or the whole run (default: none)")
+    p.add_argument("--freeze-epochs", type=int, metavar="N",
+                   help="with --freeze: keep the parts frozen for the first N epochs, then train everything "
+                        "(default: the whole run)")
+    p.add_argument("--backbone-lr-mult", type=float, metavar="X",
+                   help="backbone learning rate = scheduled LR x X, e.g. 0.1 for a pretrained backbone (default 1)")
+    p.add_argument("--freeze-backbone-bn", action="store_true", default=None,
+                   help="keep the backbone's BatchNorm layers in eval mode: their running statistics never "
+                        "update (their weights still train unless frozen)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="recipe overrides, e.g. train.epochs=3 model.fpn_channels=48 optimizer=adamw")

@@ -20,6 +20,7 @@ has it (``epochs=3``). Values are parsed as YAML (``scale_range=[0.5,1.5]``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,6 +31,7 @@ from effdet.fileio import atomic_write
 from effdet.config import ConfigError, EfficientDetConfig, from_dict, get_config, load_yaml, resolve
 
 OPTIMIZERS = ("sgd", "adamw")
+FREEZE_CHOICES = ("none", "backbone", "backbone+fpn")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,12 @@ class TrainConfig:
     ``lr_per_64 * global_batch / 64`` (linear scaling). The LR warms up linearly from
     ``peak * warmup_factor`` over ``warmup_epochs`` and then follows a cosine to
     ``peak * min_lr_ratio``, updated every iteration.
+
+    Fine-tuning: ``freeze`` keeps ``"backbone"`` or ``"backbone+fpn"`` fixed (weights and
+    BatchNorm statistics) for the first ``freeze_epochs`` epochs, or the whole run when null
+    (ignored with ``"none"``); the backbone's LR is the schedule's times ``backbone_lr_mult``;
+    ``freeze_backbone_bn`` keeps the backbone's BatchNorm layers in eval mode all run (running
+    statistics never update; their weights still train unless frozen).
     """
 
     epochs: int = 300
@@ -68,6 +76,10 @@ class TrainConfig:
     photometric: bool = False
     max_boxes: int = 100
     log_interval: int = 20
+    freeze: str = "none"
+    freeze_epochs: int | None = None
+    backbone_lr_mult: float = 1.0
+    freeze_backbone_bn: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -130,11 +142,21 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"train.scale_range must be [low, high] with 0 < low <= high, got {list(cfg.scale_range)}")
     if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
         raise ConfigError(f"train.eval_batch_size must be at least 1 or null, got {cfg.eval_batch_size}")
+    if cfg.freeze not in FREEZE_CHOICES:
+        raise ConfigError(f"train.freeze {cfg.freeze!r} must be one of {FREEZE_CHOICES} (the parts kept frozen)")
+    epochs = cfg.freeze_epochs
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
+        raise ConfigError(f"train.freeze_epochs must be a whole number >= 0 (epochs to keep train.freeze frozen) "
+                          f"or null (the whole run), got {epochs!r}")
+    mult = cfg.backbone_lr_mult
+    if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not 0 < mult < math.inf:
+        raise ConfigError(f"train.backbone_lr_mult must be a positive number (backbone LR = LR x this; "
+                          f"use train.freeze=backbone to keep it fixed), got {mult!r}")
     return cfg
 
 
 _FLOAT_FIELDS = ("lr", "lr_per_64", "warmup_epochs", "weight_decay", "momentum", "grad_clip", "ema_decay", "hflip",
-                 "warmup_factor", "min_lr_ratio")
+                 "warmup_factor", "min_lr_ratio", "backbone_lr_mult")
 
 
 def _build_section(cls: type, values: Mapping[str, Any], base: Any, source: str) -> Any:
@@ -245,5 +267,5 @@ def write_run_config(run: RunConfig, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["TrainConfig", "DataConfig", "RunConfig", "OPTIMIZERS", "load_run_config", "split_overrides",
-           "validate_train", "with_model", "write_run_config"]
+__all__ = ["TrainConfig", "DataConfig", "RunConfig", "OPTIMIZERS", "FREEZE_CHOICES", "load_run_config",
+           "split_overrides", "validate_train", "with_model", "write_run_config"]

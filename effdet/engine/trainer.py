@@ -10,6 +10,10 @@ Stops: Ctrl-C / SIGTERM end the run after the current step and save ``last.pt`` 
 step inside the epoch); ``Trainer(resume=...)`` continues exactly from there. A non-finite
 loss or gradient norm raises :class:`TrainingDiverged` before the weights change, and
 ``last.pt`` keeps the last good state.
+
+Fine-tuning (``train.freeze``, ``freeze_epochs``, ``backbone_lr_mult``, ``freeze_backbone_bn``): in the
+epochs it applies to, a frozen part gets no gradient and keeps its BatchNorm in eval mode, so it does
+not change at all; the backbone's optimizer groups run at the scheduled LR times ``backbone_lr_mult``.
 """
 
 from __future__ import annotations
@@ -31,9 +35,9 @@ from effdet.engine.checkpointing import (TrainState, read_training_checkpoint, r
 from effdet.engine.ema import ModelEma
 from effdet.engine.evaluate import evaluate_coco
 from effdet.engine.interrupt import StopSignals
-from effdet.engine.optim import WarmupCosine, build_optimizer, scaled_lr, set_lr
+from effdet.engine.optim import WarmupCosine, build_optimizer, load_optimizer_state, scaled_lr, set_lr
 from effdet.engine.setup import amp_settings, build_datasets, build_train_loader, build_train_model
-from effdet.engine.train_config import RunConfig, with_model, write_run_config
+from effdet.engine.train_config import RunConfig, TrainConfig, with_model, write_run_config
 from effdet.modeling.labeler import AnchorLabeler
 from effdet.data.letterbox import normalize
 from effdet.modeling.loss import DetectionLoss
@@ -105,7 +109,8 @@ class Trainer:
         self.schedule = WarmupCosine(peak, train.epochs * self.steps_per_epoch,
                                      round(train.warmup_epochs * self.steps_per_epoch), train.warmup_factor,
                                      train.min_lr_ratio)
-        self.optimizer = build_optimizer(self.model, train.optimizer, peak, train.weight_decay, train.momentum)
+        self.optimizer = build_optimizer(self.model, train.optimizer, peak, train.weight_decay, train.momentum,
+                                         backbone=self.model.backbone, backbone_lr_mult=train.backbone_lr_mult)
         self.use_amp, self.amp_dtype = amp_settings(train.amp, ctx.device)
         torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed input size: pick the fastest kernels
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
@@ -125,7 +130,7 @@ class Trainer:
         load_weights(self.model, ckpt["model"], source=str(path))
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict({"module": ckpt["ema"], "num_updates": ckpt.get("ema_updates", 0)})
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(self.optimizer, ckpt["optimizer"], self.model)
         if ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         state = TrainState.from_dict(ckpt["train_state"])
@@ -166,7 +171,7 @@ class Trainer:
         """Run the rest of the current epoch; False when stopped early by a signal."""
         state, train = self.state, self.run.train
         self.sampler.set_epoch(state.epoch, state.step_in_epoch)
-        self.net.train()
+        self._train_mode()
         bar = tqdm(total=self.steps_per_epoch, initial=state.step_in_epoch, unit="step", dynamic_ncols=True,
                    desc=f"epoch {state.epoch + 1}/{train.epochs}", disable=not (self.progress and self.ctx.is_main))
         start, images_seen = time.perf_counter(), 0
@@ -203,10 +208,39 @@ class Trainer:
             bar.close()
         return True
 
+    def _frozen_parts(self, epoch: int) -> list[torch.nn.Module]:
+        """The modules kept fixed in ``epoch`` (0-based): ``train.freeze`` while ``epoch < freeze_epochs``."""
+        train = self.run.train
+        if train.freeze == "none" or (train.freeze_epochs is not None and epoch >= train.freeze_epochs):
+            return []
+        return [self.model.backbone] if train.freeze == "backbone" else [self.model.backbone, self.model.fpn]
+
+    def _train_mode(self) -> None:
+        """Train mode for the current epoch; frozen parts get no gradient and their BatchNorm stays in eval mode.
+
+        A frozen part does not change at all (weights, BatchNorm statistics; the EMA copy follows).
+        Call after every ``train()`` of the network. DDP reduces the gradients of the parameters
+        that required them when it was built, so the wrapper is rebuilt when that set changes.
+        """
+        frozen = self._frozen_parts(self.state.epoch)
+        fixed = {id(p) for part in frozen for p in part.parameters()}
+        changed = [p for p in self.model.parameters() if p.requires_grad == (id(p) in fixed)]
+        for p in changed:
+            p.requires_grad_(id(p) not in fixed)
+        if changed and self.ctx.distributed:
+            self.net = D.wrap_model(self.model, self.ctx, sync_bn=False)  # BatchNorm was converted at the first wrap
+        if changed and not frozen and self.state.epoch > 0:
+            self._log(f"epoch {self.state.epoch + 1}: {self.run.train.freeze} unfrozen, all layers train from now")
+        self.net.train()
+        parts = frozen + ([self.model.backbone] if self.run.train.freeze_backbone_bn else [])
+        for module in (m for part in parts for m in part.modules()):
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
     def _step(self, images: torch.Tensor, targets: list[dict[str, Any]], lr: float) -> list[float]:
         """One optimizer step; returns [loss, class_loss, box_loss, grad_norm] as floats."""
         set_lr(self.optimizer, lr)
-        x = normalize(images.to(self.ctx.device, non_blocking=True))
+        x = normalize(images.to(self.ctx.device, non_blocking=True), self.model.mean, self.model.std)
         if self.run.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         labeled = self.labeler([t["boxes"] for t in targets], [t["labels"] for t in targets],
@@ -337,6 +371,8 @@ class Trainer:
                   f"{t.optimizer} peak LR {self.schedule.peak:.4g}, EMA {t.ema_decay or 'off'}, device {ctx.device}"
                   f"{', AMP ' + str(self.amp_dtype).replace('torch.', '') if self.use_amp else ''}. "
                   f"Outputs -> {self.output}")
+        if t.freeze != "none" or t.backbone_lr_mult != 1.0 or t.freeze_backbone_bn:
+            self._log(f"Fine-tuning: {finetune_summary(t)}")
 
     def _log(self, message: str) -> None:
         if self.ctx.is_main:
@@ -372,6 +408,19 @@ def min_batch_size(cfg: EfficientDetConfig) -> int:
     h, w = cfg.image_size
     stride = 2 ** cfg.max_level
     return 2 if math.ceil(h / stride) * math.ceil(w / stride) == 1 else 1
+
+
+def finetune_summary(train: TrainConfig) -> str:
+    """One line on the fine-tuning controls: what is frozen until when, the backbone LR, backbone BN."""
+    if train.freeze == "none" or train.freeze_epochs == 0:
+        freeze = "freeze: none"
+    elif train.freeze_epochs is None or train.freeze_epochs >= train.epochs:
+        freeze = f"freeze: {train.freeze} for the whole run"
+    else:
+        epochs = "epoch 1" if train.freeze_epochs == 1 else f"epochs 1-{train.freeze_epochs}"
+        freeze = f"freeze: {train.freeze} for {epochs}, all layers train from epoch {train.freeze_epochs + 1}"
+    bn = ", backbone BN frozen" if train.freeze_backbone_bn else ""
+    return f"{freeze}, backbone LR x{train.backbone_lr_mult:g}{bn}"
 
 
 def train(run: RunConfig, output: str | Path, **kwargs: Any) -> TrainResult:
