@@ -23,6 +23,9 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB, of x /
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
+RECIPE_WEIGHTS_KEY = "backbone_weights"  # recipe key of a model: section that is not a network field
+
+
 class ConfigError(ValueError):
     """A configuration value, file or override that cannot be used; the message says why."""
 
@@ -276,6 +279,7 @@ def resolve(name_or_path: str | Path | EfficientDetConfig, **overrides: Any) -> 
         data = load_yaml(name_or_path)
         data = dict(data.get("model", data))
         base = data.pop("base", None)
+        data.pop(RECIPE_WEIGHTS_KEY, None)  # a training recipe's backbone weights, not a network field
         try:
             cfg = replace(get_config(base) if base else EfficientDetConfig(), data)
         except ConfigError as e:

