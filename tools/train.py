@@ -27,7 +27,7 @@ from effdet.cli import parse_image_size
 from effdet.config import ConfigError, parse_overrides
 from effdet.data import DatasetError
 from effdet.engine.checkpointing import resume_path, resume_run_config
-from effdet.engine.train_config import FREEZE_CHOICES, load_run_config
+from effdet.engine.train_config import FREEZE_CHOICES, TRAIN_RECIPES, load_run_config
 from effdet.engine.trainer import Trainer, TrainingDiverged
 from effdet.runtime import keep_freed_memory
 
@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "or a run's config.yaml")
     src.add_argument("--model", help="model variant (efficientdet_d0 .. efficientdet_d7x) with default "
                                      "training settings; default: efficientdet_d0")
+    p.add_argument("--recipe", choices=sorted(TRAIN_RECIPES), default=None,
+                   help="training settings for --model: finetune (default; AdamW, mild jitter, short EMA: for "
+                        "your own data of hundreds to thousands of images) or coco (the official COCO recipe: "
+                        "SGD 0.08 per 64 images, scale jitter 0.1-2.0, EMA 0.9998, 300 epochs)")
     p.add_argument("--train-ann", help="training annotations (COCO JSON)")
     p.add_argument("--train-images", help="training image folder")
     p.add_argument("--val-ann", help="validation annotations (COCO JSON); mAP is computed on them")
@@ -117,15 +121,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = collect_overrides(args)
         if args.resume:
-            if args.config or args.model or args.weights or args.backbone_weights:
+            if args.config or args.model or args.weights or args.backbone_weights or args.recipe:
                 raise ConfigError("--resume continues a run with its stored config and weights; "
-                                  "drop --config / --model / --weights / --backbone-weights (use key=value overrides to change settings)")
+                                  "drop --config / --model / --recipe / --weights / --backbone-weights (use key=value overrides to change settings)")
             checkpoint = resume_path(args.resume)
             run = resume_run_config(checkpoint, overrides)
             output = Path(args.output) if args.output else checkpoint.parent
         else:
             checkpoint = None
-            run = load_run_config(args.config or args.model or "efficientdet_d0", overrides)
+            if args.config and args.recipe:
+                raise ConfigError("--recipe chooses the training settings for --model; a --config recipe has its own")
+            recipe = None if args.config else (args.recipe or "finetune")
+            run = load_run_config(args.config or args.model or "efficientdet_d0", overrides, recipe=recipe or "coco")
+            if recipe and main_rank:
+                print(f"training recipe: {recipe} (--recipe {'coco' if recipe == 'finetune' else 'finetune'} for the "
+                      f"{'official COCO' if recipe == 'finetune' else 'fine-tuning'} recipe)", file=sys.stderr)
             if run.backbone_weights is None and args.weights is None:
                 run = dataclasses.replace(run, backbone_weights=default_backbone_weights(run.model))
                 if main_rank:

@@ -89,6 +89,19 @@ class TrainConfig:
         return out
 
 
+# The training recipes a bare ``--model X`` can start from (a recipe YAML's train: section is
+# applied over "coco", the TrainConfig defaults). "finetune" is for a few hundred to a few
+# thousand images and tens of epochs, from ImageNet backbone weights or from scratch: AdamW at a
+# fixed LR, mild scale jitter, a short EMA, one warm-up epoch (values chosen by measurement; see
+# the README's "Training recipes").
+TRAIN_RECIPES: dict[str, TrainConfig] = {
+    "coco": TrainConfig(),
+    "finetune": TrainConfig(epochs=50, batch_size=8, lr=2e-3, optimizer="adamw", weight_decay=1e-2,
+                            warmup_epochs=1.0, min_lr_ratio=0.01, ema_decay=0.999, scale_range=(0.5, 1.5),
+                            workers=2),
+}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """COCO-format training and validation data: annotation JSON files and image folders."""
@@ -231,8 +244,11 @@ def split_overrides(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def load_run_config(source: str | Path | Mapping[str, Any] | None = None,
-                    overrides: Mapping[str, Any] | None = None) -> RunConfig:
+                    overrides: Mapping[str, Any] | None = None, recipe: str = "coco") -> RunConfig:
     """A :class:`RunConfig` from a recipe YAML, a variant name, a stored dict or defaults.
+
+    ``recipe`` names the :data:`TRAIN_RECIPES` entry a variant name (or ``None``) trains with;
+    YAML recipes and stored configs start from ``"coco"`` (the TrainConfig defaults).
 
     Args:
         source: a recipe YAML path (``model:``/``data:``/``train:`` sections; a YAML holding only
@@ -270,7 +286,10 @@ def load_run_config(source: str | Path | Mapping[str, Any] | None = None,
         raise ConfigError(f"{where}: unknown top-level key(s) {extra}; a recipe has sections model:, data:, train:")
     data_cfg = _build_section(DataConfig, data.get("data") or {}, DataConfig(), f"{where} data:")
     data_cfg = _build_section(DataConfig, parts["data"], data_cfg, "data override")
-    train_cfg = _build_section(TrainConfig, data.get("train") or {}, TrainConfig(), f"{where} train:")
+    if recipe not in TRAIN_RECIPES:
+        raise ConfigError(f"unknown training recipe {recipe!r}; choose one of {', '.join(TRAIN_RECIPES)}")
+    base_train = TRAIN_RECIPES[recipe] if not data else TrainConfig()
+    train_cfg = _build_section(TrainConfig, data.get("train") or {}, base_train, f"{where} train:")
     train_cfg = validate_train(_build_section(TrainConfig, parts["train"], train_cfg, "train override"))
     weights = weights if weights is not None else recipe_weights
     if weights is not None and not isinstance(weights, str):
@@ -294,5 +313,5 @@ def write_run_config(run: RunConfig, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["TrainConfig", "DataConfig", "RunConfig", "OPTIMIZERS", "FREEZE_CHOICES", "load_run_config",
+__all__ = ["TRAIN_RECIPES", "TrainConfig", "DataConfig", "RunConfig", "OPTIMIZERS", "FREEZE_CHOICES", "load_run_config",
            "split_overrides", "validate_train", "with_model", "write_run_config"]
