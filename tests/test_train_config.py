@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,19 @@ def test_unknown_key_in_recipe_file_names_the_file(tmp_path: Path) -> None:
     recipe.write_text("model:\n  base: efficientdet_d0\ntrain:\n  epoch: 3\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml train:.*unknown key\(s\) \['epoch'\]"):
         load_run_config(recipe)
+
+
+def test_training_recipes_for_a_bare_model() -> None:
+    from effdet.engine.train_config import TRAIN_RECIPES
+
+    assert load_run_config("efficientdet_lite0").train == TrainConfig()  # the Python API: official values
+    run = load_run_config("efficientdet_lite0", {"epochs": 3}, recipe="finetune")
+    assert run.train == dataclasses.replace(TRAIN_RECIPES["finetune"], epochs=3)
+    assert run.train.optimizer == "adamw" and run.train.scale_range == (0.5, 1.5)
+    with pytest.raises(ConfigError, match="unknown training recipe 'fast'"):
+        load_run_config("efficientdet_d0", recipe="fast")
+
+
+def test_coco_recipe_starts_from_tf_imagenet_weights() -> None:
+    run = load_run_config(CONFIGS / "train_coco.yaml")
+    assert run.backbone_weights == "timm:tf_efficientnet_b0.aa_in1k" and run.model.padding == "same"
