@@ -64,6 +64,9 @@ def create_classifier(name: str = "efficientnet_b0", num_classes: int = 1000,
     if weights is not None and str(weights).lower() != "none":
         fetched = weights if isinstance(weights, BackboneWeights) else fetch_backbone_weights(weights, name)
     padding = padding or (fetched.padding if fetched is not None and fetched.padding else "same")
+    if fetched is not None and fetched.padding == "symmetric":  # PyTorch-trained: PyTorch BN defaults
+        kwargs.setdefault("bn_eps", 1e-5)
+        kwargs.setdefault("bn_momentum", 0.1)
     model = EfficientNet(name, num_classes, padding=padding, **kwargs)
     if fetched is not None:
         head = fetched.state_dict.get("classifier.1.weight")
