@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from effdet.config import IMAGENET_MEAN, IMAGENET_STD
 from effdet.data.images import read_image
 from effdet.data.letterbox import content_size, letterbox, normalize, to_rgb_array
 from effdet.factory import load_model
@@ -49,6 +50,11 @@ def mirror_outputs(box_regressions: list[torch.Tensor], anchors: torch.Tensor, w
     return mirrored, torch.stack([width - x2, y1, width - x1, y2], dim=-1)
 
 
+def input_statistics(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a network's input is normalised with: an EfficientDet's own, else ImageNet's."""
+    return getattr(model, "mean", IMAGENET_MEAN), getattr(model, "std", IMAGENET_STD)
+
+
 @torch.inference_mode()
 def detect_batch(model: EfficientDet, images: torch.Tensor, valid_sizes: torch.Tensor | None = None,
                  scales: torch.Tensor | None = None, settings: PostprocessSettings = PostprocessSettings(),
@@ -66,7 +72,7 @@ def detect_batch(model: EfficientDet, images: torch.Tensor, valid_sizes: torch.T
     pooled *before* top-k and NMS (2M anchors), so NMS merges duplicates and a box found in only
     one view keeps its score.
     """
-    x = normalize(images, model.mean, model.std) if images.dtype == torch.uint8 else images
+    x = normalize(images, *input_statistics(model)) if images.dtype == torch.uint8 else images
     anchors = model.anchors(tuple(x.shape[-2:]), x.device)
     class_logits, box_regressions = model(x)
     if flip:
