@@ -148,9 +148,9 @@ def _read_marker(target: pathlib.Path) -> Optional[dict]:
         return None
 
 
-def _is_complete(target: pathlib.Path) -> bool:
+def _is_complete(target: pathlib.Path, requirements: tuple[str, ...] = REQUIREMENTS) -> bool:
     marker = _read_marker(target)
-    return marker is not None and list(marker.get("requirements", [])) == list(REQUIREMENTS)
+    return marker is not None and list(marker.get("requirements", [])) == list(requirements)
 
 
 def _looks_like_manual_install(target: pathlib.Path) -> bool:
@@ -164,8 +164,11 @@ def _tail(text: str, n: int = 4000) -> str:
     return text if len(text) <= n else "...\n" + text[-n:]
 
 
-def _pip_install(target: pathlib.Path) -> Optional[str]:
-    """Install REQUIREMENTS into ``target`` atomically.  Returns an error string or None."""
+def _pip_install(target: pathlib.Path, requirements: tuple[str, ...] = REQUIREMENTS,
+                 manual_install_ok: bool = True, dir_variable: str = "EFFDET_REFERENCE_DIR") -> Optional[str]:
+    """``pip install --no-deps --target`` ``requirements`` into ``target`` atomically (temp dir, marker,
+    rename).  Returns an error string or None.  ``manual_install_ok``: a hand-made reference install
+    without our marker is used as is; ``dir_variable`` names the folder override in messages."""
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +177,7 @@ def _pip_install(target: pathlib.Path) -> Optional[str]:
     lock_path = parent / f".{target.name}.lock"
     with _FileLock(lock_path):
         # another process may have finished the install while we waited for the lock
-        if _is_complete(target):
+        if _is_complete(target, requirements):
             return None
         if target.exists():
             if _read_marker(target) is not None:
@@ -182,21 +185,21 @@ def _pip_install(target: pathlib.Path) -> Optional[str]:
                 old = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
                 os.rename(target, old / "x")
                 shutil.rmtree(old, ignore_errors=True)
-            elif _looks_like_manual_install(target):
+            elif manual_install_ok and _looks_like_manual_install(target):
                 return None
             else:
                 try:
                     target.rmdir()  # only if empty; never delete foreign content
                 except OSError:
-                    return (f"{target} exists but is not a reference install made by this harness; "
-                            f"remove it or point EFFDET_REFERENCE_DIR elsewhere")
+                    return (f"{target} exists but is not an install made by this harness; "
+                            f"remove it or point {dir_variable} elsewhere")
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
         try:
             cmd = [
                 sys.executable, "-m", "pip", "install",
                 "--no-deps", "--no-input", "--disable-pip-version-check",
                 "--no-warn-script-location", "--timeout", "30", "--retries", "2",
-                "--target", str(tmp), *REQUIREMENTS,
+                "--target", str(tmp), *requirements,
             ]
             env = os.environ.copy()
             for var in ("PIP_TARGET", "PIP_PREFIX", "PIP_USER", "PIP_REQUIRE_VIRTUALENV"):
@@ -210,10 +213,10 @@ def _pip_install(target: pathlib.Path) -> Optional[str]:
             except OSError as e:
                 return f"cannot run pip: {e}"
             if proc.returncode != 0:
-                return (f"pip install of the reference failed (rc={proc.returncode}): "
-                        f"{' '.join(REQUIREMENTS)}\n{_tail(proc.stdout + proc.stderr, 1500)}")
+                return (f"pip install failed (rc={proc.returncode}): "
+                        f"{' '.join(requirements)}\n{_tail(proc.stdout + proc.stderr, 1500)}")
             marker = {
-                "requirements": list(REQUIREMENTS),
+                "requirements": list(requirements),
                 "python": sys.version.split()[0],
                 "installed_with": sys.executable,
             }

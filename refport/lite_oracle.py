@@ -29,18 +29,15 @@ Environment variables:
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import pathlib
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 from types import ModuleType
 from typing import Optional
 
-from refport.env import _FileLock, _tail
+from refport.env import _is_complete as _is_installed
+from refport.env import _pip_install
 
 __all__ = ["IMPORT_NAME", "ORACLE_VERSION", "REQUIREMENTS", "OracleUnavailable", "default_oracle_dir",
            "load_oracle", "oracle_dir", "oracle_required", "require_oracle", "skip_reason"]
@@ -49,8 +46,6 @@ ORACLE_VERSION = "0.1.0"
 REQUIREMENTS = (f"efficientnet-lite-pytorch=={ORACLE_VERSION}",)  # its only dependency, torch, is ours
 IMPORT_NAME = "efficientnet_lite_pytorch"
 
-_MARKER = ".effdet-lite-oracle.json"
-_PIP_TIMEOUT_S = 600
 
 
 class OracleUnavailable(RuntimeError):
@@ -71,60 +66,12 @@ def oracle_required() -> bool:
 
 
 def _is_complete(target: pathlib.Path) -> bool:
-    try:
-        marker = json.loads((target / _MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return list(marker.get("requirements", [])) == list(REQUIREMENTS) and (target / IMPORT_NAME).is_dir()
+    return _is_installed(target, REQUIREMENTS) and (target / IMPORT_NAME).is_dir()
 
 
 def _install(target: pathlib.Path) -> Optional[str]:
-    """pip-install REQUIREMENTS into ``target`` atomically (temp dir + rename). Returns an error or None."""
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return f"cannot create {parent}: {e}"
-    with _FileLock(parent / f".{target.name}.lock"):
-        if _is_complete(target):  # another process finished while we waited
-            return None
-        if target.exists():
-            if (target / _MARKER).exists():  # our install with other pins: replace it
-                old = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
-                os.rename(target, old / "x")
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                try:
-                    target.rmdir()  # only if empty; never delete foreign content
-                except OSError:
-                    return (f"{target} exists but is not an install made by this harness; remove it or "
-                            "point EFFDET_LITE_ORACLE_DIR elsewhere")
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-        try:
-            cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-input", "--disable-pip-version-check",
-                   "--no-warn-script-location", "--timeout", "30", "--retries", "2", "--target", str(tmp),
-                   *REQUIREMENTS]
-            env = {k: v for k, v in os.environ.items()
-                   if k not in ("PIP_TARGET", "PIP_PREFIX", "PIP_USER", "PIP_REQUIRE_VIRTUALENV")}
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, env=env,
-                                      cwd=str(parent))
-            except subprocess.TimeoutExpired:
-                return f"pip install timed out after {_PIP_TIMEOUT_S}s: {' '.join(cmd)}"
-            except OSError as e:
-                return f"cannot run pip: {e}"
-            if proc.returncode != 0:
-                return (f"pip install {' '.join(REQUIREMENTS)} failed (rc={proc.returncode})\n"
-                        f"{_tail(proc.stdout + proc.stderr, 1500)}")
-            marker = {"requirements": list(REQUIREMENTS), "python": sys.version.split()[0],
-                      "installed_with": sys.executable}
-            (tmp / _MARKER).write_text(json.dumps(marker, indent=1))
-            os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-            os.rename(tmp, target)  # atomic on the same filesystem
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return None
+    """pip-install REQUIREMENTS into ``target`` atomically, as the reference port is installed."""
+    return _pip_install(target, REQUIREMENTS, manual_install_ok=False, dir_variable="EFFDET_LITE_ORACLE_DIR")
 
 
 _STATE_LOCK = threading.Lock()
