@@ -274,6 +274,17 @@ def _complete(state: dict[str, torch.Tensor], target: nn.Module) -> dict[str, to
     return state | {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}
 
 
+def _load_checked(target: nn.Module, state: dict[str, torch.Tensor], fetched: BackboneWeights, name: str,
+                  padding: str | None) -> str:
+    """Shape-check ``state`` against ``target``, warn on a padding mismatch, load it; returns the source."""
+    state = _complete(state, target)
+    check_fit(target, state, fetched.source, name)
+    if padding is not None:
+        _warn_padding(fetched, padding)
+    target.load_state_dict(state)
+    return fetched.source
+
+
 def load_backbone_weights(backbone: nn.Module, weights: str | Path | BackboneWeights, backbone_name: str,
                           padding: str | None = None) -> str:
     """Load ImageNet weights into an :class:`~effdet.modeling.backbone.EfficientNetFeatures`.
@@ -285,12 +296,7 @@ def load_backbone_weights(backbone: nn.Module, weights: str | Path | BackboneWei
     num_stages = len(backbone.features)
     trunk = {k: v for k, v in fetched.state_dict.items()
              if k.startswith("features.") and int(k.split(".")[1]) < num_stages}
-    trunk = _complete(trunk, backbone)
-    check_fit(backbone, trunk, fetched.source, backbone_name)
-    if padding is not None:
-        _warn_padding(fetched, padding)
-    backbone.load_state_dict(trunk)
-    return fetched.source
+    return _load_checked(backbone, trunk, fetched, backbone_name, padding)
 
 
 def load_classifier_weights(model: nn.Module, weights: str | Path | BackboneWeights, backbone_name: str,
@@ -305,12 +311,7 @@ def load_classifier_weights(model: nn.Module, weights: str | Path | BackboneWeig
         own = model.state_dict()
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         state |= {k: v for k, v in own.items() if k.startswith("classifier.")}
-    state = _complete(state, model)
-    check_fit(model, state, fetched.source, backbone_name)
-    if padding is not None:
-        _warn_padding(fetched, padding)
-    model.load_state_dict(state)
-    return fetched.source
+    return _load_checked(model, state, fetched, backbone_name, padding)
 
 
 def default_backbone_weights(cfg: EfficientDetConfig) -> str:
