@@ -31,6 +31,43 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class PostprocessSettings:
+    """Post-processing settings; the defaults are the project's one set (score threshold 0.05,
+    5000 candidates, hard NMS IoU 0.5, 100 boxes). :data:`EVAL_SETTINGS` is the official
+    COCO-eval threshold 0.001, the one tool default that differs on purpose.
+
+    ``score_threshold`` drops candidates below it (the same detections as dropping them after
+    NMS, with less work). ``soft_nms`` selects Gaussian soft-NMS (``soft_nms_sigma``).
+    """
+
+    score_threshold: float = 0.05
+    max_candidates: int = 5000
+    nms_iou: float = 0.5
+    soft_nms: bool = False
+    soft_nms_sigma: float = 0.5
+    max_detections: int = 100
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0.0 <= self.score_threshold <= 1.0:
+            problems.append(f"score threshold must be in [0, 1] (scores are probabilities), got {self.score_threshold}")
+        if not 0.0 < self.nms_iou <= 1.0:
+            problems.append(f"NMS IoU must be in (0, 1], got {self.nms_iou}")
+        if self.max_detections < 1:
+            problems.append(f"max detections must be at least 1, got {self.max_detections}")
+        if self.max_candidates < 1:
+            problems.append(f"max candidates must be at least 1, got {self.max_candidates}")
+        if self.soft_nms_sigma <= 0:
+            problems.append(f"soft-NMS sigma must be positive, got {self.soft_nms_sigma}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+EVAL_SETTINGS = PostprocessSettings(score_threshold=0.001)
+"""The official COCO-eval post-processing: threshold 0.001, 5000 candidates, NMS 0.5, 100 boxes."""
+
+
+@dataclass(frozen=True)
 class EfficientDetConfig:
     """Everything that defines an EfficientDet network and its anchors.
 
@@ -309,6 +346,6 @@ def write_yaml(cfg: EfficientDetConfig, path: str | Path) -> None:
 
 
 __all__ = [
-    "ACTIVATIONS", "BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "ConfigError", "EfficientDetConfig", "MODEL_CONFIGS", "get_config", "model_names", "replace",
+    "ACTIVATIONS", "BACKBONES", "EVAL_SETTINGS", "PostprocessSettings", "IMAGENET_MEAN", "IMAGENET_STD", "ConfigError", "EfficientDetConfig", "MODEL_CONFIGS", "get_config", "model_names", "replace",
     "from_dict", "resolve", "parse_overrides", "load_yaml", "write_yaml", "validate",
 ]

@@ -1,4 +1,4 @@
-"""tools/benchmark.py and benchmarking: timing helpers, comparisons and a tiny end-to-end run."""
+"""effdet benchmark (effdet.cli.benchmark, benchmarking): timing helpers, comparisons and a tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarking import (ForwardTask, Measurement, PredictTask, TrainStepTask, make_jpegs, make_train_batch,
-                              peak_memory, time_calls)
+import effdet.cli.benchmark as bench_tool
+from effdet.cli.benchmarking import (ForwardTask, Measurement, PredictTask, TrainStepTask, make_jpegs,
+                                     make_train_batch, peak_memory, time_calls)
+from effdet.cli.main import main as effdet_main
 from effdet.factory import create_model
 from effdet.inference.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import benchmark as bench_tool  # noqa: E402  (tools/benchmark.py)
 
 TINY_OVERRIDES = ["num_classes=3", "fpn_channels=16", "fpn_cells=1", "head_repeats=1"]
 
@@ -118,7 +118,7 @@ def test_tasks_run(tmp_path: Path) -> None:
 
 def test_cli_tiny_run_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
-    rc = bench_tool.main(["--threads", "1", "--image-size", "128", "--runs", "2", "--rounds", "2", "--warmup", "1",
+    rc = effdet_main(["benchmark", "--threads", "1", "--image-size", "128", "--runs", "2", "--rounds", "2", "--warmup", "1",
                           "--tasks", "forward,throughput,predict,train", "--batch-size", "2",
                           "--train-batch-size", "2", "--work-dir", str(tmp_path / "work"), "--json", str(out),
                           *TINY_OVERRIDES])
@@ -134,10 +134,10 @@ def test_cli_tiny_run_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture)
 
 
 def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
-    assert bench_tool.main(["--tasks", "forward", "no_such_key=1"]) == 2
+    assert effdet_main(["benchmark", "--tasks", "forward", "no_such_key=1"]) == 2
     assert "unknown model config key" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="unknown task"):
-        bench_tool.main(["--tasks", "fly", *TINY_OVERRIDES, "--image-size", "128"])
+        effdet_main(["benchmark", "--tasks", "fly", *TINY_OVERRIDES, "--image-size", "128"])
 
 
 @pytest.mark.slow
@@ -148,7 +148,7 @@ def test_compare_reference_tiny(tmp_path: Path) -> None:
 
     require_reference()
     out = tmp_path / "bench.json"
-    rc = bench_tool.main(["--threads", "1", "--image-size", "128", "--runs", "2", "--rounds", "2", "--warmup", "1",
+    rc = effdet_main(["benchmark", "--threads", "1", "--image-size", "128", "--runs", "2", "--rounds", "2", "--warmup", "1",
                           "--tasks", "forward,predict,train", "--train-batch-size", "2", "--compare-reference",
                           "--no-eager", "--reference-keep-freed-memory", "--json", str(out)])
     assert rc == 0

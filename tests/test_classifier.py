@@ -17,7 +17,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from classify import classifier_input, main
+from effdet.cli.classify import classifier_input
+from effdet.cli.main import main as effdet_main
 from effdet.factory import create_classifier
 from effdet.weights.checkpoint import CheckpointError
 from refport.lite_oracle import require_oracle
@@ -136,7 +137,7 @@ def test_classify_tool_prints_a_cat(tmp_path, capsys, weights_file) -> None:
     image, bad = tmp_path / "chelsea.png", tmp_path / "broken.jpg"
     Image.fromarray(data.chelsea()).save(image)
     bad.write_bytes(b"not an image")
-    assert main([str(image), str(bad), "--weights", LITE0, "--top", "3"]) == 0  # the readable one is classified
+    assert effdet_main(["classify", str(image), str(bad), "--weights", LITE0, "--top", "3"]) == 0  # the readable one is classified
     out, err = capsys.readouterr()
     assert "broken.jpg" in err and "skipped" in err and "Traceback" not in err
     lines = out.splitlines()
@@ -151,10 +152,10 @@ def test_classify_tool_prints_a_cat(tmp_path, capsys, weights_file) -> None:
 def test_classify_tool_bad_inputs(tmp_path, capsys, weights_file) -> None:
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    assert main([str(bad), str(tmp_path / "missing.png"), "--weights", LITE0]) == 2
+    assert effdet_main(["classify", str(bad), str(tmp_path / "missing.png"), "--weights", LITE0]) == 2
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "missing.png" in err and "none of the 2 image file(s)" in err
     assert "Traceback" not in err
-    assert main([str(bad), "--weights", str(tmp_path / "nosuch.pth")]) == 2
+    assert effdet_main(["classify", str(bad), "--weights", str(tmp_path / "nosuch.pth")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "nosuch.pth" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("effdet classify: error: ") and "nosuch.pth" in err and len(err.strip().splitlines()) == 1

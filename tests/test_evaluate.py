@@ -272,6 +272,6 @@ def test_eval_tool(demo: CocoDetection, tmp_path: Path, capsys: pytest.CaptureFi
     capsys.readouterr()
     assert _eval_tool().main(["--weights", str(other), *common]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "do not match the annotation file's categories" in err
+    assert err.startswith("effdet val: error: ") and "do not match the annotation file's categories" in err
     assert _eval_tool().main(["--weights", str(tmp_path / "missing.pt"), *common]) == 2
     assert "missing.pt does not exist" in capsys.readouterr().err

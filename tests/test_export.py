@@ -145,4 +145,4 @@ def test_export_tool(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert not list(tmp_path.glob(".m.onnx*"))  # no temporary files left
     assert _tool().main(["--weights", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "missing.pt does not exist" in err and not (tmp_path / "x.onnx").exists()
+    assert err.startswith("effdet export: error: ") and "missing.pt does not exist" in err and not (tmp_path / "x.onnx").exists()

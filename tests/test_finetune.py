@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 from pathlib import Path
@@ -12,6 +11,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from effdet.cli.main import parse
+from effdet.cli.train import collect_overrides
 from effdet.config import ConfigError
 from effdet.data import make_synthetic_coco
 from effdet.engine.optim import build_optimizer, load_optimizer_state, param_groups, set_lr
@@ -20,7 +21,6 @@ from effdet.engine.trainer import Trainer
 from effdet.factory import create_model
 
 TINY = {"image_size": 128, "fpn_channels": 16, "fpn_cells": 1, "head_repeats": 1}
-TRAIN_TOOL = Path(__file__).resolve().parents[1] / "tools" / "train.py"
 
 
 @pytest.fixture(scope="module")
@@ -267,29 +267,21 @@ def test_invalid_fine_tuning_fields_are_config_errors(overrides: dict, message: 
         load_run_config("efficientdet_d0", overrides)
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("train_tool", TRAIN_TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_flags_map_to_the_recipe_fields() -> None:
-    tool = load_tool()
-    args = tool.build_parser().parse_args(["--freeze", "backbone+fpn", "--freeze-epochs", "2",
+    args = parse(["train", "--freeze", "backbone+fpn", "--freeze-epochs", "2",
                                            "--backbone-lr-mult", "0.1", "--freeze-backbone-bn"])
-    overrides = tool.collect_overrides(args)
+    overrides = collect_overrides(args)
     assert {k: v for k, v in overrides.items() if k.startswith("train.")} == {
         "train.freeze": "backbone+fpn", "train.freeze_epochs": 2, "train.backbone_lr_mult": 0.1,
         "train.freeze_backbone_bn": True}
     train = load_run_config("efficientdet_d0", overrides).train
     assert (train.freeze, train.freeze_epochs, train.backbone_lr_mult, train.freeze_backbone_bn) == \
         ("backbone+fpn", 2, 0.1, True)
-    unset = tool.collect_overrides(tool.build_parser().parse_args([]))  # a recipe's values are kept
+    unset = collect_overrides(parse(["train"]))  # a recipe's values are kept
     assert not {"train.freeze", "train.freeze_epochs", "train.backbone_lr_mult",
                 "train.freeze_backbone_bn"} & set(unset)
     with pytest.raises(SystemExit):
-        tool.build_parser().parse_args(["--freeze", "heads"])
+        parse(["train", "--freeze", "heads"])
 
 
 # ------------------------------------------------------------------ DDP

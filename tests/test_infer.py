@@ -18,6 +18,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from effdet import create_model
+from effdet.data.images import OUTPUT_MARKER
 from effdet.weights.checkpoint import save_checkpoint
 from effdet.inference.run import output_names, read_class_names
 
@@ -99,7 +100,7 @@ def test_every_image_kind_and_broken_files(weights: Path, image_dir: Path, tmp_p
     skipped = " ".join(str(w.message) for w in caught)
     assert "text.jpg" in skipped and "truncated.png" in skipped
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == sorted(GOOD)
+    assert written == sorted([*GOOD, OUTPUT_MARKER])  # the marker: later folder searches skip this output
     assert Image.open(out / "sub" / "rotated.jpg").size == (60, 100)  # EXIF rotation applied (w, h)
     assert Image.open(out / "deep16.png").mode == "RGB"
     entries = json.loads(results.read_text())
@@ -164,7 +165,7 @@ def test_user_errors_exit_2(weights: Path, image_dir: Path, tmp_path: Path, caps
     filled = [a.format(tmp=tmp_path, images=image_dir, weights=weights) for a in args]
     assert load_tool(INFER).main([*filled, "--output", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err
+    assert err.startswith("effdet predict: error: ") and message in err
 
 
 def test_cli_missing_weights_no_traceback(tmp_path: Path) -> None:

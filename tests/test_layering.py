@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "effdet"
 
 # layer of each top-level part; a module may import only parts of its own layer or lower ones
 LAYERS = {"config": 0, "fileio": 0, "runtime": 0, "data": 0, "modeling": 1, "weights": 2, "factory": 3,
-          "inference": 4, "engine": 5, "export": 5, "cli": 6, "__init__": 7}
+          "inference": 4, "engine": 5, "export": 5, "cli": 6, "__init__": 7, "__main__": 7}
 
 
 def _part(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""tools/train.py: argument handling, clear errors (exit code 2, no traceback), a tiny end-to-end run."""
+"""effdet train (and its alias tools/train.py): argument handling, clear errors (exit code 2, no traceback), a tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from effdet.cli.main import main as effdet_main, parse
+from effdet.cli.train import collect_overrides
+from effdet.config import ConfigError
 from effdet.data import make_synthetic_coco
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,19 +57,15 @@ def test_missing_annotation_file_is_a_clear_error(tmp_path: Path) -> None:
 ])
 def test_usage_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                args: list[str], message: str) -> None:
-    tool = load_tool()
-    with pytest.raises(SystemExit) as exit_info:
-        tool.main(["--output", str(tmp_path / "out"), *args])
-    assert exit_info.value.code == 2
+    assert effdet_main(["train", "--output", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
 
 def test_flags_become_overrides() -> None:
-    tool = load_tool()
-    args = tool.build_parser().parse_args(["--epochs", "3", "--image-size", "256", "384", "--lr", "0.01",
-                                           "--train-ann", "a.json", "optimizer=adamw", "train.epochs=9"])
-    overrides = tool.collect_overrides(args)
+    args = parse(["train", "--epochs", "3", "--image-size", "256", "384", "--lr", "0.01",
+                  "--train-ann", "a.json", "optimizer=adamw", "train.epochs=9"])
+    overrides = collect_overrides(args)
     assert overrides == {"optimizer": "adamw", "train.epochs": 3, "model.image_size": [256, 384],
                          "train.lr": 0.01, "data.train_ann": "a.json"}
 
@@ -95,9 +94,8 @@ def test_tiny_end_to_end_run_writes_all_outputs(tmp_path: Path, capsys: pytest.C
 
 
 def test_image_size_flag_takes_the_other_tools_spelling() -> None:
-    tool = load_tool()
     for value, expected in ((["256x384"], [256, 384]), (["256"], 256), (["384,640"], [384, 640])):
-        args = tool.build_parser().parse_args(["--image-size", *value])
-        assert tool.collect_overrides(args)["model.image_size"] == expected
-    with pytest.raises(tool.ConfigError, match="SIDE or HEIGHTxWIDTH"):
-        tool.collect_overrides(tool.build_parser().parse_args(["--image-size", "big"]))
+        args = parse(["train", "--image-size", *value])
+        assert collect_overrides(args)["model.image_size"] == expected
+    with pytest.raises(ConfigError, match="SIDE or HEIGHTxWIDTH"):
+        collect_overrides(parse(["train", "--image-size", "big"]))

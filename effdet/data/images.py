@@ -66,13 +66,21 @@ def read_image(path: str | Path) -> np.ndarray:
         ) from error
 
 
+OUTPUT_MARKER = ".effdet-output"
+"""File that marks a folder of annotated images written by ``effdet predict``: a folder search
+never descends into one, so an output folder placed inside an input folder is not read back as
+input by the next run."""
+
+
 def find_images(sources: Iterable[str | Path]) -> list[Path]:
     """Collect image files from files, folders (searched recursively) and glob patterns.
 
     Args:
         sources: file paths (taken as given, whatever their suffix), folders and glob
             patterns such as ``"photos/**/*.jpg"``. Folders and patterns contribute only
-            files whose suffix is in ``IMAGE_EXTENSIONS`` (case-insensitive).
+            files whose suffix is in ``IMAGE_EXTENSIONS`` (case-insensitive), and never files
+            inside a prediction output folder (one holding :data:`OUTPUT_MARKER`) below the
+            folder or pattern base given.
 
     Returns:
         Sorted list of paths with duplicates (same resolved file) removed.
@@ -88,10 +96,10 @@ def find_images(sources: Iterable[str | Path]) -> list[Path]:
         if path.is_file():
             candidates = [path]
         elif path.is_dir():
-            candidates = [p for p in path.rglob("*") if _is_image_file(p)]
+            candidates = [p for p in path.rglob("*") if _is_image_file(p) and not _in_output(p, path)]
         else:
             matches = [Path(p) for p in glob.glob(source, recursive=True)]
-            candidates = [p for p in matches if _is_image_file(p)]
+            candidates = [p for p in matches if _is_image_file(p) and not _in_output(p, _glob_base(source))]
             if not matches:
                 raise FileNotFoundError(
                     f"{source!r} is not an existing file or folder and matches no files as a glob pattern"
@@ -99,6 +107,28 @@ def find_images(sources: Iterable[str | Path]) -> list[Path]:
         for candidate in candidates:
             found.setdefault(candidate.resolve(), candidate)
     return sorted(found.values(), key=str)
+
+
+def _glob_base(pattern: str) -> Path:
+    """The leading folders of a glob pattern, up to the first part with a wildcard."""
+    base = []
+    for part in Path(pattern).parts:
+        if glob.has_magic(part):
+            break
+        base.append(part)
+    return Path(*base) if base else Path(".")
+
+
+def _in_output(path: Path, root: str | Path) -> bool:
+    """Whether a folder between ``root`` (exclusive: asked for explicitly) and ``path`` is a
+    prediction output folder."""
+    root = Path(root).resolve()
+    for parent in path.resolve().parents:
+        if parent == root or root not in parent.parents:
+            return False
+        if (parent / OUTPUT_MARKER).is_file():
+            return True
+    return False
 
 
 def _is_image_file(path: Path) -> bool:

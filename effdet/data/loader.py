@@ -9,8 +9,10 @@ be smaller than ``batch_size``, or even empty (0 x 3 x 0 x 0 images, no targets)
 from __future__ import annotations
 
 import random
+import signal
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -43,8 +45,21 @@ def collate(batch: Sequence[Sample | None]) -> tuple[torch.Tensor, list[dict[str
     return images, [target for _, target in samples], skipped
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy and ``random`` from the worker's torch seed."""
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn`` of every loader in the project.
+
+    * Seeds numpy and ``random`` from the worker's torch seed (reproducible augmentation).
+    * One thread each for PyTorch and OpenCV: W workers with their own thread pools next to the
+      main process's would oversubscribe the cores (a training step ran 3.7x slower that way).
+    * Ignores SIGINT and SIGTERM. Ctrl-C, ``timeout``, systemd, Slurm and Kubernetes signal the
+      whole process group; the main process alone decides how to stop (it saves ``last.pt`` at the
+      current step) and shuts its workers down itself. A worker that died of the signal would
+      instead end the main process with "DataLoader worker ... killed by signal".
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -4,16 +4,32 @@ Training (``effdet.engine.trainer``): ``load_run_config`` reads a recipe YAML (`
 ``data:``, ``train:`` sections) with ``key=value`` overrides into a ``RunConfig``, and
 ``Trainer(run, output).fit()`` (or ``train(run, output)``) trains it. Evaluation
 (``effdet.engine.evaluate``): ``evaluate_coco``.
+
+The names below load on first use (PEP 562): the command line reads the recipe settings of
+``effdet.engine.train_config`` (no PyTorch) to build its ``--help`` without importing the trainer.
 """
 
-from effdet.engine.checkpointing import TrainState, resume_path, resume_run_config
-from effdet.engine.ema import ModelEma
-from effdet.engine.optim import WarmupCosine, build_optimizer, param_groups, scaled_lr
-from effdet.engine.train_config import DataConfig, RunConfig, TrainConfig, load_run_config, write_run_config
-from effdet.engine.trainer import Trainer, TrainingDiverged, TrainResult, train
+from __future__ import annotations
 
-__all__ = [
-    "DataConfig", "ModelEma", "RunConfig", "TrainConfig", "TrainResult", "TrainState", "Trainer",
-    "TrainingDiverged", "WarmupCosine", "build_optimizer", "load_run_config", "param_groups", "resume_path",
-    "resume_run_config", "scaled_lr", "train", "write_run_config",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TrainState": "checkpointing", "resume_path": "checkpointing", "resume_run_config": "checkpointing",
+    "ModelEma": "ema",
+    "WarmupCosine": "optim", "build_optimizer": "optim", "param_groups": "optim", "scaled_lr": "optim",
+    "DataConfig": "train_config", "RunConfig": "train_config", "TrainConfig": "train_config",
+    "load_run_config": "train_config", "write_run_config": "train_config",
+    "Trainer": "trainer", "TrainingDiverged": "trainer", "TrainResult": "trainer", "train": "trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'effdet.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"effdet.engine.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_EXPORTS)

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from effdet.config import ConfigError
+
 # Rank 0 evaluates while the other ranks wait at a barrier: allow long evaluations.
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=2)
 
@@ -44,10 +46,13 @@ def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> to
     """``None`` / ``"auto"``: CUDA when available, else CPU. ``"cuda"`` under torchrun: ``cuda:LOCAL_RANK``."""
     if device is None or str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+            raise ConfigError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from effdet.data.letterbox import content_size
-from effdet.data.loader import collate
+from effdet.data.loader import collate, worker_init
 from effdet.data.results import detections_to_coco, write_results
 from effdet.inference.predictor import detect_batch
 from effdet.modeling.efficientdet import EfficientDet
@@ -77,7 +77,8 @@ def evaluate_coco(model: EfficientDet, dataset: Dataset, batch_size: int = 8, de
     mapping = _class_mapping(model, base, category_ids)
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=collate, pin_memory=device.type == "cuda")
+                                         collate_fn=collate, worker_init_fn=worker_init,
+                                         pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
     results: list[dict[str, Any]] = []

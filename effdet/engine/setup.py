@@ -15,11 +15,42 @@ from effdet.weights.backbones import BackboneWeights, load_backbone_weights
 from effdet.weights.checkpoint import load_weights
 from effdet.config import ConfigError, EfficientDetConfig
 from effdet.data import CocoDetection, DatasetError, collate, eval_transform, train_transform
-from effdet.data.loader import seed_worker
+from effdet.data.loader import worker_init
 from effdet.engine.distributed import DistContext
 from effdet.engine.sampling import EpochBatchSampler, EpochSeededDataset
 from effdet.engine.train_config import RunConfig
 from effdet.modeling.efficientdet import EfficientDet, build_model
+
+
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "config.yaml")
+"""The files that make a folder a training run (what a new run would replace)."""
+
+
+def run_files(folder: str | Path) -> list[str]:
+    """The :data:`RUN_FILES` present in ``folder``."""
+    return [name for name in RUN_FILES if (Path(folder) / name).exists()]
+
+
+def next_run_folder(base: str | Path) -> Path:
+    """``base`` if it holds no run, else the first free ``base2``, ``base3``, ... (as Ultralytics'
+    ``runs/train``, ``train2``): a new run never replaces an old one unasked."""
+    base = Path(base)
+    candidate, n = base, 1
+    while run_files(candidate):
+        n += 1
+        candidate = base.with_name(f"{base.name}{n}")
+    return candidate
+
+
+def check_run_folder(output: Path, resume: Path | None, exist_ok: bool) -> None:
+    """Refuse to train into a folder that holds another run (its best.pt, last.pt, metrics.csv and
+    config.yaml would be replaced, and it could no longer be resumed), unless ``exist_ok``; resuming
+    a run in its own folder is the one case that writes over run files."""
+    found = run_files(output)
+    if not found or exist_ok or (resume is not None and resume.resolve().parent == output.resolve()):
+        return
+    raise ConfigError(f"{output} already holds a training run ({', '.join(found)}); continue it with "
+                      f"--resume {output}, choose another --output, or pass --exist-ok to replace its files")
 
 
 def build_datasets(run: RunConfig, with_val: bool = True) -> tuple[CocoDetection, CocoDetection | None]:
@@ -61,7 +92,7 @@ def build_train_loader(dataset: CocoDetection, run: RunConfig, ctx: DistContext)
     generator = torch.Generator()
     generator.manual_seed(train.seed + ctx.rank)
     return DataLoader(EpochSeededDataset(dataset, train.seed), batch_sampler=sampler, num_workers=train.workers,
-                      collate_fn=collate, worker_init_fn=seed_worker, generator=generator,
+                      collate_fn=collate, worker_init_fn=worker_init, generator=generator,
                       persistent_workers=train.workers > 0, pin_memory=ctx.device.type == "cuda")
 
 

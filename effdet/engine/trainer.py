@@ -37,7 +37,7 @@ from effdet.engine.ema import ModelEma
 from effdet.engine.evaluate import evaluate_coco
 from effdet.engine.interrupt import StopSignals
 from effdet.engine.optim import WarmupCosine, build_optimizer, load_optimizer_state, scaled_lr, set_lr
-from effdet.engine.setup import amp_settings, build_datasets, build_train_loader, build_train_model
+from effdet.engine.setup import amp_settings, build_datasets, build_train_loader, build_train_model, check_run_folder
 from effdet.engine.train_config import RunConfig, TrainConfig, with_model, write_run_config
 from effdet.modeling.labeler import AnchorLabeler
 from effdet.data.letterbox import normalize
@@ -73,12 +73,14 @@ class Trainer:
             ``effdet.engine.resume_run_config``).
         progress: show tqdm bars (rank 0 only).
         on_step: called as ``on_step(trainer, global_step)`` after every optimizer step.
+        exist_ok: train into ``output`` even when it holds another run (replacing its files);
+            by default that is refused with a :class:`ConfigError` before anything is read.
     """
 
     def __init__(self, run: RunConfig, output: str | Path, device: str | None = None,
                  weights: str | Path | None = None, resume: str | Path | None = None, progress: bool = True,
-                 on_step: Callable[["Trainer", int], None] | None = None) -> None:
-        self.run, self.output, self.device_arg = run, Path(output), device
+                 on_step: Callable[["Trainer", int], None] | None = None, exist_ok: bool = False) -> None:
+        self.run, self.output, self.device_arg, self.exist_ok = run, Path(output), device, exist_ok
         self.weights, self.resume, self.progress, self.on_step = weights, resume, progress, on_step
         self.state = TrainState()
         self.last_eval: dict[str, Any] | None = None
@@ -88,6 +90,8 @@ class Trainer:
     # ----------------------------------------------------------------- setup
     def _setup(self, ctx: D.DistContext) -> None:
         self.ctx, train = ctx, self.run.train
+        if ctx.is_main:
+            check_run_folder(self.output, Path(self.resume) if self.resume else None, self.exist_ok)
         # Before any data is read: a missing weights file or an offline download fails fast.
         self.backbone_init = None
         if self.run.pretrained_backbone and not self.resume and self.weights is None:
@@ -352,7 +356,7 @@ class Trainer:
             self._save_last()
         self._log(f"Stopped by {self.stop.requested}: saved {self.output / 'last.pt'} at epoch {s.epoch + 1}, "
                   f"step {s.step_in_epoch}/{self.steps_per_epoch}. Continue with: "
-                  f"python tools/train.py --resume {self.output}")
+                  f"effdet train --resume {self.output}")
         return TrainResult("interrupted", self.output, s.epoch, s.global_step, s.best_map, self.last_eval)
 
     def _finished(self) -> TrainResult:

@@ -21,11 +21,12 @@ letterbox scale for original-image pixels):
 
 The exporter is torch's TorchScript-based one (``torch.onnx.export(..., dynamo=False)``):
 torchvision's ``nms`` maps to ONNX ``NonMaxSuppression`` there. ``export_onnx`` checks the file
-with ONNX Runtime when it is installed (``pip install effdet[export]``).
+with ONNX Runtime when it is installed (``pip install -e \".[export]\"``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from dataclasses import dataclass, replace
@@ -146,6 +147,10 @@ def export_onnx(graph: DetectionGraph, path: str | Path, opset: int = DEFAULT_OP
     """
     if opset < 17:
         raise ValueError(f"opset {opset} is too old: use 17 or newer")
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(f"ONNX export needs the {' and '.join(missing)} package(s), which are not installed: "
+                          'pip install -e ".[export]" (or pip install onnx onnxscript onnxruntime)')
     graph = graph.cpu().eval()
     example = sample if sample is not None else example_input(graph, batch_size)
     dynamic = {name: {0: "batch"} for name in [*graph.input_names, *graph.output_names]}
@@ -238,7 +243,7 @@ def verify_onnx(graph: DetectionGraph, path: str | Path, images: torch.Tensor,
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        warnings.warn("onnxruntime is not installed, so the export was not checked: pip install effdet[export]",
+        warnings.warn("onnxruntime is not installed, so the export was not checked: pip install -e \".[export]\"",
                       stacklevel=2)
         return None
     if valid_sizes is None:

@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from effdet.config import resolve
-from effdet.data.images import ImageReadError, find_images, read_image
+from effdet.data.images import OUTPUT_MARKER, ImageReadError, find_images, read_image
 from effdet.data.results import detections_to_coco, write_results
 from effdet.factory import load_model
 from effdet.fileio import atomic_write
@@ -164,7 +164,34 @@ def save_image_atomic(image: Image.Image, path: Path) -> Path:
     return path
 
 
-def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_dir: str | Path | None = "runs/infer",
+def check_outputs(paths: Sequence[Path], names: Sequence[Path], output_dir: str | Path | None,
+                  json_path: str | Path | None, ann_file: str | Path | None) -> None:
+    """Refuse outputs that would replace an input, before any work: an annotated copy landing on
+    an input image (``--output`` is the images' own folder), or a results JSON that is an input
+    image or the annotation file. Raises :class:`InferenceError` naming both files."""
+    inputs = {path.resolve(): path for path in paths}
+    if ann_file is not None:
+        inputs[Path(ann_file).resolve()] = Path(ann_file)
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        if output_dir.is_file():
+            raise InferenceError(f"--output {output_dir} is a file; annotated images go to a folder: choose a folder "
+                                 "name (or --no-images)")
+        for path, name in zip(paths, names):
+            target = (output_dir / name).resolve()
+            if target in inputs or target.with_suffix(".png") in inputs:
+                raise InferenceError(f"--output {output_dir} would replace the input image {path} with its "
+                                     "annotated copy; choose an output folder that holds none of the input images")
+    if json_path is not None:
+        json_path = Path(json_path)
+        if json_path.resolve() in inputs:
+            raise InferenceError(f"--json {json_path} is an input file ({inputs[json_path.resolve()]}); writing the "
+                                 "results there would destroy it: choose another file name")
+        if json_path.is_dir():
+            raise InferenceError(f"--json {json_path} is a folder; give a file name such as {json_path / 'detections.json'}")
+
+
+def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_dir: str | Path | None = "runs/predict",
                   json_path: str | Path | None = None, ann_file: str | Path | None = None,
                   progress: bool = True) -> InferenceSummary:
     """Detect objects in every image of ``sources`` and write the outputs.
@@ -180,7 +207,11 @@ def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_di
             otherwise images are numbered 1, 2, ... in sorted path order. Images the file does
             not list are left out of the JSON (with a warning).
 
-    Unreadable files are skipped with a warning and listed in the summary.
+    Unreadable files are skipped with a warning and listed in the summary. Outputs never replace
+    an input: an ``output_dir`` where an annotated copy would land on an input image, or a
+    ``json_path`` that is an input (an image or ``ann_file``), is refused before any work starts.
+    ``output_dir`` gets the marker file :data:`~effdet.data.images.OUTPUT_MARKER`, so that a later
+    run over a folder that contains it does not read the annotated copies back as input.
     """
     try:
         paths = find_images(sources)
@@ -190,11 +221,15 @@ def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_di
         raise InferenceError(f"no image files found in {', '.join(map(str, sources))} "
                              "(looked for .jpg .jpeg .png .bmp .webp .tif .tiff)")
     names = output_names(paths, sources)
+    check_outputs(paths, names, output_dir, json_path, ann_file)
     ids = annotation_image_ids(ann_file, names) if ann_file is not None else list(range(1, len(paths) + 1))
     categories = predictor.category_ids or list(range(predictor.config.num_classes))
     summary = InferenceSummary(output_dir=Path(output_dir) if output_dir is not None else None)
+    if summary.output_dir is not None:
+        with atomic_write(summary.output_dir / OUTPUT_MARKER, "w", encoding="utf-8") as f:
+            f.write("annotated images written by effdet predict; folder searches for input images skip this folder\n")
     results: list[dict[str, Any]] = []
-    bar = tqdm(total=len(paths), desc="infer", unit="img", disable=not progress)
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(paths), predictor.batch_size):
         batch = []
         for index in range(start, min(start + predictor.batch_size, len(paths))):

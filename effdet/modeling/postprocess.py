@@ -19,34 +19,11 @@ equivalents, which select the same detections.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torchvision.ops import batched_nms, box_iou
 
+from effdet.config import EVAL_SETTINGS, PostprocessSettings
 from effdet.modeling.anchors import decode_boxes, flatten_outputs
-
-
-@dataclass(frozen=True)
-class PostprocessSettings:
-    """Post-processing settings; the defaults are the project's one set (score threshold 0.05,
-    5000 candidates, hard NMS IoU 0.5, 100 boxes). :data:`EVAL_SETTINGS` is the official
-    COCO-eval threshold 0.001, the one tool default that differs on purpose.
-
-    ``score_threshold`` drops candidates below it (the same detections as dropping them after
-    NMS, with less work). ``soft_nms`` selects Gaussian soft-NMS (``soft_nms_sigma``).
-    """
-
-    score_threshold: float = 0.05
-    max_candidates: int = 5000
-    nms_iou: float = 0.5
-    soft_nms: bool = False
-    soft_nms_sigma: float = 0.5
-    max_detections: int = 100
-
-
-EVAL_SETTINGS = PostprocessSettings(score_threshold=0.001)
-"""The official COCO-eval post-processing: threshold 0.001, 5000 candidates, NMS 0.5, 100 boxes."""
 
 
 def _tracing() -> bool:

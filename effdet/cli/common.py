@@ -1,0 +1,96 @@
+"""What the jobs of the command line share once their arguments are parsed: the device and
+thread settings, the post-processing settings of the shared flags, warnings as one-line
+messages, and the errors that are the user's to fix (printed in one line, exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import warnings
+from typing import Callable, Iterator
+
+import cv2
+import torch
+
+from effdet.config import ConfigError, PostprocessSettings
+from effdet.data.coco import DatasetError
+from effdet.data.results import ResultsError
+from effdet.inference.run import InferenceError
+from effdet.runtime import keep_freed_memory
+from effdet.weights.checkpoint import CheckpointError
+
+
+class DeviceError(ValueError):
+    """An unknown or absent device was asked for."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (InferenceError, CheckpointError, ConfigError, DatasetError, ResultsError,
+                                            DeviceError, FileNotFoundError)
+"""Errors caused by the user's input; the jobs print them in one line and exit with 2."""
+
+
+@contextlib.contextmanager
+def plain_warnings() -> Iterator[None]:
+    """Show warnings as ``warning: message`` lines (for command-line tools), restored on exit."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
+def postprocess_settings(args: argparse.Namespace) -> PostprocessSettings:
+    """The settings of :func:`effdet.cli.parsers.add_postprocess_arguments`' flags."""
+    return PostprocessSettings(score_threshold=args.score_threshold, nms_iou=args.nms_iou,
+                               max_detections=args.max_detections, max_candidates=args.max_candidates,
+                               soft_nms=getattr(args, "soft_nms", False))
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)`` (``auto``: CUDA when present, else the CPU), with a
+    :class:`DeviceError` for an unknown or absent device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise DeviceError(f"device {device} is not available (CUDA devices: {torch.cuda.device_count()}); "
+                          "use --device cpu")
+    return dev
+
+
+def run_job(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a job's ``run(args)`` as the ``effdet`` command does: freed memory kept for reuse
+    (:func:`effdet.runtime.keep_freed_memory`), ``--threads`` applied, warnings as one-line
+    messages, and the user's errors (:data:`USER_ERRORS`) as one ``effdet JOB: error: ...`` line
+    (on the main process only, under torchrun) with exit code 2."""
+    keep_freed_memory()  # reuse freed activations instead of page-faulting fresh memory in
+    apply_threads(getattr(args, "threads", None))
+    with plain_warnings():
+        try:
+            return run(args)
+        except USER_ERRORS as error:
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"effdet {args.job}: error: {error}", file=sys.stderr)
+            return 2
+
+
+def apply_threads(threads: int | None) -> None:
+    """``--threads N``: N intra-op threads for PyTorch and N for OpenCV in this process (data-loader
+    workers use one each, see :func:`effdet.data.loader.worker_init`); ``None`` keeps PyTorch's
+    choice, which follows ``OMP_NUM_THREADS``."""
+    if threads is None:
+        return
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # for subprocesses this job starts
+
+
+__all__ = ["DeviceError", "USER_ERRORS", "apply_threads", "check_device", "plain_warnings", "postprocess_settings",
+           "run_job"]

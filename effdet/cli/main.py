@@ -1,0 +1,107 @@
+"""The ``effdet`` command: ``effdet JOB [flags]``, one job per subcommand.
+
+    effdet train --config configs/demo.yaml --output runs/demo
+    effdet val --weights runs/demo/best.pt --ann val.json --images val/
+    effdet predict --weights runs/demo/best.pt photos/
+    effdet export --weights runs/demo/best.pt --output model.onnx --nms
+    effdet benchmark --model efficientdet_d0 --threads 2
+    effdet classify photo.jpg --model efficientnet_lite0
+    effdet data demo --output demo_data
+
+The arguments are parsed first, from :mod:`effdet.cli.parsers` alone, so that ``--help`` and
+usage errors answer without importing PyTorch; the job's module (``effdet.cli.<job>``) is loaded
+after that and its ``run(args)``, run by :func:`effdet.cli.common.run_job`, returns the exit code: 0 done, 1 the job failed (a diverged
+training, an export that does not check out), 2 the user's input cannot be used (one line on
+stderr, no traceback), 128 + N stopped by signal N (training saves first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import shlex
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from effdet.cli import parsers
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    summary: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    aliases: tuple[str, ...] = ()
+    check: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None
+
+
+JOBS = (
+    Job("train", "train a detector on a COCO-format dataset", parsers.TRAIN, parsers.add_train_arguments),
+    Job("val", "COCO mAP of a checkpoint or of a results file", parsers.VAL, parsers.add_val_arguments,
+        aliases=("eval",), check=parsers.check_val_arguments),
+    Job("predict", "detect objects in images: drawn boxes and COCO JSON", parsers.PREDICT,
+        parsers.add_predict_arguments, aliases=("infer",)),
+    Job("export", "export to ONNX (decoding and NMS in the graph), checked with ONNX Runtime", parsers.EXPORT,
+        parsers.add_export_arguments),
+    Job("benchmark", "speed of forward, end-to-end prediction, training and ONNX Runtime", parsers.BENCHMARK,
+        parsers.add_benchmark_arguments),
+    Job("classify", "ImageNet classification with an EfficientNet (B0-B7, Lite0-4)", parsers.CLASSIFY,
+        parsers.add_classify_arguments),
+    Job("data", "dataset tools: the built-in demo set", parsers.DATA, parsers.add_data_arguments),
+)
+BY_NAME = {name: job for job in JOBS for name in (job.name, *job.aliases)}
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("effdet")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``effdet`` parser and each job's subparser (by every name it answers to)."""
+    parser = argparse.ArgumentParser(prog="effdet", description=__doc__.split("\n\n")[0] + "\n\nJobs:",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="effdet JOB --help describes a job's flags.")
+    parser.add_argument("--version", action="version", version=f"effdet {version()}")
+    jobs = parser.add_subparsers(dest="job", metavar="JOB", required=True)
+    subparsers = {}
+    for job in JOBS:
+        sub = jobs.add_parser(job.name, aliases=list(job.aliases), help=job.summary, description=job.description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        job.add_arguments(sub)
+        for name in (job.name, *job.aliases):
+            subparsers[name] = sub
+    return parser, subparsers
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``effdet`` arguments (usage errors exit with 2 here, as argparse does)."""
+    parser, subparsers = build_parser()
+    args = parser.parse_args(argv)
+    job = BY_NAME[args.job]
+    if job.check is not None:
+        job.check(subparsers[args.job], args)
+    args.job = job.name
+    args.command_line = shlex.join(["effdet", *argv])
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``effdet`` with ``argv`` (default: the process's arguments); returns the exit code."""
+    args = parse(sys.argv[1:] if argv is None else list(argv))
+    job = importlib.import_module(f"effdet.cli.{args.job}")  # the job, loaded once its arguments parsed
+    common = importlib.import_module("effdet.cli.common")
+    return common.run_job(job.run, args)
+
+
+def console() -> None:
+    """The ``effdet`` console script (``pyproject.toml``)."""
+    sys.exit(main())
+
+
+__all__ = ["JOBS", "build_parser", "console", "main", "parse"]

