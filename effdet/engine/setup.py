@@ -53,6 +53,18 @@ def check_run_folder(output: Path, resume: Path | None, exist_ok: bool) -> None:
                       f"--resume {output}, choose another --output, or pass --exist-ok to replace its files")
 
 
+def shutdown_workers(loader: DataLoader | None) -> None:
+    """Stop a loader's persistent worker processes now, cleanly (each gets the end-of-work
+    sentinel and is joined). Needed because workers ignore SIGTERM
+    (:func:`effdet.data.loader.worker_init`): left to interpreter exit, multiprocessing would
+    SIGTERM them and wait forever. PyTorch has no public call for this; ``_iterator`` is the
+    persistent iterator a DataLoader keeps."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        loader._iterator = None
+
+
 def build_datasets(run: RunConfig, with_val: bool = True) -> tuple[CocoDetection, CocoDetection | None]:
     """Training set (``train_transform``) and validation set (``eval_transform``, or None).
 

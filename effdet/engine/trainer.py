@@ -37,7 +37,8 @@ from effdet.engine.ema import ModelEma
 from effdet.engine.evaluate import evaluate_coco
 from effdet.engine.interrupt import StopSignals
 from effdet.engine.optim import WarmupCosine, build_optimizer, load_optimizer_state, scaled_lr, set_lr
-from effdet.engine.setup import amp_settings, build_datasets, build_train_loader, build_train_model, check_run_folder
+from effdet.engine.setup import (amp_settings, build_datasets, build_train_loader, build_train_model, check_run_folder,
+                                 shutdown_workers)
 from effdet.engine.train_config import RunConfig, TrainConfig, with_model, write_run_config
 from effdet.modeling.labeler import AnchorLabeler
 from effdet.data.letterbox import normalize
@@ -175,6 +176,7 @@ class Trainer:
                         return self._interrupted()
                 return self._finished()
         finally:
+            shutdown_workers(getattr(self, "loader", None))
             D.cleanup_distributed(ctx)
 
     def _train_epoch(self) -> bool:
