@@ -271,13 +271,45 @@ def get_config(name: str) -> EfficientDetConfig:
                           " or pass a YAML file from configs/") from None
 
 
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def check_types(cls: type, values: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """``values`` checked against the scalar field types of dataclass ``cls`` (``int``, ``float``,
+    ``bool``, ``str``, each optionally ``| None``); integers are accepted for float fields (and
+    become floats). Other field types are left to their own coercion. Raises :class:`ConfigError`
+    in one line, e.g. ``train.epochs must be an integer, got 'abc'``."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = dict(values)
+    for name, value in values.items():
+        if name not in fields:
+            continue
+        kinds = [k.strip() for k in str(fields[name].type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        scalar = [k for k in kinds if k != "None"]
+        if len(scalar) != 1 or scalar[0] not in _SCALARS:
+            continue
+        kind = scalar[0]
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+              "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+              "bool": isinstance(value, bool),
+              "str": isinstance(value, str)}[kind]
+        if not ok:
+            what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[kind]
+            raise ConfigError(f"{source}{name} must be {what}{' or null' if 'None' in kinds else ''}, got {value!r}")
+        if kind == "float":
+            out[name] = float(value)
+    return out
+
+
 def replace(cfg: EfficientDetConfig, overrides: Mapping[str, Any]) -> EfficientDetConfig:
     """A copy of ``cfg`` with ``overrides`` applied and validated (unknown keys are errors)."""
     fields = {f.name for f in dataclasses.fields(EfficientDetConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ConfigError(f"unknown model config key(s) {unknown}; valid keys: {sorted(fields)}")
-    changes = {k: _coerce(k, v) for k, v in overrides.items()}
+    changes = check_types(EfficientDetConfig, {k: _coerce(k, v) for k, v in overrides.items()}, "model.")
     return validate(dataclasses.replace(cfg, **changes))
 
 
@@ -346,6 +378,6 @@ def write_yaml(cfg: EfficientDetConfig, path: str | Path) -> None:
 
 
 __all__ = [
-    "ACTIVATIONS", "BACKBONES", "EVAL_SETTINGS", "PostprocessSettings", "IMAGENET_MEAN", "IMAGENET_STD", "ConfigError", "EfficientDetConfig", "MODEL_CONFIGS", "get_config", "model_names", "replace",
+    "ACTIVATIONS", "BACKBONES", "check_types", "EVAL_SETTINGS", "PostprocessSettings", "IMAGENET_MEAN", "IMAGENET_STD", "ConfigError", "EfficientDetConfig", "MODEL_CONFIGS", "get_config", "model_names", "replace",
     "from_dict", "resolve", "parse_overrides", "load_yaml", "write_yaml", "validate",
 ]

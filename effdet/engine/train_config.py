@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import yaml
 
 from effdet.fileio import atomic_write
-from effdet.config import (RECIPE_WEIGHTS_KEY, ConfigError, EfficientDetConfig, from_dict, get_config, load_yaml,
+from effdet.config import (check_types, RECIPE_WEIGHTS_KEY, ConfigError, EfficientDetConfig, from_dict, get_config, load_yaml,
                            resolve)
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -158,6 +158,8 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
     for key in ("workers", "eval_interval", "warmup_epochs", "grad_clip", "weight_decay", "momentum"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(cfg, key)}")
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"train.seed must be in [0, 2**32), got {cfg.seed}")
     if cfg.lr is not None and not cfg.lr > 0:
         raise ConfigError(f"train.lr must be positive (or null to scale lr_per_64), got {cfg.lr}")
     if not cfg.lr_per_64 > 0:
@@ -184,10 +186,6 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-_FLOAT_FIELDS = ("lr", "lr_per_64", "warmup_epochs", "weight_decay", "momentum", "grad_clip", "ema_decay", "hflip",
-                 "warmup_factor", "min_lr_ratio", "backbone_lr_mult")
-
-
 def _build_section(cls: type, values: Mapping[str, Any], base: Any, source: str) -> Any:
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(values).__name__}")
@@ -202,12 +200,9 @@ def _build_section(cls: type, values: Mapping[str, Any], base: Any, source: str)
             raise ConfigError(f"{source}: scale_range must be [low, high], got {value!r}")
         changes["scale_range"] = (float(value[0]), float(value[1]))
     for name, value in changes.items():
-        if fields[name].type in (bool, "bool") and not isinstance(value, bool):
-            raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
-        if name in _FLOAT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
-            changes[name] = float(value)
-        elif name.endswith(("_ann", "_images")) and value is not None:
+        if name.endswith(("_ann", "_images")) and value is not None and not isinstance(value, (dict, list)):
             changes[name] = str(value)
+    changes = check_types(cls, changes, f"{source}: ")
     try:
         return dataclasses.replace(base, **changes)
     except TypeError as e:
