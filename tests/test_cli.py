@@ -97,3 +97,23 @@ def test_device_that_is_absent_is_a_clear_error(tmp_path: Path, capsys: pytest.C
                         "--train-images", str(data.train_images), "--output", str(tmp_path / "run"),
                         "--backbone-weights", "none"]) == 2
     assert "no CUDA GPU is available; use --device cpu" in capsys.readouterr().err
+
+
+def test_cpu_sized_defaults_for_model(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from effdet.cli import train as train_job
+    from effdet.engine.train_config import load_run_config
+
+    monkeypatch.setattr(train_job.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train_job.os, "sched_getaffinity", lambda pid: {0, 1})
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": int(8e9 / 4096)}  # an 8 GB machine
+    monkeypatch.setattr(train_job.os, "sysconf", lambda name: pages[name])
+    run = load_run_config("efficientdet_d0", {}, recipe="coco")
+    assert (run.train.batch_size, run.train.workers, run.model.image_size) == (16, 4, (512, 512))
+    sized = train_job.cpu_sized(run, parse(["train", "--model", "efficientdet_d0"]), {}, True)
+    # 10.6 GB for batch 16 at 512 px > 60 % of 8 GB: the largest power of two that fits is 4
+    assert (sized.train.batch_size, sized.train.workers) == (4, 1)
+    err = capsys.readouterr().err
+    assert "1 data-loading worker instead of 4 (2 CPU cores" in err and "batch 4 instead of 16" in err
+    kept = train_job.cpu_sized(run, parse(["train", "--model", "efficientdet_d0"]),
+                               {"train.batch_size": 16, "train.workers": 4}, True)
+    assert (kept.train.batch_size, kept.train.workers) == (16, 4) and capsys.readouterr().err == ""

@@ -64,3 +64,15 @@ def test_greyscale_input_and_mismatched_lengths() -> None:
     assert out.mode == "RGB"
     with pytest.raises(ValueError, match="2 boxes but 1 scores"):
         draw_detections(_grey(), [[0, 0, 5, 5], [1, 1, 6, 6]], [0, 0], [0.5])
+
+
+def test_the_best_scoring_box_is_drawn_on_top() -> None:
+    """Where boxes of two classes overlap, "square 0.32" must not hide "triangle 0.71"."""
+    image = np.zeros((120, 160, 3), dtype=np.uint8)
+    boxes = [[10, 20, 110, 100], [10, 20, 110, 100]]
+    names = ["square", "triangle"]
+    best_alone = np.asarray(draw_detections(image, boxes[1:], [1], [0.71], names))
+    for order in ([0, 1], [1, 0]):
+        drawn = np.asarray(draw_detections(image, [boxes[i] for i in order], [order[0], order[1]],
+                                           [[0.32, 0.71][i] for i in order], names))
+        np.testing.assert_array_equal(drawn, best_alone)

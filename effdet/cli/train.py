@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from effdet.cli.parsers import parse_image_size
 from effdet.config import ConfigError, parse_overrides
 from effdet.engine.checkpointing import resume_path, resume_run_config
 from effdet.engine.setup import next_run_folder
-from effdet.engine.train_config import load_run_config
+from effdet.engine.train_config import RunConfig, load_run_config
 from effdet.engine.trainer import Trainer, TrainingDiverged
 from effdet.weights.backbones import default_backbone_weights
 
@@ -62,6 +65,42 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+D0_512_B16_PEAK_GB = 10.6
+"""Measured peak memory of a D0 training step at 512 px, batch 16, on the CPU (this project's
+issue tracker); the estimate below scales it by pixels and batch size (a lower bound for larger
+models)."""
+
+
+def cpu_sized(run: RunConfig, args: argparse.Namespace, overrides: dict[str, Any], main_rank: bool) -> RunConfig:
+    """On a CPU, ``--model X`` defaults that cannot fit the machine become CPU-sized ones, with a
+    notice: at most one data-loader worker per spare core (PyTorch warns beyond the core count),
+    and a batch that fits in about 60 % of the memory (estimated from :data:`D0_512_B16_PEAK_GB`).
+    Values given on the command line or as overrides are kept."""
+    if str(args.device) not in ("auto", "cpu") or (args.device == "auto" and torch.cuda.is_available()):
+        return run
+    train, notes = run.train, []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    explicit = {key.split(".")[-1] for key in overrides}
+    workers = max(1, cores - 1) if cores > 1 else 0
+    if "workers" not in explicit and train.workers > workers:
+        notes.append(f"{workers} data-loading worker{'s' if workers != 1 else ''} instead of {train.workers} "
+                     f"({cores} CPU core{'s' if cores != 1 else ''}; --workers N to choose)")
+        train = dataclasses.replace(train, workers=workers)
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    h, w = run.model.image_size
+    per_image = D0_512_B16_PEAK_GB / 16 * h * w / 512**2
+    if "batch_size" not in explicit and train.batch_size * per_image > 0.6 * memory_gb:
+        batch = max(2, 2 ** int(math.log2(max(2.0, 0.6 * memory_gb / per_image))))
+        if batch < train.batch_size:
+            notes.append(f"batch {batch} instead of {train.batch_size}: batch {train.batch_size} at {h}x{w} needs "
+                         f"about {train.batch_size * per_image:.1f} GB on the CPU and this machine has "
+                         f"{memory_gb:.1f} GB (--batch-size N to choose)")
+            train = dataclasses.replace(train, batch_size=batch)
+    if notes and main_rank:
+        print("training on the CPU: " + "; ".join(notes), file=sys.stderr)
+    return dataclasses.replace(run, train=train)
+
+
 def build_trainer(args: argparse.Namespace, main_rank: bool = True) -> Trainer:
     """The :class:`Trainer` that ``effdet train`` runs: recipe, overrides, backbone weights, run folder."""
     overrides = collect_overrides(args)
@@ -87,6 +126,8 @@ def build_trainer(args: argparse.Namespace, main_rank: bool = True) -> Trainer:
             if main_rank:
                 print(f"backbone weights: {run.backbone_weights} (the ImageNet weights for {run.model.backbone}; "
                       "--backbone-weights none trains from scratch)", file=sys.stderr)
+        if args.model is not None or not args.config:
+            run = cpu_sized(run, args, overrides, main_rank)
         if args.output:
             output = Path(args.output)
         else:  # runs/<name>, or runs/<name>2, 3, ... when that one holds a run (never replace one unasked)

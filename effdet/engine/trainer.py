@@ -167,6 +167,13 @@ class Trainer:
             with StopSignals(self._on_signal) as stop:
                 self.stop = stop
                 self._setup(ctx)
+                if self.resume and self.state.epoch >= self.run.train.epochs:
+                    self._log(f"Nothing left to train: {self.resume} already finished its "
+                              f"{plural(self.run.train.epochs, 'epoch')}. To train longer, resume with a higher "
+                              f"train.epochs (effdet train --resume {self.output} "
+                              f"train.epochs={self.run.train.epochs * 2}).")
+                    return TrainResult("finished", self.output, self.state.epoch, self.state.global_step,
+                                       self.state.best_map, None)
                 self._log_start()
                 while self.state.epoch < self.run.train.epochs:
                     if not self._train_epoch():
@@ -370,7 +377,8 @@ class Trainer:
         if self.last_eval is not None:
             self._log(f"Validation mAP@[.5:.95] {self.last_eval['map']:.4f}, AP50 {self.last_eval['map50']:.4f} "
                       f"(EMA weights, epoch {s.epoch}, {self.last_eval['num_images']} images)")
-        self._log(f"Finished {s.epoch} epochs ({s.global_step} steps, {s.train_time_s / 60:.1f} min training). "
+        self._log(f"Finished {plural(s.epoch, 'epoch')} ({plural(s.global_step, 'step')}, "
+                  f"{s.train_time_s / 60:.1f} min training). "
                   f"Outputs in {out}: {best}, last.pt, metrics.csv, config.yaml")
         return TrainResult("finished", out, s.epoch, s.global_step, s.best_map, self.last_eval)
 
@@ -378,8 +386,8 @@ class Trainer:
         cfg, t, ctx = self.run.model, self.run.train, self.ctx
         params = sum(p.numel() for p in self.model.parameters())
         self._log(f"Training {cfg.name} ({params / 1e6:.2f}M params, {cfg.image_size[0]}x{cfg.image_size[1]}) on "
-                  f"{len(self.train_set)} images, {cfg.num_classes} classes; {t.epochs} epochs x "
-                  f"{self.steps_per_epoch} steps, batch {t.batch_size} x {ctx.world_size} process(es), "
+                  f"{plural(len(self.train_set), 'image')}, {plural(cfg.num_classes, 'class', 'classes')}; "
+                  f"{plural(t.epochs, 'epoch')} x {plural(self.steps_per_epoch, 'step')}, batch {t.batch_size} x {ctx.world_size} process(es), "
                   f"{t.optimizer} peak LR {self.schedule.peak:.4g}, EMA {t.ema_decay or 'off'}, device {ctx.device}"
                   f"{', AMP ' + str(self.amp_dtype).replace('torch.', '') if self.use_amp else ''}. "
                   f"Outputs -> {self.output}")
@@ -422,6 +430,11 @@ class Trainer:
                 f"e.g. train.lr={self.schedule.peak / 4:.3g}), a longer warm-up (train.warmup_epochs), "
                 + ("fp32 (train.amp=false), " if self.use_amp else "")
                 + "and check the data (COCO bbox must be [x, y, width, height] in pixels).")
+
+
+def plural(count: int, word: str, plural_form: str | None = None) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{count} {word if count == 1 else (plural_form or word + 's')}"
 
 
 def min_batch_size(cfg: EfficientDetConfig) -> int:

@@ -85,6 +85,8 @@ def draw_detections(image: Image.Image | np.ndarray | torch.Tensor, boxes: torch
     scores_l = _as_list(scores, n, "scores")
     labels_l = _as_list(labels, n, "labels")
     keep = [i for i in range(n) if scores_l is None or scores_l[i] >= score_threshold]
+    if scores_l is not None:  # lowest score first: the best-scoring box and label are drawn on top
+        keep.sort(key=lambda i: scores_l[i])
     default_width, default_font = drawing_sizes(h, w)
     out = rgb
     if keep:
