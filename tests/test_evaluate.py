@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
@@ -236,7 +237,7 @@ def test_formatting() -> None:
     assert summary.count("\n") == 11 and "AP @[IoU=0.50:0.95 | area=all | maxDets=100]" in summary
     table = format_per_class([dict(category_id=3, name="square", ap=0.5, ap50=0.75),
                               dict(category_id=12, name="star", ap=None, ap50=None)])
-    assert "50.00" in table and "75.00" in table and table.splitlines()[2].split()[-1] == "-"
+    assert table.splitlines()[1].split()[-2:] == ["0.500", "0.750"] and table.splitlines()[2].split()[-1] == "-"
 
 
 def _eval_tool():
@@ -261,12 +262,22 @@ def test_eval_tool(demo: CocoDetection, tmp_path: Path, capsys: pytest.CaptureFi
     assert _eval_tool().main(["--weights", str(weights), *common, "--detections-json", str(tmp_path / "d.json")]) == 0
     out = capsys.readouterr().out
     assert "AP @[IoU=0.50:0.95 | area=all | maxDets=100]" in out and "triangle" in out
-    metrics = json.loads((tmp_path / f"tiny_eval_{demo.annotation_file.stem}.json").read_text())
+    stem = f"tiny_eval_{demo.annotation_file.stem}"
+    metrics = json.loads((tmp_path / f"{stem}.json").read_text())
     assert len(metrics["stats"]) == 12 and len(metrics["per_class"]) == 4 and metrics["num_images"] == len(demo)
-    # scoring the written detections gives the same numbers
+    assert f"mAP@[.5:.95] {metrics['map']:.3f}, AP50 {metrics['map50']:.3f}" in out
+    for name in ("pr_curves", "confusion_matrix"):  # the evaluation's pictures, beside the metrics
+        with Image.open(tmp_path / f"{stem}_{name}.png") as picture:
+            assert picture.size[0] > 200 and picture.size[1] > 200
+        assert f"picture written to {tmp_path / f'{stem}_{name}.png'}" in out
+    # scoring the written detections gives the same numbers (and pictures; none with --no-plots)
     assert _eval_tool().main(["--results", str(tmp_path / "d.json"), "--ann", str(demo.annotation_file),
                               "--output-json", str(tmp_path / "again.json")]) == 0
     assert json.loads((tmp_path / "again.json").read_text())["stats"] == metrics["stats"]
+    assert (tmp_path / "again_pr_curves.png").is_file() and (tmp_path / "again_confusion_matrix.png").is_file()
+    assert _eval_tool().main(["--results", str(tmp_path / "d.json"), "--ann", str(demo.annotation_file),
+                              "--output-json", str(tmp_path / "third.json"), "--no-plots"]) == 0
+    assert not list(tmp_path.glob("third_*.png"))
     # a checkpoint for other categories is refused
     other = save_checkpoint(tmp_path / "other.pt", model, class_names=["a", "b", "c", "d"], category_ids=[1, 2, 3, 4])
     capsys.readouterr()

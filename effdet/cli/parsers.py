@@ -219,9 +219,11 @@ VAL = """COCO bbox evaluation of a checkpoint (or of a ready COCO results file).
         --ann coco/annotations/instances_val2017.json --images coco/val2017
     effdet val --results detections.json --ann data/annotations/val.json
 
-Prints COCOeval's 12-number summary and a per-class AP table (all in percent) and writes both to a
-JSON file (default: next to the checkpoint, else runs/eval/). Official post-processing by default:
-score threshold 0.001, hard NMS IoU 0.5, 100 detections per image. Same weights and data, same numbers.
+Prints COCOeval's 12-number summary and a per-class AP table (all as fractions in [0, 1]) and writes
+both to a JSON file (default: next to the checkpoint, else runs/eval/), with two pictures beside it:
+<name>_pr_curves.png (precision-recall per class at IoU 0.5) and <name>_confusion_matrix.png.
+Official post-processing by default: score threshold 0.001, hard NMS IoU 0.5, 100 detections per
+image. Same weights and data, same numbers.
 """
 
 
@@ -242,6 +244,12 @@ def add_val_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=NON_NEGATIVE, default=2, help="data-loading processes (default: 2)")
     add_image_size_argument(parser, "the checkpoint's")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="do not draw pr_curves.png and confusion_matrix.png next to the metrics file")
+    parser.add_argument("--confusion-iou", type=float_in(0.0, 1.0, low_open=True), default=0.5,
+                        help="IoU at which a detection matches a box in the confusion matrix (default: 0.5)")
+    parser.add_argument("--confusion-score", type=float_in(0.0, 1.0), default=0.25,
+                        help="detections scored below this are left out of the confusion matrix (default: 0.25)")
 
 
 def check_val_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

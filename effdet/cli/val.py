@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ from effdet.config import resolve
 from effdet.data import CocoDetection, eval_transform
 from effdet.data.results import read_results, write_json
 from effdet.engine.evaluate import (SUMMARY_NAMES, checkpoint_category_ids, coco_stats, evaluate_coco,
-                                    format_per_class, format_summary)
+                                    format_ap, format_per_class, format_summary)
+from effdet.engine.plots import write_eval_plots
 from effdet.factory import load_model
+from effdet.fileio import check_output_file
 from effdet.inference.run import InferenceError
 
 
@@ -30,7 +33,7 @@ def default_output(args: argparse.Namespace) -> Path:
     return Path("runs/eval") / name
 
 
-def evaluate_weights(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate_weights(args: argparse.Namespace, details: dict[str, Any]) -> dict[str, Any]:
     device = check_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
@@ -40,6 +43,8 @@ def evaluate_weights(args: argparse.Namespace) -> dict[str, Any]:
     if args.image_size:
         size = resolve(model.config, image_size=args.image_size).image_size
     dataset = CocoDetection(args.ann, args.images, transform=eval_transform(size))
+    if len(dataset) == 0:
+        raise InferenceError(f"{args.ann} lists no images: nothing to evaluate")
     try:
         category_ids = checkpoint_category_ids(info.get("class_names"), info.get("category_ids"),
                                                model.config.num_classes, dataset, str(args.weights))
@@ -47,19 +52,26 @@ def evaluate_weights(args: argparse.Namespace) -> dict[str, Any]:
         raise InferenceError(str(error)) from None
     settings = postprocess_settings(args)
     metrics = evaluate_coco(model, dataset, args.batch_size, device, settings, args.workers, args.flip,
-                            progress=not args.quiet, results_file=args.detections_json, category_ids=category_ids)
+                            progress=not args.quiet, results_file=args.detections_json, category_ids=category_ids,
+                            details=details)
+    names = info.get("class_names") or dataset.class_names
+    details["class_names"] = [str(n) for n in names][: model.config.num_classes]
     metrics.update(model=model.config.name, image_size=list(size), settings=dataclasses.asdict(settings),
                    flip=args.flip)
     return metrics
 
 
-def evaluate_results(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate_results(args: argparse.Namespace, details: dict[str, Any]) -> dict[str, Any]:
     dataset = CocoDetection(args.ann, args.images or Path(args.ann).parent, check_files=False)
+    if len(dataset) == 0:
+        raise InferenceError(f"{args.ann} lists no images: nothing to evaluate")
     results = read_results(args.results)
     try:
-        metrics = coco_stats(dataset.coco_api(), results)
+        metrics = coco_stats(dataset.coco_api(), results, details=details)
     except ValueError as error:
         raise InferenceError(f"{args.results}: {error}") from None
+    details.update(coco_gt=dataset.coco_api(), results=results, class_names=list(dataset.class_names),
+                   category_ids=list(dataset.category_ids), image_ids=None)
     metrics.update(num_images=len(dataset), num_detections=len(results))
     return metrics
 
@@ -69,8 +81,10 @@ def check_outputs(args: argparse.Namespace) -> None:
     file, the checkpoint) or each other: writing them would destroy it."""
     inputs = {Path(p).resolve(): flag for flag, p in (("--ann", args.ann), ("--results", args.results),
                                                      ("--weights", args.weights)) if p}
-    outputs = [(flag, p) for flag, p in (("--output-json", args.output_json or default_output(args)),
-                                         ("--detections-json", args.detections_json)) if p]
+    metrics_json = args.output_json or default_output(args)
+    pictures = [] if args.no_plots else [("the metrics file's picture", p) for p in plot_paths(metrics_json)]
+    outputs = [(flag, p) for flag, p in (("--output-json", metrics_json),
+                                         ("--detections-json", args.detections_json), *pictures) if p]
     for flag, path in outputs:
         resolved = Path(path).resolve()
         if resolved in inputs:
@@ -78,24 +92,54 @@ def check_outputs(args: argparse.Namespace) -> None:
                                  "it: choose another file name")
         if Path(path).is_dir():
             raise InferenceError(f"{flag} {path} is a folder; give a file name")
-    if len(outputs) == 2 and Path(outputs[0][1]).resolve() == Path(outputs[1][1]).resolve():
-        raise InferenceError(f"--output-json and --detections-json are the same file {outputs[0][1]}; "
+        check_output_file(path, flag)
+    if args.detections_json and Path(args.detections_json).resolve() == Path(metrics_json).resolve():
+        raise InferenceError(f"--output-json and --detections-json are the same file {metrics_json}; "
                              "give them different names")
+
+
+def plot_paths(output_json: str | Path) -> tuple[Path, Path]:
+    """The two pictures of an evaluation, beside its metrics file: ``<stem>_pr_curves.png`` and
+    ``<stem>_confusion_matrix.png``."""
+    out = Path(output_json)
+    return out.with_name(f"{out.stem}_pr_curves.png"), out.with_name(f"{out.stem}_confusion_matrix.png")
+
+
+def draw_pictures(args: argparse.Namespace, details: dict[str, Any], output: Path) -> list[Path]:
+    """The evaluation's PR curves and confusion matrix; a picture that fails is a warning, not an error
+    (the metrics are already written)."""
+    pr_path, cm_path = plot_paths(output)
+    try:
+        return write_eval_plots(details["coco_gt"], details["results"], details["coco_eval"], details["class_names"],
+                                details["category_ids"], pr_path, cm_path, iou_threshold=args.confusion_iou,
+                                score_threshold=args.confusion_score, image_ids=details.get("image_ids"))
+    except Exception as e:  # noqa: BLE001 - the metrics stand without the pictures
+        warnings.warn(f"could not draw the evaluation pictures {pr_path} / {cm_path} ({type(e).__name__}: {e})",
+                      stacklevel=1)
+        return []
 
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     check_outputs(args)
-    metrics = evaluate_weights(args) if args.weights else evaluate_results(args)
+    details: dict[str, Any] = {}
+    metrics = evaluate_weights(args, details) if args.weights else evaluate_results(args, details)
+    if metrics["num_images"] == 0:
+        raise InferenceError(f"none of the {metrics['num_skipped']} image(s) of {args.ann} in {args.images} could be "
+                             "read (see the warnings): nothing was evaluated")
     metrics.update(weights=args.weights, results=args.results, ann=args.ann, images=args.images,
                    summary=dict(zip(SUMMARY_NAMES, metrics["stats"])), seconds=time.perf_counter() - start)
     output = write_json(metrics, args.output_json or default_output(args))
+    pictures = [] if args.no_plots else draw_pictures(args, details, Path(output))
     print(format_summary(metrics["stats"]))
     print()
     print(format_per_class(metrics["per_class"]))
     print(f"\n{metrics['num_images']} images, {metrics['num_detections']} detections, "
-          f"{metrics['seconds']:.1f} s; mAP {100 * metrics['map']:.2f}, AP50 {100 * metrics['map50']:.2f}")
+          f"{metrics['seconds']:.1f} s; mAP@[.5:.95] {format_ap(metrics['map'])}, AP50 {format_ap(metrics['map50'])}"
+          + (" (no ground-truth boxes in the evaluated images)" if metrics["map"] < 0 else ""))
     print(f"metrics written to {output}")
+    for picture in pictures:
+        print(f"picture written to {picture}")
     if args.detections_json:
         print(f"detections written to {args.detections_json}")
     return 0

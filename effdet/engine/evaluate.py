@@ -49,7 +49,7 @@ def evaluate_coco(model: EfficientDet, dataset: Dataset, batch_size: int = 8, de
                   settings: PostprocessSettings = EVAL_SETTINGS, workers: int = 0, flip: bool = False,
                   progress: bool = True, results_file: str | Path | None = None,
                   category_ids: Sequence[int] | Mapping[int, int] | None = None,
-                  verbose: bool = False) -> dict[str, Any]:
+                  verbose: bool = False, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """COCO bbox AP of ``model`` on ``dataset``.
 
     Args:
@@ -66,6 +66,9 @@ def evaluate_coco(model: EfficientDet, dataset: Dataset, batch_size: int = 8, de
             (``dataset.category_ids``); a reference COCO model uses ``range(1, 91)``. Classes whose
             category id is not in the dataset (COCO's 10 unused ids) are dropped.
         verbose: let pycocotools print its summary.
+        details: if given, filled with what the pictures of an evaluation need (not JSON):
+            ``coco_gt``, ``results``, ``image_ids``, ``category_ids`` (class index -> category id
+            dict) and ``coco_eval`` (see :func:`effdet.engine.plots.write_eval_plots`).
 
     Returns:
         dict with ``stats`` (COCOeval's 12 numbers, -1 where undefined), ``map`` (stats[0]),
@@ -105,13 +108,16 @@ def evaluate_coco(model: EfficientDet, dataset: Dataset, batch_size: int = 8, de
                       stacklevel=2)
     if results_file is not None:
         write_results(results, results_file)
-    metrics = coco_stats(base.coco_api(), results, image_ids, verbose=verbose)
+    coco_gt = base.coco_api()
+    if details is not None:
+        details.update(coco_gt=coco_gt, results=results, image_ids=image_ids, category_ids=mapping)
+    metrics = coco_stats(coco_gt, results, image_ids, verbose=verbose, details=details)
     metrics.update(num_images=len(image_ids), num_skipped=skipped, num_detections=len(results))
     return metrics
 
 
 def coco_stats(coco_gt: Any, results: Sequence[Mapping[str, Any]], image_ids: Sequence[int] | None = None,
-               verbose: bool = False) -> dict[str, Any]:
+               verbose: bool = False, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run COCOeval (bbox) for a COCO results list.
 
     Args:
@@ -119,6 +125,7 @@ def coco_stats(coco_gt: Any, results: Sequence[Mapping[str, Any]], image_ids: Se
         results: COCO results entries (``image_id``, ``category_id``, ``bbox`` xywh, ``score``).
         image_ids: evaluate only these images (default: every image in ``coco_gt``).
         verbose: let pycocotools print; otherwise its output is captured.
+        details: if given, ``details["coco_eval"]`` is set to the accumulated ``COCOeval``.
 
     Returns:
         dict with ``stats`` (12 floats), ``map``, ``map50`` and ``per_class`` (list of
@@ -142,6 +149,8 @@ def coco_stats(coco_gt: Any, results: Sequence[Mapping[str, Any]], image_ids: Se
         evaluator.accumulate()
         evaluator.summarize()
     stats = [float(v) for v in evaluator.stats]
+    if details is not None:
+        details["coco_eval"] = evaluator
     return dict(stats=stats, map=stats[0], map50=stats[1], per_class=_per_class(coco_gt, evaluator))
 
 
@@ -171,17 +180,26 @@ def _per_class(coco_gt: Any, evaluator: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def format_ap(value: float | None) -> str:
+    """An AP or AR as a fraction with 3 decimals; ``undefined`` where COCOeval has none (its -1:
+    no ground truth in the evaluated images or area range, or no images), or for None / NaN."""
+    if value is None or math.isnan(value) or value < 0:
+        return "undefined"
+    return f"{value:.3f}"
+
+
 def format_summary(stats: Sequence[float]) -> str:
-    """COCOeval's 12 numbers, one per line, with their names."""
-    return "\n".join(f"{name:<48} = {value:6.3f}" for name, value in zip(SUMMARY_NAMES, stats))
+    """COCOeval's 12 numbers, one per line, with their names (``undefined`` for its -1)."""
+    return "\n".join(f"{name:<48} = {format_ap(value):>6}" for name, value in zip(SUMMARY_NAMES, stats))
 
 
 def format_per_class(per_class: Sequence[Mapping[str, Any]]) -> str:
-    """A fixed-width table: category id, name, AP and AP50 in percent ('-' without ground truth)."""
+    """A fixed-width table: category id, name, AP and AP50 as fractions in [0, 1], as COCOeval's
+    summary and the training log print them ('-' without ground truth)."""
     width = max([len("class")] + [len(str(row["name"])) for row in per_class])
     lines = [f"{'id':>5}  {'class':<{width}}  {'AP':>6}  {'AP50':>6}"]
     for row in per_class:
-        ap, ap50 = (f"{100 * v:6.2f}" if v is not None and not math.isnan(v) else f"{'-':>6}"
+        ap, ap50 = (f"{v:6.3f}" if v is not None and not math.isnan(v) and v >= 0 else f"{'-':>6}"
                     for v in (row["ap"], row["ap50"]))
         lines.append(f"{row['category_id']:>5}  {row['name']:<{width}}  {ap}  {ap50}")
     return "\n".join(lines)

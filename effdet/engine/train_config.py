@@ -34,6 +34,7 @@ from effdet.config import (check_types, RECIPE_WEIGHTS_KEY, ConfigError, Efficie
 
 OPTIMIZERS = ("sgd", "adamw")
 FREEZE_CHOICES = ("none", "backbone", "backbone+fpn")
+LOGGERS = ("none", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class TrainConfig:
     (ignored with ``"none"``); the backbone's LR is the schedule's times ``backbone_lr_mult``;
     ``freeze_backbone_bn`` keeps the backbone's BatchNorm layers in eval mode all run (running
     statistics never update; their weights still train unless frozen).
+
+    Pictures: ``plots`` writes ``labels.png`` and ``train_batch.jpg`` at the start and
+    ``results.png`` after every epoch into the run folder (:mod:`effdet.engine.plots`).
+    ``logger: tensorboard`` also writes the per-epoch scalars to ``<run>/tensorboard/``
+    (needs ``pip install -e ".[tensorboard]"``).
     """
 
     epochs: int = 300
@@ -82,6 +88,8 @@ class TrainConfig:
     freeze_epochs: int | None = None
     backbone_lr_mult: float = 1.0
     freeze_backbone_bn: bool = False
+    plots: bool = True
+    logger: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -175,6 +183,8 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"train.eval_batch_size must be at least 1 or null, got {cfg.eval_batch_size}")
     if cfg.freeze not in FREEZE_CHOICES:
         raise ConfigError(f"train.freeze {cfg.freeze!r} must be one of {FREEZE_CHOICES} (the parts kept frozen)")
+    if cfg.logger not in LOGGERS:
+        raise ConfigError(f"train.logger {cfg.logger!r} must be one of {LOGGERS}")
     epochs = cfg.freeze_epochs
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
         raise ConfigError(f"train.freeze_epochs must be a whole number >= 0 (epochs to keep train.freeze frozen) "

@@ -34,13 +34,16 @@ from effdet.engine import distributed as D
 from effdet.engine.checkpointing import (TrainState, read_training_checkpoint, rng_states, set_rng_states,
                                          write_metrics_csv)
 from effdet.engine.ema import ModelEma
-from effdet.engine.evaluate import evaluate_coco
+from effdet.engine.evaluate import evaluate_coco, format_ap
 from effdet.engine.interrupt import StopSignals
 from effdet.engine.optim import WarmupCosine, build_optimizer, load_optimizer_state, scaled_lr, set_lr
+from effdet.engine.plots import plot_batch_mosaic, plot_results, plot_training_labels
+from effdet.engine.tb_logger import log_epoch, log_picture, log_step, open_tensorboard, tensorboard_writer_class
 from effdet.engine.setup import (amp_settings, build_datasets, build_train_loader, build_train_model, check_run_folder,
                                  shutdown_workers)
 from effdet.engine.train_config import RunConfig, TrainConfig, with_model, write_run_config
 from effdet.modeling.labeler import AnchorLabeler
+from effdet.data import DatasetError
 from effdet.data.letterbox import normalize
 from effdet.modeling.loss import DetectionLoss
 
@@ -93,6 +96,8 @@ class Trainer:
         self.ctx, train = ctx, self.run.train
         if ctx.is_main:
             check_run_folder(self.output, Path(self.resume) if self.resume else None, self.exist_ok)
+            if train.logger == "tensorboard":
+                tensorboard_writer_class()  # a missing package fails before any data is read
         # Before any data is read: a missing weights file or an offline download fails fast.
         self.backbone_init = None
         if self.run.pretrained_backbone and not self.resume and self.weights is None:
@@ -135,6 +140,11 @@ class Trainer:
         if ctx.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             write_run_config(self.run, self.output / "config.yaml")
+        self.tb = open_tensorboard(self.output) if train.logger == "tensorboard" and ctx.is_main else None
+        self._batch_plotted = not (train.plots and ctx.is_main)  # train_batch.jpg: the first batch of this process
+        if train.plots and ctx.is_main:
+            self._plot("labels.png", plot_training_labels, self.train_set, self.model.anchors(cfg.image_size),
+                       cfg.image_size)
 
     def _restore(self, path: Path) -> None:
         ckpt = read_training_checkpoint(path)
@@ -184,6 +194,8 @@ class Trainer:
                 return self._finished()
         finally:
             shutdown_workers(getattr(self, "loader", None))
+            if getattr(self, "tb", None) is not None:
+                self.tb.close()
             D.cleanup_distributed(ctx)
 
     def _train_epoch(self) -> bool:
@@ -196,6 +208,9 @@ class Trainer:
         start, images_seen = time.perf_counter(), 0
         try:
             for images, targets, skipped in self.loader:
+                if not self._batch_plotted and targets:
+                    self._batch_plotted = True
+                    self._plot("train_batch.jpg", plot_batch_mosaic, images, targets, self.class_names)
                 # Too few readable images (on any rank) for a BatchNorm step: skip it on every rank.
                 stop, unusable = D.any_across_ranks(self.ctx, self.stop.requested is not None,
                                                     len(targets) < self.min_batch)
@@ -204,11 +219,13 @@ class Trainer:
                 lr = self.schedule(state.global_step)
                 self._in_step = True  # a KeyboardInterrupt now leaves no consistent state to save
                 values = [math.nan] * 4 if unusable else self._step(images, targets, lr)
-                self._count(values, 0 if unusable else len(targets), skipped)
+                self._count(values, 0 if unusable else len(targets), skipped, len(targets))
                 self._in_step = False
                 images_seen += len(targets) * self.ctx.world_size
                 bar.update(1)
                 if state.step_in_epoch % train.log_interval == 0 or state.step_in_epoch == self.steps_per_epoch:
+                    if self.tb is not None and not unusable:
+                        log_step(self.tb, state.global_step, values, lr)
                     rate = images_seen / max(time.perf_counter() - start, 1e-9)
                     bar.set_postfix(loss=f"{values[0]:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.1f}",
                                     skipped=state.skipped_images, refresh=False)
@@ -286,7 +303,7 @@ class Trainer:
             self.ema.update(self.model)
         return values
 
-    def _count(self, values: list[float], images: int, skipped: int) -> None:
+    def _count(self, values: list[float], images: int, skipped: int, read: int) -> None:
         state, sums = self.state, self.state.sums
         for key, value in zip(("loss", "class_loss", "box_loss"), values):
             if math.isfinite(value):
@@ -294,6 +311,7 @@ class Trainer:
         sums["steps"] = sums.get("steps", 0) + int(math.isfinite(values[0]))
         sums["images"] = sums.get("images", 0) + images
         sums["skipped"] = sums.get("skipped", 0) + skipped
+        sums["read"] = sums.get("read", 0) + read
         state.skipped_images += skipped
         state.step_in_epoch += 1
         state.global_step += 1
@@ -309,6 +327,13 @@ class Trainer:
                                    skipped_images=skipped, time_s=round(state.train_time_s, 2),
                                    images_per_s=None, map=None, map50=None)
         row.update({k: state.sums.get(k, 0.0) / steps for k in ("loss", "class_loss", "box_loss")})
+        read = max(state.sums.get("read", 0), state.sums.get("images", 0))  # "read": checkpoints before it
+        (read_any,) = D.any_across_ranks(self.ctx, read > 0)
+        if not read_any:
+            data = self.run.data
+            raise DatasetError(f"epoch {epoch}: none of the training images could be read ({skipped} skipped, see the "
+                               f"warnings), so nothing was trained; check the files in {data.train_images} (listed in "
+                               f"{data.train_ann}); git-lfs pointer files, for one, are not images")
         due = (train.eval_interval > 0 and epoch % train.eval_interval == 0) or epoch == train.epochs
         state.epoch, state.step_in_epoch, state.sums = epoch, 0, {}
         if evaluate and due and self.ctx.is_main and self.val_set is not None:
@@ -327,7 +352,11 @@ class Trainer:
         self._save_last()
         if self.ctx.is_main:
             write_metrics_csv(state.metrics, self.output / "metrics.csv")
-            ap = f", mAP {row['map']:.4f}, AP50 {row['map50']:.4f}" if row["map"] is not None else ""
+            if train.plots:
+                self._plot("results.png", plot_results, self.output / "metrics.csv")
+            if self.tb is not None:
+                log_epoch(self.tb, row)
+            ap = f", mAP@[.5:.95] {format_ap(row['map'])}, AP50 {format_ap(row['map50'])}" if row["map"] is not None else ""
             self._log(f"epoch {epoch}/{train.epochs}: loss {row['loss']:.4f} (class {row['class_loss']:.4f}, "
                       f"box {row['box_loss']:.5f}), lr {row['lr']:.3g}{ap}"
                       + (f", {skipped} unreadable image(s) skipped" if skipped else ""))
@@ -371,15 +400,19 @@ class Trainer:
     def _finished(self) -> TrainResult:
         s, out = self.state, self.output
         if s.best_map is not None:
-            best = f"best.pt (EMA weights, mAP {s.best_map:.4f} at epoch {s.best_epoch})"
+            best = f"best.pt (EMA weights, mAP@[.5:.95] {format_ap(s.best_map)} at epoch {s.best_epoch})"
         else:
             best = "no best.pt (no validation set)" if self.val_set is None else "best.pt"
         if self.last_eval is not None:
-            self._log(f"Validation mAP@[.5:.95] {self.last_eval['map']:.4f}, AP50 {self.last_eval['map50']:.4f} "
+            self._log(f"Validation mAP@[.5:.95] {format_ap(self.last_eval['map'])}, "
+                      f"AP50 {format_ap(self.last_eval['map50'])} "
                       f"(EMA weights, epoch {s.epoch}, {self.last_eval['num_images']} images)")
+        pictures = [name for name in ("results.png", "labels.png", "train_batch.jpg") if (out / name).is_file()]
+        extras = (f"; pictures: {', '.join(pictures)}" if pictures else "") + \
+            ("; TensorBoard: tensorboard/" if self.tb is not None else "")
         self._log(f"Finished {plural(s.epoch, 'epoch')} ({plural(s.global_step, 'step')}, "
                   f"{s.train_time_s / 60:.1f} min training). "
-                  f"Outputs in {out}: {best}, last.pt, metrics.csv, config.yaml")
+                  f"Outputs in {out}: {best}, last.pt, metrics.csv, config.yaml{extras}")
         return TrainResult("finished", out, s.epoch, s.global_step, s.best_map, self.last_eval)
 
     def _log_start(self) -> None:
@@ -406,6 +439,15 @@ class Trainer:
     def _log(self, message: str) -> None:
         if self.ctx.is_main:
             tqdm.write(message)
+
+    def _plot(self, name: str, draw: Callable[..., Path], *args: Any) -> None:
+        """Write the picture ``name`` into the run folder; a failure is a one-line warning, not an error."""
+        try:
+            draw(*args, self.output / name)
+            if self.tb is not None:
+                log_picture(self.tb, Path(name).stem, self.output / name, self.state.epoch)
+        except Exception as e:  # noqa: BLE001 - a picture must never stop a training run
+            self._log(f"Warning: could not write {self.output / name} ({type(e).__name__}: {e}); training continues")
 
     def _on_signal(self, name: str) -> None:
         if getattr(self, "ctx", None) is None or self.ctx.is_main:
