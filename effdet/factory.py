@@ -19,7 +19,8 @@ from tqdm import tqdm
 from effdet.config import EfficientDetConfig, from_dict, resolve
 from effdet.modeling.classifier import EfficientNet
 from effdet.modeling.efficientdet import EfficientDet, build_model
-from effdet.weights.checkpoint import is_project_checkpoint, load_weights, read_checkpoint
+from effdet.weights.checkpoint import (CheckpointError, check_project_checkpoint, is_project_checkpoint, load_weights,
+                                      read_checkpoint)
 from effdet.weights.reference import (COCO90_CATEGORY_IDS, COCO90_CLASS_NAMES, convert_reference_checkpoint,
                                       reference_config, reference_state_dict)
 from effdet.weights.backbones import (BackboneWeights, fetch_backbone_weights, load_backbone_weights,
@@ -92,8 +93,13 @@ def load_model(path: str | Path, model: str | Path | EfficientDetConfig | None =
     """
     obj = read_checkpoint(path)
     if is_project_checkpoint(obj):
+        if not isinstance(obj.get("config"), dict):
+            raise CheckpointError(f"{path}: this project's checkpoint format, but it has no model config "
+                                  "(its 'config' entry is missing or not a dict); the file is damaged or was "
+                                  "written by other code: use another checkpoint")
         saved = from_dict(obj["config"], source=f"{path} (stored config)")
         saved_classes = saved.num_classes
+        check_project_checkpoint(obj, saved_classes, path)
         state = obj.get("ema") if ema and obj.get("ema") is not None else obj["model"]
         names, ids = obj.get("class_names"), obj.get("category_ids")
         if model is not None:

@@ -3,16 +3,108 @@
 A file is written to a temporary name in its destination folder, flushed to disk, then renamed
 over the destination (``os.replace``, atomic on POSIX and Windows). An interrupted or failed
 write (a full disk, Ctrl-C, ``kill -9``) never leaves a half-written file under the real name and
-leaves any previous file intact. This is a leaf module: it imports only the standard library.
+leaves any previous file intact. A failed write raises :class:`WriteError`, one line naming the
+file. Temporary files that a killed process left behind (``.NAME.PID.XXXX.tmp``) are removed at
+the next write of the same file. Files get the permissions the user's umask gives new files
+(``mkstemp`` alone would make them private, mode 0600). This is a leaf module: it imports only the
+standard library.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Iterator
+
+LEGACY_TEMP_AGE_S = 3600.0
+"""Temporaries of the older name form (no process id) are removed once this old."""
+
+
+class WriteError(OSError):
+    """A file or folder could not be written (full disk, no permission, a folder where a file
+    should be, ...); the message names it and says what to do."""
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        if error.errno == errno.ENOSPC:
+            return "the disk is full"
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return "permission denied (read-only or not yours)"
+        if error.errno == errno.EISDIR:
+            return "a folder of that name is in the way"
+        return error.strerror or str(error)
+    text = str(error)
+    if "file write failed" in text or "inline_container" in text:  # torch.save's C++ writer hides the OSError
+        return "the write failed (is the disk full?)"
+    return (text.splitlines() or [type(error).__name__])[0][:200]
+
+
+def write_error(path: str | Path, error: BaseException, what: str = "file") -> WriteError:
+    """A :class:`WriteError` for a failed write of ``path``, saying why and what to do."""
+    full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or not isinstance(error, OSError)
+    todo = "Free disk space or choose another output location" if full else "Choose another output location"
+    return WriteError(f"could not write {what} {path}: {_reason(error)}. {todo}; any previous file there is unchanged")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove temporary files of ``path`` left by writers that were killed (``kill -9``, power loss).
+
+    A temporary ``.NAME.PID.XXXX<suffix>`` is stale when process PID no longer runs (never one of
+    a live writer); one of the older form ``.NAME.XXXX.tmp`` when it is over an hour old. Returns
+    the removed paths.
+    """
+    path = Path(path)
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:(\d+)\.)?[A-Za-z0-9_]+(\.[^/]*)?$")
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None:
+            continue
+        pid = match.group(1)
+        try:
+            stale = (not _pid_alive(int(pid))) if pid else now - entry.stat().st_mtime > LEGACY_TEMP_AGE_S
+            if stale and entry.is_file():
+                entry.unlink()
+                removed.append(entry)
+        except OSError:
+            continue
+    return removed
+
+
+def _temporary(path: Path, suffix: str) -> tuple[int, str]:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
 
 
 @contextlib.contextmanager
@@ -28,21 +120,26 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
 
     Yields:
         The open temporary file. If the ``with`` body raises, the temporary file is removed and
-        the exception propagates; ``path`` is untouched.
+        the exception propagates (an ``OSError``, or torch's error for a failed write, as
+        :class:`WriteError`); ``path`` is untouched.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = _temporary(path, suffix)
     try:
         with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, WriteError):
+            raise
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "file write failed" in str(e)):
+            raise write_error(path, e) from None
         raise
 
 
@@ -51,15 +148,50 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path next to ``path`` for writers that take a file name (``torch.onnx.export``,
     ``onnx.save``); renamed onto ``path`` when the ``with`` body succeeds, removed otherwise."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = _temporary(path, suffix)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise write_error(path, e) from None
         raise
 
 
-__all__ = ["atomic_path", "atomic_write"]
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """Before any work: ``path`` can be written as a file (not a folder; its folder exists or can be
+    made, and is writable). Raises :class:`WriteError` naming ``flag`` and the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise WriteError(f"{flag} {path} is a folder; give a file name")
+    _check_folder(path.parent, flag, path)
+    return path
+
+
+def check_output_folder(path: str | Path, flag: str) -> Path:
+    """Before any work: ``path`` is a folder that exists or can be made, and is writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise WriteError(f"{flag} {path} is a file, not a folder; give a folder name")
+    _check_folder(path, flag, path)
+    return path
+
+
+def _check_folder(folder: Path, flag: str, target: Path) -> None:
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise WriteError(f"{flag} {target}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WriteError(f"{flag} {target}: cannot write into {existing} (permission denied); "
+                         "choose another output location")
+
+
+__all__ = ["WriteError", "atomic_path", "atomic_write", "check_output_file", "check_output_folder",
+           "remove_stale_temporaries", "write_error"]

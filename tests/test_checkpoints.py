@@ -10,6 +10,7 @@ import torchvision
 
 from effdet import create_model
 from effdet.factory import load_model
+from effdet.fileio import WriteError
 from effdet.weights.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from effdet.weights.reference import convert_reference_state_dict
 
@@ -88,10 +89,25 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(CheckpointError, match="Free disk space"):
+    with pytest.raises(WriteError, match=r"could not write file .*m\.pt: the disk is full\. Free disk space"):
         save_checkpoint(path, _tiny())
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_full_disk_as_torch_reports_it_is_one_clear_error(tmp_path, monkeypatch) -> None:
+    """torch.save turns ENOSPC into RuntimeError('[enforce fail at inline_container.cc...] file write failed')."""
+    path = save_checkpoint(tmp_path / "m.pt", _tiny())
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\nfile write failed")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(WriteError, match=r"m\.pt: the write failed \(is the disk full\?\)"):
+        save_checkpoint(path, _tiny())
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
 
 
 def test_torchvision_backbone_weights(tmp_path) -> None:
@@ -116,8 +132,11 @@ def test_torchvision_backbone_weights(tmp_path) -> None:
         create_model("efficientdet_d0", image_size=128, backbone_weights="NoSuchWeights.X")
 
 
-def test_reference_key_conversion_is_a_bijection() -> None:
-    """Renaming our keys to the reference's and back: every reference key maps to one of ours."""
+def test_reference_key_conversion_is_injective_onto_our_keys() -> None:
+    """Every reference key of each kind maps to one of our keys with the same shape, and no two
+    reference keys map to the same key (injective). That the whole map is onto, every key of
+    ours met exactly once, is checked on full reference models by the strict load of
+    ``tests/test_reference_parity.py``."""
     model = create_model("efficientdet_d0", image_size=128)
     ours = model.state_dict()
     # a minimal reference-style state dict for one block of each kind, head BN and the P6 resample
@@ -134,6 +153,7 @@ def test_reference_key_conversion_is_a_bijection() -> None:
         "box_net.predict.conv_pw.bias": torch.arange(36.0),
     }
     conv = convert_reference_state_dict(ref)
+    assert len(conv) == len(ref)  # no two reference keys collapsed onto one
     for k, v in conv.items():
         assert k in ours and ours[k].shape == v.shape, k
     assert "fpn.cells.0.nodes.4.resample.0.0.weight" in conv  # P4 is the first input of P4out

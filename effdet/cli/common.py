@@ -18,6 +18,7 @@ import torch
 from effdet.config import ConfigError, PostprocessSettings
 from effdet.data.coco import DatasetError
 from effdet.data.results import ResultsError
+from effdet.fileio import WriteError
 from effdet.inference.run import InferenceError
 from effdet.runtime import keep_freed_memory
 from effdet.weights.checkpoint import CheckpointError
@@ -28,7 +29,7 @@ class DeviceError(ValueError):
 
 
 USER_ERRORS: tuple[type[Exception], ...] = (InferenceError, CheckpointError, ConfigError, DatasetError, ResultsError,
-                                            DeviceError, FileNotFoundError)
+                                            DeviceError, WriteError, FileNotFoundError)
 """Errors caused by the user's input; the jobs print them in one line and exit with 2."""
 
 

@@ -15,11 +15,13 @@ from effdet.data.images import read_image
 from effdet.data.letterbox import content_size, letterbox
 from effdet.export.onnx import DetectionGraph, ExportError, describe, export_onnx
 from effdet.factory import load_model
+from effdet.fileio import check_output_file
 from effdet.inference.predictor import optimize_for_inference
 
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    check_output_file(args.output, "--output")
     try:
         model, info = load_model(args.weights, model=args.model)
         size = model.config.image_size
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         check = export_onnx(graph, args.output, args.opset, verify=not args.no_verify, sample=sample,
                             metadata=metadata)
     except ExportError as error:
-        print(f"error: {error}; the file was not written", file=sys.stderr)
+        print(f"effdet export: error: {error}; the file was not written", file=sys.stderr)
         return 1
     spec = describe(graph)
     print(f"wrote {args.output} (opset {args.opset}, {model.config.name}) in {time.perf_counter() - start:.1f} s")

@@ -148,11 +148,22 @@ class CocoDetection(Dataset):
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
 
     def coco_api(self) -> COCO:
-        """A pycocotools ``COCO`` index of the (unmodified) annotation file, for COCOeval."""
+        """A pycocotools ``COCO`` index of the annotation file, for COCOeval.
+
+        The file's entries are used as they are, except that an annotation without ``area``
+        gets its box's width x height (COCOeval needs an area for its small/medium/large ranges).
+        """
         from pycocotools.coco import COCO
 
+        data = _load_json(self.annotation_file)
+        for ann in data["annotations"]:
+            if isinstance(ann, dict) and "area" not in ann:
+                ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+        coco = COCO()
+        coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(self.annotation_file))
+            coco.createIndex()
+        return coco
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -166,6 +177,9 @@ def _load_json(path: Path) -> dict[str, Any]:
             f"annotation file {path} is not valid JSON: {error.msg} at line {error.lineno} "
             f"column {error.colno}; re-export it"
         ) from error
+    except RecursionError:
+        raise DatasetError(f"annotation file {path} is nested too deeply to be a COCO annotation file "
+                           "(JSON arrays/objects inside each other thousands of levels deep); re-export it") from None
     except (OSError, UnicodeDecodeError) as error:
         raise DatasetError(f"cannot read annotation file {path}: {error}") from error
     if not isinstance(data, dict):
@@ -192,6 +206,15 @@ def _check_entry(entry: Any, keys: tuple[str, ...], kind: str, position: int, wh
             raise DatasetError(f"{where}: {name} is missing required key '{key}'")
 
 
+ID_LIMIT = 2**63
+"""Ids (image, annotation, category) must lie in (-ID_LIMIT, ID_LIMIT): 64-bit integers."""
+
+
+def _is_id(value: Any) -> bool:
+    """A JSON integer (not a bool) that fits in 64 bits."""
+    return isinstance(value, int) and not isinstance(value, bool) and -ID_LIMIT < value < ID_LIMIT
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -201,8 +224,9 @@ def _parse_categories(categories: list[Any], where: str) -> tuple[list[int], lis
     for position, category in enumerate(categories):
         _check_entry(category, ("id", "name"), "category", position, where)
         cid = category["id"]
-        if not isinstance(cid, int) or isinstance(cid, bool):
-            raise DatasetError(f"{where}: categories[{position}] has a non-integer id {cid!r}")
+        if not _is_id(cid):
+            raise DatasetError(f"{where}: categories[{position}] has id {cid!r}; ids must be integers "
+                               "that fit in 64 bits")
         if cid in names:
             raise DatasetError(f"{where}: duplicate category id {cid}; category ids must be unique")
         names[cid] = str(category["name"])
@@ -218,8 +242,9 @@ def _parse_images(images: list[Any], where: str) -> tuple[np.ndarray, np.ndarray
     for position, image in enumerate(images):
         _check_entry(image, ("id", "file_name", "width", "height"), "image", position, where)
         image_id = image["id"]
-        if not isinstance(image_id, int) or isinstance(image_id, bool):
-            raise DatasetError(f"{where}: images[{position}] has a non-integer id {image_id!r}")
+        if not _is_id(image_id):
+            raise DatasetError(f"{where}: images[{position}] has id {image_id!r}; ids must be integers "
+                               "that fit in 64 bits")
         if image_id in seen:
             raise DatasetError(f"{where}: duplicate image id {image_id}; image ids must be unique")
         seen.add(image_id)
@@ -272,10 +297,16 @@ def _parse_annotations(
                 f"{where}: annotation id {ann['id']} has bbox {bbox!r}; expected "
                 "[x, y, width, height] as four finite numbers (pixels)"
             )
+        iscrowd = ann.get("iscrowd", 0)
+        if iscrowd not in (0, 1) or isinstance(iscrowd, float):  # True/False are accepted as 1/0
+            raise DatasetError(f"{where}: annotation id {ann['id']} has iscrowd {iscrowd!r}; it must be 0 or 1")
+        if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+            raise DatasetError(f"{where}: annotation id {ann['id']} has area {ann['area']!r}; it must be a "
+                               "number >= 0 (pixels), or left out (then the box's width x height is used)")
         rows.append(image_index[ann["image_id"]])
         raw_boxes.append(bbox)
         labels.append(category_to_label[ann["category_id"]])
-        crowd.append(bool(ann.get("iscrowd", 0)))
+        crowd.append(bool(iscrowd))
         ann_ids.append(ann["id"])
     rows_a = np.asarray(rows, dtype=np.int64)
     xywh = np.asarray(raw_boxes, dtype=np.float64).reshape(-1, 4)

@@ -99,6 +99,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ResultsError(f"results file {path} is not valid JSON ({error}); re-create it") from None
+    except RecursionError:
+        raise ResultsError(f"results file {path} is nested too deeply to be a COCO results list; re-create it") from None
     if not isinstance(data, list):
         raise ResultsError(f"results file {path} must hold a JSON list of detections, got {type(data).__name__}")
     for index, entry in enumerate(data):
@@ -113,8 +115,11 @@ def _entry_problem(entry: Any) -> str | None:
     if not isinstance(entry, dict):
         return "is not a JSON object"
     for key in ("image_id", "category_id"):
-        if not isinstance(entry.get(key), int) or isinstance(entry.get(key), bool):
+        value = entry.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
             return f"has no integer {key!r}"
+        if not -2**63 < value < 2**63:
+            return f"has {key} {value}, which does not fit in 64 bits"
     bbox = entry.get("bbox")
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
         return f"has bbox {bbox!r}, not four finite numbers"

@@ -16,6 +16,7 @@ from effdet.weights.checkpoint import load_weights
 from effdet.config import ConfigError, EfficientDetConfig
 from effdet.data import CocoDetection, DatasetError, collate, eval_transform, train_transform
 from effdet.data.loader import worker_init
+from effdet.fileio import check_output_folder
 from effdet.engine.distributed import DistContext
 from effdet.engine.sampling import EpochBatchSampler, EpochSeededDataset
 from effdet.engine.train_config import RunConfig
@@ -46,6 +47,7 @@ def check_run_folder(output: Path, resume: Path | None, exist_ok: bool) -> None:
     """Refuse to train into a folder that holds another run (its best.pt, last.pt, metrics.csv and
     config.yaml would be replaced, and it could no longer be resumed), unless ``exist_ok``; resuming
     a run in its own folder is the one case that writes over run files."""
+    check_output_folder(output, "--output")
     found = run_files(output)
     if not found or exist_ok or (resume is not None and resume.resolve().parent == output.resolve()):
         return

@@ -22,7 +22,7 @@ from effdet.config import resolve
 from effdet.data.images import OUTPUT_MARKER, ImageReadError, find_images, read_image
 from effdet.data.results import detections_to_coco, write_results
 from effdet.factory import load_model
-from effdet.fileio import atomic_write
+from effdet.fileio import atomic_write, check_output_file, check_output_folder
 from effdet.inference.draw import draw_detections
 from effdet.inference.predictor import Predictor
 from effdet.modeling.postprocess import PostprocessSettings
@@ -189,6 +189,9 @@ def check_outputs(paths: Sequence[Path], names: Sequence[Path], output_dir: str 
                                  "results there would destroy it: choose another file name")
         if json_path.is_dir():
             raise InferenceError(f"--json {json_path} is a folder; give a file name such as {json_path / 'detections.json'}")
+        check_output_file(json_path, "--json")
+    if output_dir is not None:
+        check_output_folder(output_dir, "--output")
 
 
 def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_dir: str | Path | None = "runs/predict",

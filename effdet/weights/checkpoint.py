@@ -27,28 +27,32 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` atomically: an interrupted or failed write (e.g. a full disk) leaves any
-    previous file intact; an ``OSError`` becomes a :class:`CheckpointError` saying what to do."""
+    """``torch.save`` atomically: an interrupted or failed write (e.g. a full disk, which torch
+    reports as a ``RuntimeError``) leaves any previous file intact and raises
+    :class:`effdet.fileio.WriteError` naming the file and what to do."""
     path = Path(path)
-    try:
-        with atomic_write(path) as f:
-            torch.save(obj, f)
-    except OSError as e:
-        raise CheckpointError(f"could not write checkpoint {path}: {e}. Free disk space or choose another "
-                              "output folder; the previous file (if any) is unchanged.") from e
+    with atomic_write(path) as f:
+        torch.save(obj, f)
     return path
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint file safely (``weights_only=True``) and return its top-level dict."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass the checkpoint file in it "
+                              "(e.g. best.pt or last.pt of a run folder)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (check the path)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted download or copy; "
+                              "fetch or copy it again")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, or pickled Python objects
+        first_line = (str(e).splitlines() or [""])[0][:200]
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"{path} is not a readable checkpoint ({type(e).__name__}: {first_line}). "
             "It may be truncated or corrupt, or hold pickled Python objects, which are refused for safety: "
             "re-save it as a plain state dict (torch.save(model.state_dict(), path)).") from None
     if not isinstance(obj, dict):
@@ -85,6 +89,40 @@ def is_project_checkpoint(obj: Mapping[str, Any]) -> bool:
     return obj.get("format") == CHECKPOINT_FORMAT
 
 
+def check_project_checkpoint(obj: Mapping[str, Any], num_classes: int, path: str | Path) -> None:
+    """Check the parts of a project checkpoint besides its config: ``model`` (and ``ema`` if
+    present) state dicts of named tensors, ``class_names`` (strings) and ``category_ids``
+    (integers), one per class of the ``num_classes`` its config builds. Raises
+    :class:`CheckpointError` naming the file and the field."""
+    def state_dict_problem(value: Any) -> str | None:
+        if not isinstance(value, Mapping) or not value:
+            return f"is a {type(value).__name__}, not a state dict of tensors"
+        bad = [k for k, v in value.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        return f"has {len(bad)} entries that are not named tensors (e.g. {bad[0]!r})" if bad else None
+
+    def fail(field: str, problem: str) -> None:
+        raise CheckpointError(f"{path}: this project's checkpoint format, but its '{field}' {problem}; the file is "
+                              "damaged or was written by other code: re-save it with effdet.weights.checkpoint."
+                              "save_checkpoint, or use another checkpoint")
+
+    if "model" not in obj:
+        fail("model", "entry is missing")
+    for field in ("model", "ema"):
+        if field in obj and (field == "model" or obj[field] is not None):
+            problem = state_dict_problem(obj[field])
+            if problem:
+                fail(field, problem)
+    for field, kind in (("class_names", str), ("category_ids", int)):
+        value = obj.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, kind) and not isinstance(v, bool)
+                                                           for v in value):
+            fail(field, f"is not a list of {'strings' if kind is str else 'integers'}")
+        if len(value) != num_classes:
+            fail(field, f"lists {len(value)} entries for a model of {num_classes} classes")
+
+
 def _class_count(state_dict: Mapping[str, torch.Tensor], num_anchors: int) -> int | None:
     w = state_dict.get(CLASS_PREDICTOR_PREFIX + "conv_pw.weight")
     return None if w is None else int(w.shape[0]) // num_anchors
@@ -115,9 +153,10 @@ def load_weights(model: EfficientDet, state_dict: Mapping[str, torch.Tensor], so
         if cfg is not None:
             ckpt_classes = _class_count(state_dict, cfg.num_anchors)
             if ckpt_classes and ckpt_classes != cfg.num_classes:
-                lines.append(f"The checkpoint has {ckpt_classes} classes, the model {cfg.num_classes}: pass "
-                             f"num_classes={ckpt_classes} (--num-classes / num_classes={ckpt_classes}), or ask for "
-                             "fine-tuning to re-initialise the class head.")
+                lines.append(f"The checkpoint has {ckpt_classes} classes, the model {cfg.num_classes}: build the "
+                             f"model with {ckpt_classes} classes (Python: num_classes={ckpt_classes}; effdet train: "
+                             f"model.num_classes={ckpt_classes}), or fine-tune, which re-initialises the class head "
+                             "(effdet train --weights CHECKPOINT on your data).")
         lines.append("Pass the model name / config the checkpoint was trained with (--model / --config).")
         raise CheckpointError("\n".join(lines))
     to_load = {k: v for k, v in state_dict.items() if k not in skipped}
