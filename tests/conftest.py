@@ -1,4 +1,4 @@
-"""Shared test options: ``--run-slow`` adds the tests marked ``slow``."""
+"""Shared test options (``--run-slow`` adds the tests marked ``slow``) and fixtures."""
 
 from __future__ import annotations
 
@@ -21,6 +21,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _few_threads() -> None:
-    """Keep tests predictable on small machines."""
+def _seeded() -> None:
+    """Every test starts from the same torch random state (seed 0), whatever ran before it."""
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory: pytest.TempPathFactory):
+    """A 4-train / 2-val synthetic shapes set at 128 px (read-only: tests must not change it)."""
+    from effdet.data import make_synthetic_coco
+
+    return make_synthetic_coco(tmp_path_factory.mktemp("data") / "shapes", num_train=4, num_val=2,
+                               image_size=(128, 128), seed=3)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: fast and predictable on a small, shared CPU; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,19 +23,12 @@ from effdet.factory import create_model
 TINY = {"image_size": 128, "fpn_channels": 16, "fpn_cells": 1, "head_repeats": 1}
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory):
-    return make_synthetic_coco(tmp_path_factory.mktemp("data") / "shapes", num_train=4, num_val=2,
-                               image_size=(128, 128), seed=3)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: fast and predictable on a small, shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def data(tiny_shapes):
+    return tiny_shapes
 
 
 def tiny_run(data, **train: object) -> RunConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import platform
 
 import numpy as np
 import pytest
@@ -209,6 +210,22 @@ def test_fusedconv_fused_matches_plain(act: str) -> None:
                                    plain(x * gate) + residual, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(plain(x, scale=gate, residual=residual), pw(x * gate) + residual,
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_fused_path_is_taken_on_the_pinned_torch() -> None:
+    """On the torch this project pins (2.14, x86-64 CPU), the fused oneDNN op must be available and
+    actually run: a silent fallback to F.conv2d would keep outputs equal but lose the speed."""
+    if not torch.__version__.startswith("2.14.") or platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip(f"the fused path is asserted on the pinned torch 2.14 on x86-64 (here {torch.__version__}, "
+                    f"{platform.machine()})")
+    assert onednn_fusion_available()
+    conv = FusedConv(nn.Conv2d(8, 8, 3, padding=1, groups=8), "silu")
+    side = math.isqrt(FUSED_MIN_PIXELS) + 3
+    x = torch.randn(1, 8, side, side).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        conv(x)
+    names = {event.name for event in prof.events()}
+    assert "mkldnn::_convolution_pointwise" in names, sorted(names)
 
 
 def test_packed_weights_follow_weight_changes_and_copies() -> None:

@@ -82,7 +82,7 @@ def test_settings_are_respected() -> None:
     _spread(model)
     p = Predictor(model, score_threshold=0.3, max_detections=5, nms_iou=0.3)
     det = p(_image(128, 128, 5))
-    assert len(det["scores"]) <= 5 and (det["scores"] >= 0.3).all()
+    assert 0 < len(det["scores"]) <= 5 and (det["scores"] >= 0.3).all()
     assert "names" not in det
     with pytest.raises(TypeError):
         p(12345)
@@ -97,3 +97,20 @@ def test_file_paths_are_read(predictor: Predictor, tmp_path) -> None:
     Image.fromarray(arr).save(tmp_path / "a.png")
     from_path = predictor(str(tmp_path / "a.png"))
     assert torch.equal(from_path["boxes"], predictor(arr)["boxes"])
+
+
+def test_from_checkpoint_predicts_as_the_saved_model(predictor: Predictor, tmp_path) -> None:
+    """The README's first prediction call: a saved checkpoint gives the saved model's detections,
+    with its class names and dataset category ids."""
+    from effdet.weights.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "m.pt", predictor.model, class_names=["circle", "square", "triangle"],
+                           category_ids=[3, 5, 9])
+    loaded = Predictor.from_checkpoint(path, score_threshold=0.0, batch_size=2)
+    assert loaded.class_names == ["circle", "square", "triangle"] and loaded.category_ids == [3, 5, 9]
+    image = _image(150, 90, 4)
+    want, got = predictor(image), loaded(image)
+    assert len(want["scores"]) > 0
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(want[key], got[key]), key
+    assert got["names"] == want["names"]

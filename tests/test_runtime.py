@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Allocates, touches and frees a 96 MiB tensor (above glibc's largest mmap threshold) in several
-# rounds and reports the minor page faults of each round after the first ones.
+# rounds and reports the minor page faults of the rounds once the heap has settled.
 PROBE = """
 import json, resource, sys
 import torch
@@ -26,11 +26,13 @@ def churn():
     del x
 churn(); churn(); churn()  # the heap settles in the first rounds
 faults = []
-for _ in range(7):
+for _ in range(15):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     churn()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"applied": applied, "kept": freed_memory_kept(), "faults": sorted(faults)[3]}))
+# the median of the last 7 rounds: with the setting, the first few rounds may still map fresh
+# pages (seen: up to 5 after the warm-up, varying from process to process), then none do
+print(json.dumps({"applied": applied, "kept": freed_memory_kept(), "faults": sorted(faults[-7:])[3]}))
 """
 
 
