@@ -142,7 +142,7 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
 
 @pytest.mark.slow
 def test_compare_reference_tiny(tmp_path: Path) -> None:
-    """Side by side with the reference port at 128 px: same detections and the same first loss."""
+    """Side by side with the reference port at 128 px: same detections and the same loss at every step."""
     sys.path.insert(0, str(ROOT))
     from refport.env import require_reference
 

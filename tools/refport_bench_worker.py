@@ -195,8 +195,14 @@ class Worker:
                 bbox[i, :len(b)] = b[:, [1, 0, 3, 2]]  # xyxy -> the reference's yxyx
                 cls[i, :len(b)] = lab.float() + 1.0  # the reference's classes are 1-based
             target = {"bbox": bbox.to(self.device), "cls": cls.to(self.device)}
-            optimizer = torch.optim.SGD(bench.parameters(), lr=float(kw.get("lr", 1e-4)), momentum=0.9,
-                                        weight_decay=4e-5)
+            # the official recipe's step, as the reference port's own train.py runs it and as ours
+            # does: no weight decay on biases and norm weights (timm's filter_bias_and_bn), gradient
+            # norm clipped at 10, and an EMA of the weights (decay 0.9998, warm-up (1+n)/(10+n))
+            params = [p for p in bench.parameters() if p.requires_grad]
+            optimizer = torch.optim.SGD([{"params": [p for p in params if p.ndim > 1], "weight_decay": 4e-5},
+                                         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
+                                        lr=float(kw.get("lr", 1e-4)), momentum=0.9)
+            ema = [t.detach().clone() for t in bench.model.state_dict().values()]
             amp = kw.get("amp")
             scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
             self.losses = []
@@ -206,8 +212,18 @@ class Worker:
                 with autocast(self.device, amp):
                     loss = bench(normalize(images), target)["loss"]
                 scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, 10.0)
                 scaler.step(optimizer)
                 scaler.update()
+                n = len(self.losses)
+                decay = min(0.9998, (1.0 + n) / (10.0 + n))
+                with torch.no_grad():
+                    for e, t in zip(ema, bench.model.state_dict().values()):
+                        if e.is_floating_point():
+                            e.lerp_(t, 1.0 - decay)
+                        else:
+                            e.copy_(t)
                 self.losses.append(float(loss.detach()))
             self.items = images.shape[0]
         else:

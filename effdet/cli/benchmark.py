@@ -37,9 +37,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 """The source checkout this module lies in (editable install): --compare-reference needs its
 refport/ harness and tools/refport_bench_worker.py."""
 WORKER = REPO_ROOT / "tools" / "refport_bench_worker.py"
-# Issue targets (CPU, D0 512x512, 2 threads): ours / reference
-TARGETS = {"forward_b1": ("<=", 0.5), "predict": ("<=", 0.5), "train": (">=", 1.3)}
-ONNX_TARGET_MS = 30.0
+TRAIN_LOSS_RTOL = 1e-3
+"""Largest relative difference of any timed training step's loss from the reference's for the two
+steps to count as the same computation (the tool reports figures and ratios, not targets: the
+project's targets live in the README's measured tables)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,9 +336,11 @@ class Benchmark:
             ours_l, ref_l = results["ours"].extra["losses"], results["reference"].extra["losses"]
             n = min(len(ours_l), len(ref_l))
             rel = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours_l[:n], ref_l[:n])]
+            worst = max(range(n), key=rel.__getitem__)
             self.report["checks"]["train_loss_vs_reference"] = {
                 "ours_first": ours_l[0], "reference_first": ref_l[0], "first_rel_diff": rel[0],
-                "max_rel_diff": max(rel), "steps": n, "equal": rel[0] < 1e-3}
+                "max_rel_diff": rel[worst], "worst_step": worst, "steps": n,
+                "equal": len(ours_l) == len(ref_l) and rel[worst] < TRAIN_LOSS_RTOL}
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -449,7 +452,6 @@ def onnx_benchmark(model: torch.nn.Module, size: tuple[int, int], work: Path, ar
     for name, m in interleave(runners, args.runs, args.rounds).items():
         out[name] = m.summary()
         out[name]["exported_by"] = variants[name][2]
-        out[name]["target_ms"] = ONNX_TARGET_MS
     return out
 
 
@@ -483,7 +485,7 @@ def print_report(report: dict[str, Any]) -> None:
     print("freed memory kept for reuse (effdet.runtime): "
           + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in kept.items()))
     cols = ("ours", "eager", "compiled", "reference")
-    header = f"{'figure':34s}" + "".join(f"{c:>12s}" for c in cols) + f"{'ratio':>8s}{'best':>7s}{'cpu':>7s}  target"
+    header = f"{'figure':34s}" + "".join(f"{c:>12s}" for c in cols) + f"{'ratio':>8s}{'best':>7s}{'cpu':>7s}"
     print(header)
     print("-" * len(header))
     names = {"forward_b1": "forward b1 (ms)", "predict": "end-to-end predict (ms/img)", "onnx_b1": "ONNX Runtime b1 (ms)"}
@@ -497,13 +499,6 @@ def print_report(report: dict[str, Any]) -> None:
         ratio = res.get("ratio")
         row += f"{ratio:8.2f}{res['ratio_best']:7.2f}" if ratio is not None else f"{'':15s}"
         row += f"{res['cpu_ratio']:7.2f}" if res.get("cpu_ratio") is not None else f"{'':7s}"
-        target = TARGETS.get(key)
-        if target and ratio is not None and s["device"] == "cpu":
-            ok = ratio <= target[1] if target[0] == "<=" else ratio >= target[1]
-            row += f"  {target[0]} {target[1]} {'met' if ok else 'MISSED'}"
-        if key == "onnx_b1":
-            ms = res["ours"]["median_ms_per_image"]
-            row += f"  <= {ONNX_TARGET_MS:.0f} ms {'met' if ms <= ONNX_TARGET_MS else 'MISSED'}"
         print(row)
         mem = f"{'  peak memory (MiB)':34s}" + "".join(
             f"{res[c]['peak_memory_mb']:12.0f}" if c in res and res[c].get("peak_memory_mb") is not None

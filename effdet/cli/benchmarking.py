@@ -16,6 +16,7 @@ memory is the resident-set high-water mark above the level before the runs on CP
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ctypes
 import resource
 import statistics
@@ -30,9 +31,8 @@ from PIL import Image
 
 from effdet.data.images import read_image
 from effdet.data.synthetic import draw_image
-from effdet.modeling.labeler import AnchorLabeler
-from effdet.data.letterbox import normalize
-from effdet.modeling.loss import DetectionLoss
+from effdet.engine.step import build_train_step
+from effdet.engine.train_config import TrainConfig
 from effdet.modeling.efficientdet import EfficientDet
 from effdet.inference.predictor import Predictor
 
@@ -251,47 +251,33 @@ class PredictTask:
 
 
 class TrainStepTask:
-    """One training step per call on a fixed batch: forward, label anchors, loss, backward, SGD.
+    """One training step per call on a fixed batch: ``effdet train``'s own step
+    (:class:`effdet.engine.step.TrainStep`: the recipe's optimizer and parameter groups, gradient
+    clipping, EMA update and ``channels_last``), at a fixed ``lr``.
 
-    ``model`` is trained in place (train mode). SGD with momentum 0.9 and weight decay 4e-5 at
-    a small fixed ``lr``. ``losses`` records the loss of every call.
+    ``model`` is trained in place. ``recipe`` defaults to the official COCO recipe (SGD momentum
+    0.9, weight decay 4e-5 on >= 2-D weights only, clipping at norm 10, EMA 0.9998 with warm-up);
+    ``losses`` records the loss of every call.
     """
 
     def __init__(self, model: EfficientDet, images: torch.Tensor, boxes: list[torch.Tensor],
                  labels: list[torch.Tensor], device: torch.device, lr: float = 1e-4, amp: str | None = None,
-                 channels_last: bool = False) -> None:
-        cfg = model.config
-        self.model = model.to(device).train()
-        self.channels_last = channels_last
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
+                 channels_last: bool = False, recipe: TrainConfig | None = None) -> None:
+        train = dataclasses.replace(recipe or TrainConfig(), channels_last=channels_last)
+        self.model = model.to(device)
+        self.step = build_train_step(self.model, train, lr, tuple(images.shape[-2:]), AMP_DTYPES.get(amp))
         self.images = images.to(device)
-        self.boxes = [b.to(device) for b in boxes]
-        self.labels = [lab.to(device) for lab in labels]
-        self.labeler = AnchorLabeler(model.anchors(tuple(images.shape[-2:]), device))
-        self.loss_fn = DetectionLoss(cfg.num_classes)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9, weight_decay=4e-5)
-        self.device = device
-        self.amp = amp
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        self.targets = [{"boxes": b.to(device), "labels": lab.to(device)} for b, lab in zip(boxes, labels)]
+        self.lr = lr
         self.items = images.shape[0]
         self.losses: list[float] = []
 
     def __call__(self) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        x = normalize(self.images, self.model.mean, self.model.std)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp):
-            class_logits, box_regressions = self.model(x)
-        targets = self.labeler(self.boxes, self.labels)
-        loss = self.loss_fn(class_logits, box_regressions, targets)["loss"]
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        value = float(loss.detach())
-        self.losses.append(value)
-        return value
+        values, problem = self.step(self.images, self.targets, self.lr)
+        if problem is not None:
+            raise RuntimeError(f"benchmark training step: the {problem} is not finite ({values})")
+        self.losses.append(values[0])
+        return values[0]
 
 
 def measure(task: Callable[[], Any], runs: int, device: torch.device, items: int) -> Measurement:

@@ -36,16 +36,15 @@ from effdet.engine.checkpointing import (TrainState, read_training_checkpoint, r
 from effdet.engine.ema import ModelEma
 from effdet.engine.evaluate import evaluate_coco, format_ap
 from effdet.engine.interrupt import StopSignals
-from effdet.engine.optim import WarmupCosine, build_optimizer, load_optimizer_state, scaled_lr, set_lr
+from effdet.engine.optim import WarmupCosine, build_optimizer, load_optimizer_state, scaled_lr
 from effdet.engine.plots import plot_batch_mosaic, plot_results, plot_training_labels
 from effdet.engine.tb_logger import log_epoch, log_picture, log_step, open_tensorboard, tensorboard_writer_class
+from effdet.engine.step import TrainStep
 from effdet.engine.setup import (amp_settings, build_datasets, build_train_loader, build_train_model, check_run_folder,
                                  shutdown_workers)
 from effdet.engine.train_config import RunConfig, TrainConfig, with_model, write_run_config
 from effdet.modeling.labeler import AnchorLabeler
 from effdet.data import DatasetError
-from effdet.data.letterbox import normalize
-from effdet.modeling.loss import DetectionLoss
 
 
 class TrainingDiverged(RuntimeError):
@@ -132,7 +131,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         cfg = self.run.model
         self.labeler = AnchorLabeler(self.model.anchors(cfg.image_size, ctx.device))
-        self.loss_fn = DetectionLoss(cfg.num_classes)
+        self.train_step = TrainStep(self.model, self.net, self.optimizer, self.scaler, self.labeler, self.ema,
+                                    train.grad_clip, train.channels_last, self.amp_dtype if self.use_amp else None,
+                                    any_across_ranks=lambda *flags: D.any_across_ranks(ctx, *flags))
         torch.manual_seed(train.seed + ctx.rank)  # per-rank stream for stochastic depth
         self.state = TrainState(steps_per_epoch=self.steps_per_epoch)
         if self.resume:
@@ -274,33 +275,12 @@ class Trainer:
                 module.eval()
 
     def _step(self, images: torch.Tensor, targets: list[dict[str, Any]], lr: float) -> list[float]:
-        """One optimizer step; returns [loss, class_loss, box_loss, grad_norm] as floats."""
-        set_lr(self.optimizer, lr)
-        x = normalize(images.to(self.ctx.device, non_blocking=True), self.model.mean, self.model.std)
-        if self.run.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        labeled = self.labeler([t["boxes"] for t in targets], [t["labels"] for t in targets],
-                               [t["iscrowd"] for t in targets])
-        with torch.autocast(self.ctx.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            class_logits, box_regressions = self.net(x)
-        losses = self.loss_fn(class_logits, box_regressions, labeled)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["loss"]).backward()
-        self.scaler.unscale_(self.optimizer)
-        clip = self.run.train.grad_clip if self.run.train.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        values = torch.stack([losses["loss"], losses["class_loss"], losses["box_loss"],
-                              grad_norm.float().to(losses["loss"].device)]).tolist()
-        bad_loss = not math.isfinite(values[0])
-        bad_grad = not math.isfinite(values[3]) and not self.scaler.is_enabled()  # fp16 overflow: scaler skips
-        bad_loss, bad_grad = D.any_across_ranks(self.ctx, bad_loss, bad_grad)
-        if bad_loss or bad_grad:
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDiverged(self._diverged_message("loss" if bad_loss else "gradient norm", values, lr))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        """One optimizer step (:class:`effdet.engine.step.TrainStep`); returns [loss, class_loss,
+        box_loss, grad_norm] as floats. A non-finite loss or gradient norm stops the run."""
+        self.train_step.net = self.net  # the DDP wrapper is rebuilt when frozen parts thaw
+        values, problem = self.train_step(images, targets, lr)
+        if problem is not None:
+            raise TrainingDiverged(self._diverged_message(problem, values, lr))
         return values
 
     def _count(self, values: list[float], images: int, skipped: int, read: int) -> None:
