@@ -1,6 +1,6 @@
 """Training scalars and pictures to TensorBoard (``train.logger: tensorboard``), in ``<run>/tensorboard/``:
 per-step losses, gradient norm and LR, per-epoch metrics, and the run's pictures (``labels.png``,
-``train_batch.jpg``, ``results.png``) as images.
+``train_batch0..2.jpg``, ``results.png``) as images.
 
 TensorBoard is optional (``pip install -e ".[tensorboard]"``); :func:`tensorboard_writer_class`
 checks for it before a run reads any data, so a missing package fails fast with what to do.

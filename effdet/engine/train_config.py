@@ -53,7 +53,7 @@ class TrainConfig:
     ``freeze_backbone_bn`` keeps the backbone's BatchNorm layers in eval mode all run (running
     statistics never update; their weights still train unless frozen).
 
-    Pictures: ``plots`` writes ``labels.png`` and ``train_batch.jpg`` at the start and
+    Pictures: ``plots`` writes ``labels.png`` and ``train_batch0..2.jpg`` at the start and
     ``results.png`` after every epoch into the run folder (:mod:`effdet.engine.plots`).
     ``logger: tensorboard`` also writes the per-epoch scalars to ``<run>/tensorboard/``
     (needs ``pip install -e ".[tensorboard]"``).

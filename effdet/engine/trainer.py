@@ -63,6 +63,10 @@ class TrainResult:
     last_metrics: dict[str, Any] | None
 
 
+MOSAIC_BATCHES = 3
+"""Training batches drawn as ``train_batch0.jpg``, ``train_batch1.jpg``, ... at the start of a run."""
+
+
 class Trainer:
     """Trains an EfficientDet on a COCO-format dataset as described by a :class:`RunConfig`.
 
@@ -142,7 +146,8 @@ class Trainer:
             self.output.mkdir(parents=True, exist_ok=True)
             write_run_config(self.run, self.output / "config.yaml")
         self.tb = open_tensorboard(self.output) if train.logger == "tensorboard" and ctx.is_main else None
-        self._batch_plotted = not (train.plots and ctx.is_main)  # train_batch.jpg: the first batch of this process
+        # train_batch0..2.jpg: the first MOSAIC_BATCHES batches this process trains on
+        self._batches_plotted = MOSAIC_BATCHES if not (train.plots and ctx.is_main) else 0
         if train.plots and ctx.is_main:
             self._plot("labels.png", plot_training_labels, self.train_set, self.model.anchors(cfg.image_size),
                        cfg.image_size)
@@ -209,9 +214,10 @@ class Trainer:
         start, images_seen = time.perf_counter(), 0
         try:
             for images, targets, skipped in self.loader:
-                if not self._batch_plotted and targets:
-                    self._batch_plotted = True
-                    self._plot("train_batch.jpg", plot_batch_mosaic, images, targets, self.class_names)
+                if self._batches_plotted < MOSAIC_BATCHES and targets:
+                    self._plot(f"train_batch{self._batches_plotted}.jpg", plot_batch_mosaic, images, targets,
+                               self.class_names)
+                    self._batches_plotted += 1
                 # Too few readable images (on any rank) for a BatchNorm step: skip it on every rank.
                 stop, unusable = D.any_across_ranks(self.ctx, self.stop.requested is not None,
                                                     len(targets) < self.min_batch)
@@ -387,7 +393,8 @@ class Trainer:
             self._log(f"Validation mAP@[.5:.95] {format_ap(self.last_eval['map'])}, "
                       f"AP50 {format_ap(self.last_eval['map50'])} "
                       f"(EMA weights, epoch {s.epoch}, {self.last_eval['num_images']} images)")
-        pictures = [name for name in ("results.png", "labels.png", "train_batch.jpg") if (out / name).is_file()]
+        pictures = [p.name for p in [out / "results.png", out / "labels.png", *sorted(out.glob("train_batch*.jpg"))]
+                    if p.is_file()]
         extras = (f"; pictures: {', '.join(pictures)}" if pictures else "") + \
             ("; TensorBoard: tensorboard/" if self.tb is not None else "")
         self._log(f"Finished {plural(s.epoch, 'epoch')} ({plural(s.global_step, 'step')}, "
