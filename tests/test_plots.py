@@ -18,15 +18,15 @@ from pycocotools.coco import COCO
 from effdet.config import ConfigError
 from effdet.data import make_synthetic_coco
 from effdet.engine.evaluate import coco_stats
-from effdet.engine.plots import (anchor_coverage, anchor_sizes, confusion_matrix, confusion_matrix_coco,
-                                 dataset_box_sizes, plot_batch_mosaic, plot_confusion_matrix, plot_labels,
-                                 plot_results, write_eval_plots)
+from effdet.engine.anchor_fit import anchor_coverage, anchor_sizes, dataset_box_sizes
+from effdet.engine.plots import (confusion_matrix, confusion_matrix_coco, plot_batch_mosaic, plot_confusion_matrix,
+                                 plot_labels, plot_results, write_eval_plots)
 from effdet.engine.train_config import load_run_config
 from effdet.engine.trainer import Trainer
 from effdet.modeling.anchors import AnchorGenerator
 
 TINY = {"image_size": 128, "fpn_channels": 16, "fpn_cells": 1, "head_repeats": 1}
-PICTURES = ("results.png", "labels.png", "train_batch.jpg")
+PICTURES = ("results.png", "labels.png", "train_batch0.jpg", "train_batch1.jpg")  # 2 steps: 2 batch mosaics
 
 
 def assert_picture(path: Path) -> None:
@@ -211,7 +211,7 @@ def test_tensorboard_event_file_holds_scalars_and_pictures(data, tmp_path: Path)
     events.Reload()
     tags = events.Tags()
     assert {"step/loss", "step/lr", "train/loss", "train/lr"} <= set(tags["scalars"])
-    assert set(tags["images"]) == {"labels", "train_batch", "results"}
+    assert set(tags["images"]) == {"labels", "train_batch0", "train_batch1", "results"}
     assert [e.step for e in events.Scalars("train/loss")] == [1]
     image = events.Images("results")[-1]
     assert image.width > 100 and image.height > 100

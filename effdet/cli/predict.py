@@ -1,5 +1,5 @@
-"""``effdet predict``: detect objects in images; annotated copies and/or COCO JSON
-(flags: :func:`effdet.cli.parsers.add_predict_arguments`)."""
+"""``effdet predict``: detect objects in images, videos, cameras and streams; annotated copies,
+COCO JSON and per-frame JSON lines (flags: :func:`effdet.cli.parsers.add_predict_arguments`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import time
 
 from effdet.cli.common import check_device, postprocess_settings
-from effdet.inference.run import load_predictor, run_inference
+from effdet.inference.run import InferenceSummary, load_predictor, run_inference
 
 
 def run(args: argparse.Namespace) -> int:
@@ -15,11 +15,22 @@ def run(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.weights, args.model, args.class_names, check_device(args.device),
                                args.image_size, args.batch_size, postprocess_settings(args), optimize=args.optimize)
     summary = run_inference(predictor, args.sources, None if args.no_images else args.output, args.json,
-                            args.ann, progress=not args.quiet)
-    print(f"{summary.num_images} image(s), {summary.num_detections} detection(s) "
-          f"in {time.perf_counter() - start:.1f} s; {len(summary.skipped)} unreadable file(s) skipped")
-    if summary.output_dir is not None:
+                            args.ann, progress=not args.quiet, frames_dir=args.output, slice=args.slice,
+                            slice_overlap=args.slice_overlap, max_frames=args.max_frames)
+    print_summary(summary, time.perf_counter() - start)
+    return 0
+
+
+def print_summary(summary: InferenceSummary, seconds: float) -> None:
+    """What was read, what was skipped, and where every output went."""
+    videos = f", {len(summary.videos)} video(s) ({summary.num_frames} frames)" if summary.videos else ""
+    failed = f", {summary.failed_frames} undecodable frame(s)" if summary.failed_frames else ""
+    print(f"{summary.num_images} image(s){videos}, {summary.num_detections} detection(s) in {seconds:.1f} s; "
+          f"{len(summary.skipped)} unreadable file(s){failed} skipped")
+    if summary.output_dir is not None and summary.num_images:
         print(f"annotated images: {summary.output_dir}")
+    for video in summary.videos:
+        drawn = f"{video.video_path} ({video.size[1]}x{video.size[0]}, {video.fps:g} fps), " if video.video_path else ""
+        print(f"video: {drawn}per-frame JSON lines: {video.lines_path}")
     if summary.json_path is not None:
         print(f"COCO results JSON: {summary.json_path}")
-    return 0

@@ -96,10 +96,10 @@ def find_images(sources: Iterable[str | Path]) -> list[Path]:
         if path.is_file():
             candidates = [path]
         elif path.is_dir():
-            candidates = [p for p in path.rglob("*") if _is_image_file(p) and not _in_output(p, path)]
+            candidates = [p for p in path.rglob("*") if _is_image_file(p) and not in_output_folder(p, path)]
         else:
             matches = [Path(p) for p in glob.glob(source, recursive=True)]
-            candidates = [p for p in matches if _is_image_file(p) and not _in_output(p, _glob_base(source))]
+            candidates = [p for p in matches if _is_image_file(p) and not in_output_folder(p, glob_base(source))]
             if not matches:
                 raise FileNotFoundError(
                     f"{source!r} is not an existing file or folder and matches no files as a glob pattern"
@@ -109,7 +109,7 @@ def find_images(sources: Iterable[str | Path]) -> list[Path]:
     return sorted(found.values(), key=str)
 
 
-def _glob_base(pattern: str) -> Path:
+def glob_base(pattern: str) -> Path:
     """The leading folders of a glob pattern, up to the first part with a wildcard."""
     base = []
     for part in Path(pattern).parts:
@@ -119,7 +119,7 @@ def _glob_base(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
-def _in_output(path: Path, root: str | Path) -> bool:
+def in_output_folder(path: Path, root: str | Path) -> bool:
     """Whether a folder between ``root`` (exclusive: asked for explicitly) and ``path`` is a
     prediction output folder."""
     root = Path(root).resolve()

@@ -1,10 +1,11 @@
 """Built-in demo data: a small, learnable COCO-format shape-detection set, no download.
 
 Each image shows 1-6 filled shapes (circle, square, triangle, star; the class is the shape,
-the colour is random) of 12%-50% of the image side on a varied background (solid colour,
-gradient, noise, blotchy texture); about 10% of the images have no objects. Boxes are the
-tight pixel bounds of the drawn shapes. Category ids are deliberately non-contiguous
-(1, 3, 7, 12) to exercise the id <-> label mapping. The output is the same for the same seed.
+the colour is random) of 12%-50% of the image side (both ranges can be changed, e.g. for a
+small-object set) on a varied background (solid colour, gradient, noise, blotchy texture);
+about 10% of the images have no objects. Boxes are the tight pixel bounds of the drawn shapes.
+Category ids are deliberately non-contiguous (1, 3, 7, 12) to exercise the id <-> label
+mapping. The output is the same for the same seed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ CATEGORIES: tuple[tuple[int, str], ...] = ((1, "circle"), (3, "square"), (7, "tr
 
 _EMPTY_IMAGE_FRACTION = 0.1
 _SIZE_RANGE = (0.12, 0.5)  # shape extent as a fraction of the shorter image side
+_OBJECTS_PER_IMAGE = (1, 6)  # shapes drawn per non-empty image (fewer when they do not fit)
 _MAX_OVERLAP = 0.1  # intersection / smaller box area allowed between two objects
 _MIN_CONTRAST = 110.0  # Euclidean RGB distance between a shape and the background under it
 
@@ -47,6 +49,8 @@ def make_synthetic_coco(
     image_size: tuple[int, int] = (256, 256),
     seed: int = 0,
     overwrite: bool = False,
+    size_range: tuple[float, float] = _SIZE_RANGE,
+    objects_per_image: tuple[int, int] = _OBJECTS_PER_IMAGE,
 ) -> DemoData:
     """Write a synthetic COCO-format detection set.
 
@@ -62,10 +66,18 @@ def make_synthetic_coco(
         image_size: (height, width) of every image in pixels.
         seed: the same seed gives byte-identical annotations and images.
         overwrite: replace an existing ``out_dir``.
+        size_range: (low, high) shape extent as a fraction of the shorter image side, each in
+            (0, 1]; the default (0.12, 0.5) is the demo set's. E.g. (0.05, 0.12) for small objects.
+        objects_per_image: (low, high) shapes drawn per non-empty image (default (1, 6));
+            fewer may fit.
 
     Returns:
         The paths written.
     """
+    if not 0.0 < size_range[0] <= size_range[1] <= 1.0:
+        raise ValueError(f"size_range must satisfy 0 < low <= high <= 1 (fractions of the image side), got {size_range}")
+    if not 0 <= objects_per_image[0] <= objects_per_image[1]:
+        raise ValueError(f"objects_per_image must satisfy 0 <= low <= high, got {objects_per_image}")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(
@@ -76,7 +88,8 @@ def make_synthetic_coco(
     try:
         (tmp / "annotations").mkdir()
         for split_index, (split, count) in enumerate((("train", num_train), ("val", num_val))):
-            dataset = _write_split(tmp / split, count, image_size, seed, split_index)
+            dataset = _write_split(tmp / split, count, image_size, seed, split_index, size_range,
+                                   objects_per_image)
             with open(tmp / "annotations" / f"{split}.json", "w", encoding="utf-8") as f:
                 json.dump(dataset, f)
         os.chmod(tmp, 0o755)
@@ -104,14 +117,15 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 def _write_split(
-    folder: Path, count: int, image_size: tuple[int, int], seed: int, split_index: int
+    folder: Path, count: int, image_size: tuple[int, int], seed: int, split_index: int,
+    size_range: tuple[float, float] = _SIZE_RANGE, objects_per_image: tuple[int, int] = _OBJECTS_PER_IMAGE,
 ) -> dict[str, Any]:
     folder.mkdir()
     height, width = image_size
     images, annotations = [], []
     for index in range(count):
         rng = np.random.default_rng([seed, split_index, index])
-        image, objects = draw_image(rng, (height, width))
+        image, objects = draw_image(rng, (height, width), size_range, objects_per_image)
         image_id = index + 1
         file_name = f"{image_id:06d}.jpg"
         bgr = np.ascontiguousarray(image[:, :, ::-1])
@@ -137,9 +151,10 @@ def _write_split(
 
 
 def draw_image(
-    rng: np.random.Generator, size: tuple[int, int]
+    rng: np.random.Generator, size: tuple[int, int], size_range: tuple[float, float] = _SIZE_RANGE,
+    objects_per_image: tuple[int, int] = _OBJECTS_PER_IMAGE,
 ) -> tuple[np.ndarray, list[tuple[int, tuple[int, int, int, int], int]]]:
-    """Draw one demo image.
+    """Draw one demo image (``size_range``, ``objects_per_image``: see :func:`make_synthetic_coco`).
 
     Returns:
         (image, objects): H x W x 3 uint8 RGB, and per object (category id, tight box
@@ -147,12 +162,13 @@ def draw_image(
     """
     height, width = size
     image = _background(rng, height, width)
-    num_objects = 0 if rng.random() < _EMPTY_IMAGE_FRACTION else int(rng.integers(1, 7))
+    low, high = objects_per_image
+    num_objects = 0 if rng.random() < _EMPTY_IMAGE_FRACTION else int(rng.integers(low, high + 1))
     boxes: list[tuple[int, int, int, int]] = []
     objects = []
     side = min(height, width)
     for _ in range(num_objects):
-        extent = int(round(rng.uniform(*_SIZE_RANGE) * side))
+        extent = max(1, int(round(rng.uniform(*size_range) * side)))
         placed = _place(rng, extent, height, width, boxes)
         if placed is None:
             continue

@@ -2,8 +2,9 @@
 
 * ``results.png`` (:func:`plot_results`): loss components, LR, mAP and AP50 per epoch, from ``metrics.csv``.
 * ``labels.png`` (:func:`plot_labels`): class counts, box width / height / aspect histograms of the
-  training set in network-input pixels, and how well the anchors fit those boxes (:func:`anchor_coverage`).
-* ``train_batch.jpg`` (:func:`plot_batch_mosaic`): augmented training images with their boxes.
+  training set in network-input pixels, and how well the anchors fit those boxes
+  (:func:`effdet.engine.anchor_fit.anchor_coverage`; ``effdet data anchors`` suggests better ones).
+* ``train_batch0.jpg`` .. ``2`` (:func:`plot_batch_mosaic`): augmented training images with their boxes.
 * ``pr_curves.png`` and ``confusion_matrix.png`` (:func:`write_eval_plots`): per-class precision-recall
   at IoU 0.5 from COCOeval, and a detection confusion matrix (:func:`confusion_matrix`).
 
@@ -26,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from effdet.engine.anchor_fit import anchor_coverage, anchor_sizes, dataset_box_sizes
 from effdet.fileio import atomic_write
 from effdet.inference.draw import class_color, draw_detections
 
@@ -299,54 +301,6 @@ def write_eval_plots(coco_gt: Any, results: Sequence[Mapping[str, Any]], coco_ev
 
 
 # ---------------------------------------------------------------------------------- labels, anchors
-def anchor_sizes(anchors: torch.Tensor | np.ndarray) -> np.ndarray:
-    """The distinct (width, height) of xyxy ``anchors`` (M, 4), e.g. ``model.anchors(image_size)``: (K, 2)."""
-    a = anchors.detach().cpu().numpy() if isinstance(anchors, torch.Tensor) else np.asarray(anchors)
-    wh = np.round((a[:, 2:] - a[:, :2]).astype(np.float64), 3)
-    return np.unique(wh, axis=0)
-
-
-def anchor_coverage(box_wh: np.ndarray, anchor_wh: np.ndarray) -> tuple[np.ndarray, float]:
-    """How well anchor shapes fit box shapes: the best shape-only IoU of each box and the share >= 0.5.
-
-    Args:
-        box_wh: (N, 2) box widths and heights (pixels). anchor_wh: (K, 2) anchor widths and heights.
-
-    Returns:
-        (best_iou (N,) float64, share): per box, the highest IoU with any anchor when box and
-        anchor share a centre (``min(w) * min(h) / union``); ``share`` is the fraction of boxes
-        whose best IoU is >= 0.5 (RetinaNet's positive threshold); NaN without boxes.
-    """
-    boxes = np.asarray(box_wh, dtype=np.float64).reshape(-1, 2)
-    anchors = np.asarray(anchor_wh, dtype=np.float64).reshape(-1, 2)
-    if len(boxes) == 0 or len(anchors) == 0:
-        return np.zeros(len(boxes)), math.nan
-    inter = np.minimum(boxes[:, None, 0], anchors[None, :, 0]) * np.minimum(boxes[:, None, 1], anchors[None, :, 1])
-    union = boxes.prod(1)[:, None] + anchors.prod(1)[None, :] - inter
-    best = (inter / np.maximum(union, 1e-12)).max(1)
-    return best, float((best >= 0.5).mean())
-
-
-def dataset_box_sizes(coco_gt: Any, image_size: tuple[int, int], category_ids: Sequence[int]
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Non-crowd box sizes of a COCO ground truth in network-input pixels, and their class indices.
-
-    Each box's width and height are multiplied by its image's letterbox scale
-    ``min(H / h, W / w)`` for the network input ``image_size`` (H, W) (before any scale jitter).
-    Returns ((N, 2) float64 widths and heights, (N,) int64 class indices into ``category_ids``).
-    """
-    label_of = {int(cid): k for k, cid in enumerate(category_ids)}
-    wh, labels = [], []
-    for ann in coco_gt.dataset.get("annotations", []):
-        if ann.get("iscrowd", 0) or int(ann["category_id"]) not in label_of:
-            continue
-        img = coco_gt.imgs[ann["image_id"]]
-        scale = min(image_size[0] / img["height"], image_size[1] / img["width"])
-        wh.append((ann["bbox"][2] * scale, ann["bbox"][3] * scale))
-        labels.append(label_of[int(ann["category_id"])])
-    return np.asarray(wh, dtype=np.float64).reshape(-1, 2), np.asarray(labels, dtype=np.int64)
-
-
 def plot_labels(boxes_wh: np.ndarray, labels: np.ndarray, class_names: Sequence[str], anchor_wh: np.ndarray,
                 path: str | Path) -> Path:
     """``labels.png``: class counts, box width / height / aspect histograms, sizes vs anchors, anchor fit.
@@ -442,6 +396,5 @@ def plot_batch_mosaic(images_uint8: torch.Tensor | np.ndarray, targets: Sequence
     return path
 
 
-__all__ = ["RESULT_PANELS", "anchor_coverage", "anchor_sizes", "confusion_matrix", "confusion_matrix_coco",
-           "dataset_box_sizes", "plot_batch_mosaic", "plot_confusion_matrix", "plot_labels", "plot_pr_curves",
+__all__ = ["RESULT_PANELS", "confusion_matrix", "confusion_matrix_coco", "plot_batch_mosaic", "plot_confusion_matrix", "plot_labels", "plot_pr_curves",
            "plot_results", "plot_training_labels", "write_eval_plots"]

@@ -3,7 +3,9 @@
 ``load_predictor`` turns a checkpoint (this project's, or a reference-port state dict plus a
 model name) into an :class:`effdet.inference.predictor.Predictor`. ``run_inference`` reads every image of
 a list of sources (files, folders, glob patterns), skips unreadable files with a warning, runs
-the predictor in batches and writes annotated copies and/or a COCO results JSON.
+the predictor in batches (or sliced inference, :mod:`effdet.inference.slicing`) and writes
+annotated copies and/or a COCO results JSON; videos, cameras and streams among the sources go
+frame by frame through :func:`effdet.inference.video.run_video` (annotated video + JSON lines).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 from tqdm import tqdm
@@ -25,6 +27,9 @@ from effdet.factory import load_model
 from effdet.fileio import atomic_write, check_output_file, check_output_folder
 from effdet.inference.draw import draw_detections
 from effdet.inference.predictor import Predictor
+from effdet.inference.slicing import sliced_detector
+from effdet.inference.video import (VIDEO_EXTENSIONS, VideoReadError, VideoResult, VideoSource, run_video,
+                                    split_sources, stream_name, video_codec)
 from effdet.modeling.postprocess import PostprocessSettings
 
 
@@ -38,10 +43,22 @@ class InferenceSummary:
 
     num_images: int = 0
     num_detections: int = 0
+    """In images and video frames."""
     skipped: list[str] = field(default_factory=list)
-    """Unreadable files, with the reason."""
+    """Unreadable files (images, videos that cannot be opened), with the reason."""
     output_dir: Path | None = None
     json_path: Path | None = None
+    videos: list[VideoResult] = field(default_factory=list)
+    """One per video, camera or stream read: frame count, undecodable frames, output files."""
+
+    @property
+    def num_frames(self) -> int:
+        return sum(video.frames for video in self.videos)
+
+    @property
+    def failed_frames(self) -> int:
+        """Video frames that could not be decoded (skipped)."""
+        return sum(len(video.failed_frames) for video in self.videos)
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -103,18 +120,37 @@ def output_names(paths: Sequence[Path], sources: Sequence[str | Path]) -> list[P
         elif not p.is_file() and glob.has_magic(str(source)):
             base = _plain_prefix(p.parts)
             roots.append(Path(*base).resolve() if base else Path.cwd())
-    names, used = [], set()
+    names = []
     for path in paths:
         resolved = path.resolve()
         parents = [r for r in roots if resolved.is_relative_to(r)]
-        name = resolved.relative_to(max(parents, key=lambda r: len(r.parts))) if parents else Path(path.name)
+        names.append(resolved.relative_to(max(parents, key=lambda r: len(r.parts))) if parents else Path(path.name))
+    return unique_names(names)
+
+
+def unique_names(names: Sequence[Path]) -> list[Path]:
+    """``names`` with ``_1``, ``_2``... added to the stem of each repeat of an earlier name."""
+    out, used = [], set()
+    for name in names:
         candidate, counter = name, 0
         while candidate.as_posix() in used:
             counter += 1
             candidate = name.with_name(f"{name.stem}_{counter}{name.suffix}")
         used.add(candidate.as_posix())
-        names.append(candidate)
-    return names
+        out.append(candidate)
+    return out
+
+
+def video_output_names(videos: Sequence[VideoSource], sources: Sequence[str | Path], suffix: str) -> list[Path]:
+    """Relative output name of each video source, with ``suffix``: a file's as for images
+    (:func:`output_names`) with its suffix replaced; a camera's or stream's from
+    :func:`effdet.inference.video.stream_name`. Unique (``_1``, ``_2``...)."""
+    files = output_names([v.path for v in videos if v.path is not None], sources)
+    names, files_left = [], iter(files)
+    for video in videos:
+        names.append(next(files_left).with_suffix(suffix) if video.path is not None
+                     else Path(stream_name(video) + suffix))
+    return unique_names(names)
 
 
 def _plain_prefix(parts: Sequence[str]) -> list[str]:
@@ -165,13 +201,19 @@ def save_image_atomic(image: Image.Image, path: Path) -> Path:
 
 
 def check_outputs(paths: Sequence[Path], names: Sequence[Path], output_dir: str | Path | None,
-                  json_path: str | Path | None, ann_file: str | Path | None) -> None:
+                  json_path: str | Path | None, ann_file: str | Path | None,
+                  frame_files: Sequence[Path] = ()) -> None:
     """Refuse outputs that would replace an input, before any work: an annotated copy landing on
-    an input image (``--output`` is the images' own folder), or a results JSON that is an input
-    image or the annotation file. Raises :class:`InferenceError` naming both files."""
+    an input image or video (``--output`` is the inputs' own folder), a results JSON that is an
+    input or the annotation file, or a videos' JSON lines file (``frame_files``) that is an input.
+    Raises :class:`InferenceError` naming both files."""
     inputs = {path.resolve(): path for path in paths}
     if ann_file is not None:
         inputs[Path(ann_file).resolve()] = Path(ann_file)
+    for frame_file in frame_files:
+        if frame_file.resolve() in inputs:
+            raise InferenceError(f"--output would replace the input {inputs[frame_file.resolve()]} with the JSON "
+                                 "lines of a video; choose an output folder that holds none of the inputs")
     if output_dir is not None:
         output_dir = Path(output_dir)
         if output_dir.is_file():
@@ -180,8 +222,8 @@ def check_outputs(paths: Sequence[Path], names: Sequence[Path], output_dir: str 
         for path, name in zip(paths, names):
             target = (output_dir / name).resolve()
             if target in inputs or target.with_suffix(".png") in inputs:
-                raise InferenceError(f"--output {output_dir} would replace the input image {path} with its "
-                                     "annotated copy; choose an output folder that holds none of the input images")
+                raise InferenceError(f"--output {output_dir} would replace the input {path} with its "
+                                     "annotated copy; choose an output folder that holds none of the inputs")
     if json_path is not None:
         json_path = Path(json_path)
         if json_path.resolve() in inputs:
@@ -196,41 +238,95 @@ def check_outputs(paths: Sequence[Path], names: Sequence[Path], output_dir: str 
 
 def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_dir: str | Path | None = "runs/predict",
                   json_path: str | Path | None = None, ann_file: str | Path | None = None,
-                  progress: bool = True) -> InferenceSummary:
-    """Detect objects in every image of ``sources`` and write the outputs.
+                  progress: bool = True, frames_dir: str | Path | None = None, slice: int | None = None,
+                  slice_overlap: float = 0.2, max_frames: int | None = None) -> InferenceSummary:
+    """Detect objects in every image and video of ``sources`` and write the outputs.
 
     Args:
         predictor: its settings (score threshold, NMS) decide what is drawn and written.
-        sources: files, folders (recursive) and glob patterns (``effdet.data.images.find_images``).
-        output_dir: annotated copies go here, at each image's relative path (None: no images).
-        json_path: COCO results JSON (``image_id``, ``file_name``, ``category_id``, ``bbox`` xywh
-            in original pixels, ``score``). Category ids are the checkpoint's dataset ids when it
-            has them, else the class indices.
+        sources: files, folders (recursive) and glob patterns (``effdet.data.images.find_images``);
+            video files among them (by suffix, :data:`~effdet.inference.video.VIDEO_EXTENSIONS`),
+            camera indices (``0``) and stream URLs (``rtsp://...``) are read frame by frame
+            (:func:`effdet.inference.video.split_sources`).
+        output_dir: annotated copies go here, at each image's relative path, and annotated videos
+            (``NAME.mp4``, the source's frame rate and size) beside them (None: neither).
+        json_path: COCO results JSON of the images (``image_id``, ``file_name``,
+            ``category_id``, ``bbox`` xywh in original pixels, ``score``). Category ids are the
+            checkpoint's dataset ids when it has them, else the class indices.
         ann_file: take ``image_id`` from this COCO annotation file (matched by file name);
             otherwise images are numbered 1, 2, ... in sorted path order. Images the file does
             not list are left out of the JSON (with a warning).
+        frames_dir: each video's per-frame JSON lines (``NAME.jsonl``, see
+            :func:`effdet.inference.video.frame_record`); default ``output_dir``.
+        slice, slice_overlap: sliced inference (:func:`effdet.inference.slicing.sliced_predict`)
+            with tiles of ``slice`` original pixels overlapping by ``slice_overlap``, plus a
+            full-image pass, for images and frames alike; None: one letterboxed pass.
+        max_frames: read at most this many frames of each video, camera or stream.
 
-    Unreadable files are skipped with a warning and listed in the summary. Outputs never replace
-    an input: an ``output_dir`` where an annotated copy would land on an input image, or a
-    ``json_path`` that is an input (an image or ``ann_file``), is refused before any work starts.
-    ``output_dir`` gets the marker file :data:`~effdet.data.images.OUTPUT_MARKER`, so that a later
+    Unreadable files (images, videos that cannot be opened) are skipped with a warning and listed
+    in the summary; undecodable frames are skipped and counted. Outputs never replace an input:
+    an ``output_dir`` where an annotated copy would land on an input, or a ``json_path`` that is
+    an input (an image or ``ann_file``), is refused before any work starts. ``output_dir`` (and
+    ``frames_dir``) get the marker file :data:`~effdet.data.images.OUTPUT_MARKER`, so that a later
     run over a folder that contains it does not read the annotated copies back as input.
     """
+    image_sources, videos = split_sources(sources)
     try:
-        paths = find_images(sources)
+        paths = find_images(image_sources) if image_sources else []
     except FileNotFoundError as error:
-        raise InferenceError(f"{error}; pass image files, folders or glob patterns") from None
-    if not paths:
+        raise InferenceError(f"{error}; pass image or video files, folders, glob patterns, a camera index or a "
+                             "stream URL") from None
+    if not paths and not videos:
         raise InferenceError(f"no image files found in {', '.join(map(str, sources))} "
-                             "(looked for .jpg .jpeg .png .bmp .webp .tif .tiff)")
+                             "(looked for .jpg .jpeg .png .bmp .webp .tif .tiff, and for videos: "
+                             f"{' '.join(sorted(VIDEO_EXTENSIONS))})")
+    frames_dir = Path(frames_dir) if frames_dir is not None else Path(output_dir) if output_dir is not None else None
+    if videos and frames_dir is None:
+        raise InferenceError("videos need a folder for their per-frame JSON lines: give frames_dir")
     names = output_names(paths, sources)
-    check_outputs(paths, names, output_dir, json_path, ann_file)
-    ids = annotation_image_ids(ann_file, names) if ann_file is not None else list(range(1, len(paths) + 1))
-    categories = predictor.category_ids or list(range(predictor.config.num_classes))
+    video_names = video_output_names(videos, sources, video_codec()[1] if videos and output_dir is not None
+                                     else ".mp4")
+    frame_files = [frames_dir / name.with_suffix(".jsonl") for name in video_names] if frames_dir is not None else []
+    check_outputs([*paths, *(v.path for v in videos if v.path is not None)],
+                  [*names, *(n for v, n in zip(videos, video_names) if v.path is not None)],
+                  output_dir, json_path, ann_file, frame_files)
+    if videos:
+        check_output_folder(frames_dir, "--output")
+    ids = annotation_image_ids(ann_file, names) if ann_file is not None and paths else list(range(1, len(paths) + 1))
     summary = InferenceSummary(output_dir=Path(output_dir) if output_dir is not None else None)
-    if summary.output_dir is not None:
-        with atomic_write(summary.output_dir / OUTPUT_MARKER, "w", encoding="utf-8") as f:
+    for folder in {summary.output_dir, frames_dir if videos else None} - {None}:
+        with atomic_write(folder / OUTPUT_MARKER, "w", encoding="utf-8") as f:
             f.write("annotated images written by effdet predict; folder searches for input images skip this folder\n")
+    detect = predictor if slice is None else sliced_detector(predictor, slice, slice_overlap,
+                                                             merge_iou=predictor.settings.nms_iou)
+    results = _predict_images(predictor, detect, paths, names, ids, summary, progress)
+    if json_path is not None:
+        if not paths:
+            warnings.warn(f"--json {json_path} holds image detections only, and there are no images; the videos' "
+                          "detections are in their JSON lines files", stacklevel=2)
+        summary.json_path = write_results(results, json_path)
+    categories = predictor.category_ids or list(range(predictor.config.num_classes))
+    for video, name, frame_file in zip(videos, video_names, frame_files):
+        try:
+            summary.videos.append(run_video(detect, video, summary.output_dir / name if summary.output_dir else None,
+                                            frame_file, categories, predictor.class_names, predictor.batch_size,
+                                            max_frames, progress))
+        except VideoReadError as error:
+            warnings.warn(f"skipped: {error}", stacklevel=2)
+            summary.skipped.append(str(error))
+            continue
+        summary.num_detections += summary.videos[-1].detections
+    return summary
+
+
+def _predict_images(predictor: Predictor, detect: Callable[[list[Any]], list[dict[str, Any]]], paths: Sequence[Path],
+                    names: Sequence[Path], ids: Sequence[int | None], summary: InferenceSummary,
+                    progress: bool) -> list[dict[str, Any]]:
+    """Read, detect (in batches of ``predictor.batch_size``), draw and write the images; returns
+    their COCO results entries and counts them (and the unreadable files) in ``summary``."""
+    if not paths:
+        return []
+    categories = predictor.category_ids or list(range(predictor.config.num_classes))
     results: list[dict[str, Any]] = []
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(paths), predictor.batch_size):
@@ -244,7 +340,7 @@ def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_di
         bar.update(min(predictor.batch_size, len(paths) - start))
         if not batch:
             continue
-        detections = predictor([image for _, image in batch])
+        detections = detect([image for _, image in batch])
         for (index, image), det in zip(batch, detections):
             summary.num_images += 1
             summary.num_detections += len(det["scores"])
@@ -255,6 +351,4 @@ def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_di
                                         predictor.class_names)
                 save_image_atomic(drawn, summary.output_dir / names[index])
     bar.close()
-    if json_path is not None:
-        summary.json_path = write_results(results, json_path)
-    return summary
+    return results
