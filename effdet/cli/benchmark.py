@@ -37,10 +37,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 """The source checkout this module lies in (editable install): --compare-reference needs its
 refport/ harness and tools/refport_bench_worker.py."""
 WORKER = REPO_ROOT / "tools" / "refport_bench_worker.py"
-TRAIN_LOSS_RTOL = 1e-3
-"""Largest relative difference of any timed training step's loss from the reference's for the two
-steps to count as the same computation (the tool reports figures and ratios, not targets: the
-project's targets live in the README's measured tables)."""
+FIRST_LOSS_RTOL = 1e-4
+"""Largest relative difference of the first training step's loss from the reference's: the same
+weights and batch must give the same loss."""
+
+TRAIN_LOSS_RTOL = 1e-2
+"""Largest relative difference of any later timed step's loss: the same training trajectory. Later
+steps drift slightly apart (seen: 1.1e-3 after 2 steps at 128 px, 1.9e-4 over 6 steps at 256 px):
+the gradients are not bit-identical (for one, our box loss is masked by positive anchor, the
+reference's by non-zero target component). (The tool reports figures and ratios, not targets: the
+project's targets live in the README's measured tables.)"""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,7 +346,7 @@ class Benchmark:
             self.report["checks"]["train_loss_vs_reference"] = {
                 "ours_first": ours_l[0], "reference_first": ref_l[0], "first_rel_diff": rel[0],
                 "max_rel_diff": rel[worst], "worst_step": worst, "steps": n,
-                "equal": len(ours_l) == len(ref_l) and rel[worst] < TRAIN_LOSS_RTOL}
+                "equal": len(ours_l) == len(ref_l) and rel[0] < FIRST_LOSS_RTOL and rel[worst] < TRAIN_LOSS_RTOL}
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
