@@ -39,10 +39,14 @@ def _reason(error: BaseException) -> str:
         if error.errno == errno.EISDIR:
             return "a folder of that name is in the way"
         return error.strerror or str(error)
-    text = str(error)
-    if "file write failed" in text or "inline_container" in text:  # torch.save's C++ writer hides the OSError
+    if _is_torch_write_failure(error):
         return "the write failed (is the disk full?)"
-    return (text.splitlines() or [type(error).__name__])[0][:200]
+    return (str(error).splitlines() or [type(error).__name__])[0][:200]
+
+
+def _is_torch_write_failure(error: BaseException) -> bool:
+    """torch.save's C++ writer reports a failed write (a full disk) as a RuntimeError, hiding the OSError."""
+    return isinstance(error, RuntimeError) and ("file write failed" in str(error) or "inline_container" in str(error))
 
 
 def write_error(path: str | Path, error: BaseException, what: str = "file") -> WriteError:
@@ -108,6 +112,22 @@ def _temporary(path: Path, suffix: str) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
+def _replace_on_success(path: Path, tmp: str) -> Iterator[None]:
+    """Rename ``tmp`` onto ``path`` (with the permissions the umask gives new files) when the body
+    succeeds; otherwise remove ``tmp`` and re-raise, a failed write (an ``OSError``, or torch's
+    error for one) as :class:`WriteError`."""
+    try:
+        yield
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if not isinstance(e, WriteError) and (isinstance(e, OSError) or _is_torch_write_failure(e)):
+            raise write_error(path, e) from None
+        raise
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None,
                  suffix: str = ".tmp") -> Iterator[IO]:
     """Open a temporary file next to ``path`` for writing; rename it onto ``path`` on success.
@@ -127,20 +147,10 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     fd, tmp = _temporary(path, suffix)
-    try:
-        with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, WriteError):
-            raise
-        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "file write failed" in str(e)):
-            raise write_error(path, e) from None
-        raise
+    with _replace_on_success(path, tmp), os.fdopen(fd, mode, encoding=encoding if mode == "w" else None) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 @contextlib.contextmanager
@@ -150,15 +160,8 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     path = Path(path)
     fd, tmp = _temporary(path, suffix)
     os.close(fd)
-    try:
+    with _replace_on_success(path, tmp):
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, WriteError):
-            raise write_error(path, e) from None
-        raise
 
 
 def check_output_file(path: str | Path, flag: str) -> Path:

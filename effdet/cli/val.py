@@ -66,11 +66,12 @@ def evaluate_results(args: argparse.Namespace, details: dict[str, Any]) -> dict[
     if len(dataset) == 0:
         raise InferenceError(f"{args.ann} lists no images: nothing to evaluate")
     results = read_results(args.results)
+    coco_gt = dataset.coco_api()
     try:
-        metrics = coco_stats(dataset.coco_api(), results, details=details)
+        metrics = coco_stats(coco_gt, results, details=details)
     except ValueError as error:
         raise InferenceError(f"{args.results}: {error}") from None
-    details.update(coco_gt=dataset.coco_api(), results=results, class_names=list(dataset.class_names),
+    details.update(coco_gt=coco_gt, results=results, class_names=list(dataset.class_names),
                    category_ids=list(dataset.category_ids), image_ids=None)
     metrics.update(num_images=len(dataset), num_detections=len(results))
     return metrics
@@ -90,9 +91,7 @@ def check_outputs(args: argparse.Namespace) -> None:
         if resolved in inputs:
             raise InferenceError(f"{flag} {path} is the {inputs[resolved]} input file; writing there would destroy "
                                  "it: choose another file name")
-        if Path(path).is_dir():
-            raise InferenceError(f"{flag} {path} is a folder; give a file name")
-        check_output_file(path, flag)
+        check_output_file(path, flag)  # not a folder, in a writable folder
     if args.detections_json and Path(args.detections_json).resolve() == Path(metrics_json).resolve():
         raise InferenceError(f"--output-json and --detections-json are the same file {metrics_json}; "
                              "give them different names")

@@ -84,7 +84,7 @@ class CocoDetection(Dataset):
         self.image_dir = Path(image_dir)
         self.transform = transform
         self.max_boxes = max_boxes
-        data = _load_json(self.annotation_file)
+        data = load_annotation_json(self.annotation_file)
         where = str(self.annotation_file)
         self.category_ids, self.class_names = _parse_categories(data["categories"], where)
         self.category_id_to_label = {cid: label for label, cid in enumerate(self.category_ids)}
@@ -155,7 +155,7 @@ class CocoDetection(Dataset):
         """
         from pycocotools.coco import COCO
 
-        data = _load_json(self.annotation_file)
+        data = load_annotation_json(self.annotation_file)
         for ann in data["annotations"]:
             if isinstance(ann, dict) and "area" not in ann:
                 ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
@@ -166,7 +166,10 @@ class CocoDetection(Dataset):
         return coco
 
 
-def _load_json(path: Path) -> dict[str, Any]:
+def load_annotation_json(path: str | Path) -> dict[str, Any]:
+    """A COCO annotation file's JSON (a dict with ``images``, ``annotations`` and ``categories``
+    lists); :class:`DatasetError` naming the file when it is missing, unreadable or not that."""
+    path = Path(path)
     if not path.is_file():
         raise DatasetError(f"annotation file {path} does not exist (or is not a file); check the path")
     try:

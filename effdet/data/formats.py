@@ -21,7 +21,6 @@ missing or unreadable are skipped with one warning each and counted.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 import xml.etree.ElementTree as ET
@@ -34,7 +33,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from effdet.data.coco import CocoDetection, DatasetError
+from effdet.data.coco import CocoDetection, DatasetError, load_annotation_json
 from effdet.data.images import ImageReadError, find_images
 from effdet.fileio import atomic_write
 
@@ -466,8 +465,7 @@ def read_coco(path: str | Path) -> dict[str, Any]:
         DatasetError: the file is not a usable COCO detection file; the message says where.
     """
     CocoDetection(path, Path(path).parent, check_files=False)
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return load_annotation_json(path)
 
 
 def coco_to_yolo(coco: dict[str, Any]) -> YoloLabels:

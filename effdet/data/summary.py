@@ -7,7 +7,6 @@ boxes; small / medium / large are COCO's area ranges: area = w x h below 32², b
 
 from __future__ import annotations
 
-import json
 import random
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from effdet.data.coco import CocoDetection, DatasetError
+from effdet.data.coco import CocoDetection, DatasetError, load_annotation_json
 from effdet.data.images import ImageReadError, read_image
 
 SMALL_AREA, LARGE_AREA = 32 ** 2, 96 ** 2
@@ -92,8 +91,7 @@ def summarize(annotation_file: str | Path, image_dir: str | Path, read_images: b
         dataset = CocoDetection(annotation_file, image_dir, check_files=False)
     if not dataset.image_dir.is_dir():
         raise DatasetError(f"image folder {dataset.image_dir} does not exist; check the path")
-    with open(dataset.annotation_file, encoding="utf-8") as f:
-        data = json.load(f)  # valid: CocoDetection read it
+    data = load_annotation_json(dataset.annotation_file)  # valid: CocoDetection read it
     summary = _count(data, dataset)
     summary.warnings = [str(w.message) for w in caught]
     summary.read_images = read_images
