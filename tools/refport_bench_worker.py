@@ -161,7 +161,8 @@ class Worker:
             self.items = x.shape[0]
         elif task == "predict":
             from effdet import DetBenchPredict
-            bench = DetBenchPredict(self._model()).eval()
+            # the bench's anchors are built on the CPU: move the whole bench, as the reference's tools do
+            bench = DetBenchPredict(self._model()).eval().to(self.device)
             bench.max_detection_points = self.max_detection_points
             bench.max_det_per_image = self.max_det_per_image
             paths = list(kw["images"])
@@ -185,7 +186,7 @@ class Worker:
             self.items = len(paths)
         elif task == "train":
             from effdet import DetBenchTrain
-            bench = DetBenchTrain(self._model(drop_path_off=True), create_labeler=True).train()
+            bench = DetBenchTrain(self._model(drop_path_off=True), create_labeler=True).train().to(self.device)
             batch = torch.load(kw["batch"], weights_only=True)
             images = batch["images"].to(self.device)
             n = max(len(b) for b in batch["boxes"])

@@ -48,6 +48,11 @@ the gradients are not bit-identical (for one, our box loss is masked by positive
 reference's by non-zero target component). (The tool reports figures and ratios, not targets: the
 project's targets live in the README's measured tables.)"""
 
+AMP_LOSS_RTOL = (1e-2, 5e-2)
+"""(first step, any step) under --amp: bf16 keeps 8 bits of mantissa (relative rounding 3.9e-3), so
+the two trainings' losses agree to about 1e-3 at the first step and drift further (seen on an H200
+with bf16: first 7.7e-4 / 4.6e-4, worst of 10 steps 4.8e-3 / 1.3e-2 for D0 / D4)."""
+
 
 # ------------------------------------------------------------------------------------------------
 # runners: one variant of one task, timed in rounds
@@ -343,10 +348,11 @@ class Benchmark:
             n = min(len(ours_l), len(ref_l))
             rel = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours_l[:n], ref_l[:n])]
             worst = max(range(n), key=rel.__getitem__)
+            first_rtol, step_rtol = AMP_LOSS_RTOL if args.amp else (FIRST_LOSS_RTOL, TRAIN_LOSS_RTOL)
             self.report["checks"]["train_loss_vs_reference"] = {
                 "ours_first": ours_l[0], "reference_first": ref_l[0], "first_rel_diff": rel[0],
                 "max_rel_diff": rel[worst], "worst_step": worst, "steps": n,
-                "equal": len(ours_l) == len(ref_l) and rel[0] < FIRST_LOSS_RTOL and rel[worst] < TRAIN_LOSS_RTOL}
+                "equal": len(ours_l) == len(ref_l) and rel[0] < first_rtol and rel[worst] < step_rtol}
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
