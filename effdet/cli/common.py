@@ -19,6 +19,8 @@ from effdet.config import ConfigError, PostprocessSettings
 from effdet.data.coco import DatasetError
 from effdet.data.results import ResultsError
 from effdet.fileio import WriteError
+from effdet.export.onnx import ExportError
+from effdet.inference.backends import BackendError
 from effdet.inference.run import InferenceError
 from effdet.runtime import keep_freed_memory
 from effdet.weights.checkpoint import CheckpointError
@@ -29,7 +31,7 @@ class DeviceError(ValueError):
 
 
 USER_ERRORS: tuple[type[Exception], ...] = (InferenceError, CheckpointError, ConfigError, DatasetError, ResultsError,
-                                            DeviceError, WriteError, FileNotFoundError)
+                                            DeviceError, WriteError, FileNotFoundError, BackendError, ExportError)
 """Errors caused by the user's input; the jobs print them in one line and exit with 2."""
 
 

@@ -1,5 +1,6 @@
-"""``effdet export``: a checkpoint to ONNX with box decoding (and optionally NMS) in the graph,
-checked with ONNX Runtime (flags: :func:`effdet.cli.parsers.add_export_arguments`)."""
+"""``effdet export``: a checkpoint to ONNX (box decoding and optionally NMS in the graph, or the
+network alone) or OpenVINO IR (fp32, or int8 through NNCF), checked against PyTorch (flags:
+:func:`effdet.cli.parsers.add_export_arguments`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from effdet.cli.common import postprocess_settings
 from effdet.config import resolve
 from effdet.data.images import read_image
 from effdet.data.letterbox import content_size, letterbox
-from effdet.export.onnx import DetectionGraph, ExportError, describe, export_onnx
+from effdet.export.onnx import DetectionGraph, ExportError, NetworkGraph, describe, export_onnx
+from effdet.export.openvino import calibration_images, export_openvino
 from effdet.factory import load_model
 from effdet.fileio import check_output_file
 from effdet.inference.predictor import optimize_for_inference
@@ -27,9 +29,13 @@ def run(args: argparse.Namespace) -> int:
         size = model.config.image_size
         if args.image_size:
             size = resolve(model.config, image_size=args.image_size).image_size
-        if args.optimize:
+        if args.optimize or args.network:  # a network export is always the fused network
             model = optimize_for_inference(model, size, channels_last=False)
-        graph = DetectionGraph(model, size, nms=args.nms, input_format=args.input, settings=postprocess_settings(args))
+        if args.network:
+            graph = NetworkGraph(model, size, input_format=args.input)
+        else:
+            graph = DetectionGraph(model, size, nms=args.nms, input_format=args.input,
+                                   settings=postprocess_settings(args))
         sample = None
         if args.sample_image:
             rgb = read_image(args.sample_image)
@@ -41,19 +47,34 @@ def run(args: argparse.Namespace) -> int:
             sample = (images, valid)
         metadata = dict(model=model.config.name, class_names=info.get("class_names"),
                         category_ids=info.get("category_ids"), source=str(args.weights))
-        check = export_onnx(graph, args.output, args.opset, verify=not args.no_verify, sample=sample,
-                            metadata=metadata)
+        if args.format == "openvino":
+            calibration = None
+            if args.int8:
+                calibration = calibration_images(args.calib_images, size, args.calib_count)
+                if args.input == "float":
+                    calibration = [((torch.from_numpy(a).float() - graph.mean) / graph.std).numpy()
+                                   for a in calibration]
+                print(f"quantising to int8 with NNCF on {len(calibration)} calibration images ...")
+            check = export_openvino(graph, args.output, calibration, metadata=metadata, verify=not args.no_verify,
+                                    sample=sample[0] if sample else None)
+        else:
+            check = export_onnx(graph, args.output, args.opset, verify=not args.no_verify, sample=sample,
+                                metadata=metadata)
     except ExportError as error:
         print(f"effdet export: error: {error}; the file was not written", file=sys.stderr)
         return 1
     spec = describe(graph)
-    print(f"wrote {args.output} (opset {args.opset}, {model.config.name}) in {time.perf_counter() - start:.1f} s")
+    kind = "OpenVINO IR " + ("int8" if args.int8 else "fp32") if args.format == "openvino" else f"ONNX opset {args.opset}"
+    print(f"wrote {args.output} ({kind}, {model.config.name}) in {time.perf_counter() - start:.1f} s")
     print(f"  input:   {spec['input']}")
     for line in spec["outputs"]:
         print(f"  output:  {line}")
+    runtime = "OpenVINO" if args.format == "openvino" else "ONNX Runtime"
     if check is not None:
-        print(f"ONNX Runtime check passed: {check.message}")
+        print(f"{runtime} check {'passed' if check.ok else 'FAILED'}: {check.message}")
     elif not args.no_verify:
         print('not checked with ONNX Runtime (not installed: pip install -e ".[export]")')
+    if args.network:
+        print(f"run it: effdet predict --weights {args.output} IMAGES   |   effdet val --weights {args.output} "
+              "--ann ANN --images DIR")
     return 0
-

@@ -103,6 +103,16 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
                         help="auto (CUDA when present, else cpu), cpu, cuda, cuda:1, ... (default: auto)")
 
 
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")  # effdet.inference.backends.BACKENDS (no torch import here)
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="what runs --weights: auto (by the file: a checkpoint in PyTorch, .onnx in ONNX Runtime, "
+                             ".xml in OpenVINO), torch, onnxruntime or openvino (exported networks: effdet export "
+                             "--network / --format openvino / --int8)")
+
+
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=POSITIVE, default=None, metavar="N",
                         help="CPU threads for PyTorch and OpenCV in this process (default: PyTorch's, which "
@@ -228,8 +238,10 @@ image. Same weights and data, same numbers.
 
 
 def add_val_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", help="checkpoint: this project's, or a reference-port state dict")
+    parser.add_argument("--weights", help="checkpoint (this project's, or a reference-port state dict), or an "
+                        "exported network (.onnx / .xml, see --backend)")
     parser.add_argument("--results", help="score this COCO results JSON instead of running a model")
+    add_backend_argument(parser)
     parser.add_argument("--model", help="model name for reference-port weights, e.g. tf_efficientdet_d0")
     parser.add_argument("--ann", required=True, help="COCO annotation file (ground truth)")
     parser.add_argument("--images", help="image folder the annotation file's file_name entries are relative to")
@@ -259,6 +271,28 @@ def check_val_arguments(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error("--images is required with --weights")
 
 
+def check_export_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Resolve ``--format`` from the suffix; OpenVINO and int8 export the network alone."""
+    suffix = args.output.lower().rsplit(".", 1)[-1] if "." in args.output else ""
+    if args.format is None:
+        args.format = "openvino" if suffix == "xml" else "onnx"
+    if args.int8 and args.format != "openvino":
+        parser.error("--int8 writes OpenVINO IR (NNCF): use --format openvino and an .xml --output "
+                     "(ONNX Runtime's int8 was slower here than its fp32)")
+    if args.format == "openvino" and suffix != "xml":
+        parser.error(f"OpenVINO IR is written as an .xml file (weights in .bin beside it), got --output {args.output}")
+    if args.format == "onnx" and suffix == "xml":
+        parser.error("an .xml --output is OpenVINO IR: use --format openvino or an .onnx name")
+    if args.int8 and not args.calib_images:
+        parser.error("--int8 needs --calib-images DIR: a few hundred images like those the model will see")
+    if args.calib_images and not args.int8:
+        parser.error("--calib-images is for --int8")
+    if args.format == "openvino":
+        args.network = True
+    if args.network and args.nms:
+        parser.error("--nms puts NMS in the graph; --network (and OpenVINO / int8) export the network alone")
+
+
 PREDICT = """Detect objects in images and videos with a trained EfficientDet; write annotated copies and/or COCO JSON.
 
     effdet predict --weights runs/train/best.pt photos/ extra.jpg "shots/**/*.png"
@@ -285,6 +319,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image or video files, folders (searched recursively), glob patterns, camera indices "
                              "(0, 1, ...) or stream URLs (rtsp://, http(s)://, ...)")
     add_model_arguments(parser)
+    add_backend_argument(parser)
     parser.add_argument("--class-names", help="file with one class name per line, or a JSON list")
     parser.add_argument("--output", default="runs/predict",
                         help="folder for annotated images and videos, and the videos' per-frame JSON lines "
@@ -310,29 +345,46 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_argument(parser)
     add_image_size_argument(parser)
     parser.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=True,
-                        help="run effdet.inference.predictor.optimize_for_inference (BN folded, fused convolutions): "
-                             "the same detections, faster; --no-optimize runs the plain network (default on)")
+                        help="also build the fused network (effdet.inference.predictor.optimize_for_inference: BN "
+                             "folded, fused convolutions; the same detections) and run it if it times faster than "
+                             "the plain one at start-up; --no-optimize runs the plain network (default on)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-EXPORT = """Export a checkpoint to ONNX with box decoding (and optionally NMS) in the graph; check it with
-ONNX Runtime (needs the export extra: pip install -e ".[export]").
+EXPORT = """Export a checkpoint for deployment: ONNX (with box decoding, and optionally NMS, in the graph; or
+the network alone), or OpenVINO IR in fp32 or int8; each checked against PyTorch (needs the export
+extra: pip install -e ".[export]").
 
     effdet export --weights runs/train/best.pt --output model.onnx [--nms]
         [--opset 17] [--image-size 512] [--input uint8|float] [--score-threshold 0.05]
         [--nms-iou 0.5] [--max-detections 100] [--max-candidates 5000] [--optimize]
         [--sample-image photo.jpg] [--no-verify]
     effdet export --weights tf_efficientdet_d0.pth --model tf_efficientdet_d0 --output d0.onnx --nms
+    effdet export --weights best.pt --output net.onnx --network          # for effdet predict/val --weights net.onnx
+    effdet export --weights best.pt --output net.xml                     # OpenVINO IR, fp32
+    effdet export --weights best.pt --output net_int8.xml --int8 --calib-images data/train [--calib-count 300]
 
 Input: images (N, 3, H, W), uint8 RGB letterboxed to the export size (default) or normalised
 float32 (--input float). See effdet/export/onnx.py for the outputs. Class names, category ids and
-the settings are stored in the file's metadata.
+the settings are stored in the file's metadata. --network, --format openvino and --int8 write the
+fused network alone (class and box maps per level): effdet predict and effdet val run such a file
+with --backend onnxruntime|openvino (auto by suffix) and this project's post-processing.
 """
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--output", required=True, help="output .onnx file")
+    parser.add_argument("--output", required=True, help="output file: .onnx, or .xml for OpenVINO IR (.bin beside it)")
+    parser.add_argument("--format", choices=("onnx", "openvino"), default=None,
+                        help="onnx or openvino (IR: implies --network); default: from --output's suffix")
+    parser.add_argument("--network", action="store_true",
+                        help="export the fused network alone (class / box maps), for effdet predict/val --weights FILE")
+    parser.add_argument("--int8", action="store_true",
+                        help="quantise to int8 (OpenVINO IR through NNCF, calibrated on --calib-images)")
+    parser.add_argument("--calib-images", nargs="+", metavar="DIR",
+                        help="calibration images for --int8: folders / files / globs like the deployment images")
+    parser.add_argument("--calib-count", type=POSITIVE, default=300,
+                        help="calibration images used (a seeded sample when there are more; default 300)")
     parser.add_argument("--nms", action="store_true", help="put per-class NMS in the graph (final detections out)")
     parser.add_argument("--opset", type=int_at_least(MIN_OPSET), default=DEFAULT_OPSET,
                         help=f"ONNX opset >= {MIN_OPSET} (default: {DEFAULT_OPSET})")

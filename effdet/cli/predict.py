@@ -13,7 +13,13 @@ from effdet.inference.run import InferenceSummary, load_predictor, run_inference
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     predictor = load_predictor(args.weights, args.model, args.class_names, check_device(args.device),
-                               args.image_size, args.batch_size, postprocess_settings(args), optimize=args.optimize)
+                               args.image_size, args.batch_size, postprocess_settings(args), optimize=args.optimize,
+                               backend=args.backend)
+    if predictor.timings:
+        timed = ", ".join(f"{name} {ms:.1f} ms" for name, ms in predictor.timings.items())
+        print(f"network: {predictor.network} (timed at start-up: {timed})")
+    elif predictor.network == "exported":
+        print(f"network: {predictor.model.path} on {predictor.model.backend} ({predictor.model.precision})")
     summary = run_inference(predictor, args.sources, None if args.no_images else args.output, args.json,
                             args.ann, progress=not args.quiet, frames_dir=args.output, slice=args.slice,
                             slice_overlap=args.slice_overlap, max_frames=args.max_frames)

@@ -20,7 +20,7 @@ from effdet.data.results import read_results, write_json
 from effdet.engine.evaluate import (SUMMARY_NAMES, checkpoint_category_ids, coco_stats, evaluate_coco,
                                     format_ap, format_per_class, format_summary)
 from effdet.engine.plots import write_eval_plots
-from effdet.factory import load_model
+from effdet.inference.backends import ExportedNetwork, load_network
 from effdet.fileio import check_output_file
 from effdet.inference.run import InferenceError
 
@@ -38,10 +38,15 @@ def evaluate_weights(args: argparse.Namespace, details: dict[str, Any]) -> dict[
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-    model, info = load_model(args.weights, model=args.model, device=device)
+    model, info = load_network(args.weights, model=args.model, device=device, backend=args.backend)
     size = model.config.image_size
     if args.image_size:
         size = resolve(model.config, image_size=args.image_size).image_size
+    if isinstance(model, ExportedNetwork):
+        if tuple(size) != model.image_size:
+            raise InferenceError(f"{args.weights} was exported for {model.image_size[0]}x{model.image_size[1]} "
+                                 "inputs: drop --image-size or export again at that size")
+        print(f"network: {args.weights} on {model.backend} ({model.precision})")
     dataset = CocoDetection(args.ann, args.images, transform=eval_transform(size))
     if len(dataset) == 0:
         raise InferenceError(f"{args.ann} lists no images: nothing to evaluate")

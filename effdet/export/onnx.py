@@ -19,6 +19,11 @@ letterbox scale for original-image pixels):
   ``boxes`` (N, T, 4), ``scores`` (N, T) sigmoid probabilities sorted descending, ``labels``
   (N, T) int64. Run your own per-class NMS on them.
 
+* :class:`NetworkGraph` (``effdet export --network``, and every OpenVINO / int8 export): the
+  network alone, ``images`` in, per pyramid level ``class_p3`` .. (N, A*C, H_l, W_l) logits and
+  ``box_p3`` .. (N, A*4, H_l, W_l) regressions out. ``effdet predict`` / ``effdet val`` run such
+  a file (:mod:`effdet.inference.backends`) and decode it with this project's one post-processing.
+
 The exporter is torch's TorchScript-based one (``torch.onnx.export(..., dynamo=False)``):
 torchvision's ``nms`` maps to ONNX ``NonMaxSuppression`` there. ``export_onnx`` checks the file
 with ONNX Runtime when it is installed (``pip install -e \".[export]\"``).
@@ -39,6 +44,8 @@ from torch import nn
 from effdet.fileio import atomic_path
 from effdet.modeling.efficientdet import EfficientDet
 from effdet.modeling.postprocess import PostprocessSettings, postprocess_padded, select_candidates
+from effdet.inference.backends import ExportedNetwork
+from effdet.inference.predictor import detect_batch
 
 DEFAULT_OPSET = 17
 BOX_TOLERANCE_PX = 1e-3
@@ -50,6 +57,15 @@ SCORE_TOLERANCE = 1e-4
 
 class ExportError(RuntimeError):
     """Export or its ONNX Runtime check failed; the message says what differed."""
+
+
+def _exportable_config(model: EfficientDet, input_format: str) -> Any:
+    """The model's config, after checking that the model and the input format can be exported."""
+    if input_format not in ("uint8", "float"):
+        raise ValueError(f"input_format must be 'uint8' or 'float', got {input_format!r}")
+    if model.config is None:
+        raise ValueError("export needs a model built by effdet.create_model / build_model (with a config)")
+    return model.config
 
 
 class DetectionGraph(nn.Module):
@@ -70,17 +86,14 @@ class DetectionGraph(nn.Module):
                  input_format: str = "uint8", settings: PostprocessSettings | None = None,
                  **setting_overrides: Any) -> None:
         super().__init__()
-        if input_format not in ("uint8", "float"):
-            raise ValueError(f"input_format must be 'uint8' or 'float', got {input_format!r}")
-        cfg = model.config
-        if cfg is None:
-            raise ValueError("export needs a model built by effdet.create_model / build_model (with a config)")
+        cfg = _exportable_config(model, input_format)
         self.settings = replace(settings or PostprocessSettings(), **setting_overrides)
         if self.settings.soft_nms:
             raise ValueError("soft-NMS runs in PyTorch only and cannot be exported; export with hard NMS")
         self.model = model.eval()
         self.image_size = tuple(image_size or cfg.image_size)
         self.nms, self.input_format = nms, input_format
+        self.kind = "detections" if nms else "candidates"
         self.num_classes = cfg.num_classes
         self.register_buffer("anchors", model.anchors(self.image_size), persistent=False)
         self.register_buffer("mean", torch.tensor(model.mean).view(1, 3, 1, 1) * 255, persistent=False)
@@ -105,6 +118,49 @@ class DetectionGraph(nn.Module):
         return out["boxes"], out["scores"], out["labels"], out["num_detections"]
 
 
+class NetworkGraph(nn.Module):
+    """The network alone, for runtimes that hand its outputs back to this project's post-processing.
+
+    ``forward(images)``: images N x 3 x H x W (uint8 RGB, normalised inside the graph, or
+    normalised float32 per ``input_format``). Returns the per-level class logits then the
+    per-level box regressions, as :class:`EfficientDet` does, as one flat tuple
+    (``class_p3`` .. ``class_p7``, ``box_p3`` .. ``box_p7`` for D0..D7). Box decoding, top-k and
+    NMS stay outside (:func:`effdet.inference.predictor.detect_batch`), so an exported network
+    gives the same detections as the PyTorch model up to its own rounding, with every
+    post-processing option (soft-NMS and flip TTA included).
+    """
+
+    nms = False
+    kind = "network"
+
+    def __init__(self, model: EfficientDet, image_size: tuple[int, int] | None = None,
+                 input_format: str = "uint8") -> None:
+        super().__init__()
+        cfg = _exportable_config(model, input_format)
+        self.model = model.eval()
+        self.config = cfg
+        self.image_size = tuple(image_size or cfg.image_size)
+        self.input_format = input_format
+        self.num_classes = cfg.num_classes
+        self.levels = list(range(cfg.min_level, cfg.max_level + 1))
+        self.register_buffer("mean", torch.tensor(model.mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(model.std).view(1, 3, 1, 1) * 255, persistent=False)
+        self.eval()
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["images"]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [f"class_p{level}" for level in self.levels] + [f"box_p{level}" for level in self.levels]
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = (images.float() - self.mean) / self.std if self.input_format == "uint8" else images
+        class_logits, box_regressions = self.model(x)
+        return (*class_logits, *box_regressions)
+
+
 @dataclass(frozen=True)
 class ExportCheck:
     """ONNX Runtime vs PyTorch on the same input."""
@@ -122,19 +178,23 @@ Inputs = tuple[torch.Tensor, torch.Tensor]
 """A graph input: (images N x 3 x H x W, valid_sizes N x 2)."""
 
 
-def export_onnx(graph: DetectionGraph, path: str | Path, opset: int = DEFAULT_OPSET, batch_size: int = 1,
+Graph = DetectionGraph | NetworkGraph
+
+
+def export_onnx(graph: Graph, path: str | Path, opset: int = DEFAULT_OPSET, batch_size: int = 1,
                 verify: bool = True, sample: Inputs | None = None,
                 metadata: dict[str, Any] | None = None) -> ExportCheck | None:
     """Write ``graph`` to ``path`` (atomically) and check it with ONNX Runtime.
 
     Args:
-        graph: the module to export (on CPU).
+        graph: the module to export (on CPU): a :class:`DetectionGraph` or a :class:`NetworkGraph`.
         path: output ``.onnx`` file.
         opset: ONNX opset, >= 17.
         batch_size: batch of the example input used for tracing (the exported batch is dynamic).
         verify: run ONNX Runtime on ``sample`` and compare with PyTorch (skipped with a warning
             when onnxruntime is not installed).
-        sample: (images, valid_sizes) for the check; default :func:`example_input`.
+        sample: (images, valid_sizes) for the check; default :func:`example_input` (a network
+            graph takes the images alone).
         metadata: stored in the ONNX file's ``metadata_props`` (values JSON-encoded unless
             strings), e.g. class names and category ids; the graph's input size and format and
             the post-processing settings are always stored.
@@ -153,12 +213,13 @@ def export_onnx(graph: DetectionGraph, path: str | Path, opset: int = DEFAULT_OP
                           'pip install -e ".[export]" (or pip install onnx onnxscript onnxruntime)')
     graph = graph.cpu().eval()
     example = sample if sample is not None else example_input(graph, batch_size)
+    trace_input = example[:1] if isinstance(graph, NetworkGraph) else tuple(example)
     dynamic = {name: {0: "batch"} for name in [*graph.input_names, *graph.output_names]}
     check = None
     with atomic_path(path) as tmp:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python values
-            torch.onnx.export(graph, tuple(example), str(tmp), dynamo=False, opset_version=opset,
+            torch.onnx.export(graph, trace_input, str(tmp), dynamo=False, opset_version=opset,
                               input_names=graph.input_names, output_names=graph.output_names,
                               dynamic_axes=dynamic, do_constant_folding=True)
         _add_metadata(tmp, {**graph_metadata(graph), **(metadata or {})})
@@ -168,10 +229,14 @@ def export_onnx(graph: DetectionGraph, path: str | Path, opset: int = DEFAULT_OP
     return check
 
 
-def graph_metadata(graph: DetectionGraph) -> dict[str, Any]:
-    """What a user of the ONNX file needs to know: input size/format, outputs, post-processing."""
+def graph_metadata(graph: Graph) -> dict[str, Any]:
+    """What a user of the ONNX file needs to know: input size/format, outputs, post-processing (a
+    network graph: the model's whole config instead, which its anchors and decoding need)."""
+    if isinstance(graph, NetworkGraph):
+        return dict(graph="network", image_size=list(graph.image_size), input_format=graph.input_format,
+                    num_classes=graph.num_classes, precision="fp32", config=graph.config.to_dict(), **describe(graph))
     s = graph.settings
-    return dict(image_size=list(graph.image_size), input_format=graph.input_format, nms=graph.nms,
+    return dict(graph=graph.kind, image_size=list(graph.image_size), input_format=graph.input_format, nms=graph.nms,
                 score_threshold=s.score_threshold, nms_iou=s.nms_iou, max_detections=s.max_detections,
                 max_candidates=s.max_candidates, num_classes=graph.num_classes, **describe(graph))
 
@@ -201,7 +266,7 @@ def _add_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
     onnx.save(model, str(path))
 
 
-def example_input(graph: DetectionGraph, batch_size: int = 1, seed: int = 0) -> Inputs:
+def example_input(graph: Graph, batch_size: int = 1, seed: int = 0) -> Inputs:
     """A fixed pseudo-random input batch of the graph's shape and dtype, as (images, valid_sizes):
     image i's content fills the frame's top-left (1 - i / (2 * batch_size)) of each side, the
     rest counts as letterbox padding, so that clipping to the content is exercised."""
@@ -230,7 +295,7 @@ def run_onnx(path: str | Path, images: np.ndarray | torch.Tensor, valid_sizes: n
     return dict(zip(names, session.run(names, {"images": array, "valid_sizes": sizes.astype(np.float32)})))
 
 
-def verify_onnx(graph: DetectionGraph, path: str | Path, images: torch.Tensor,
+def verify_onnx(graph: Graph, path: str | Path, images: torch.Tensor,
                 valid_sizes: torch.Tensor | None = None) -> ExportCheck | None:
     """Compare ONNX Runtime with PyTorch on ``images`` (content ``valid_sizes``, default the
     whole frame); None (and a warning) without onnxruntime.
@@ -248,6 +313,8 @@ def verify_onnx(graph: DetectionGraph, path: str | Path, images: torch.Tensor,
         return None
     if valid_sizes is None:
         valid_sizes = torch.tensor([list(graph.image_size)], dtype=torch.float32).expand(images.shape[0], 2)
+    if isinstance(graph, NetworkGraph):
+        return verify_network(graph, ExportedNetwork(path, "onnxruntime"), images, valid_sizes)
     with torch.no_grad():
         expected = dict(zip(graph.output_names, (t.numpy() for t in graph(images, valid_sizes))))
     got = run_onnx(path, images, valid_sizes)
@@ -270,6 +337,32 @@ def verify_onnx(graph: DetectionGraph, path: str | Path, images: torch.Tensor,
                     "(--sample-image) or a lower score threshold for a meaningful check")
     if not np.array_equal(counts_e, counts_g):
         message += f"; detection counts differ: PyTorch {counts_e.tolist()}, ONNX Runtime {counts_g.tolist()}"
+    return ExportCheck(box_diff, score_diff, count, ok, message)
+
+
+def verify_network(graph: NetworkGraph, exported: ExportedNetwork, images: torch.Tensor,
+                   valid_sizes: torch.Tensor, name: str = "ONNX Runtime") -> ExportCheck:
+    """Compare an exported network, decoded by this project's post-processing, with PyTorch: the
+    detections of both at score threshold 0 (100 per image) must match one to one as in
+    :func:`verify_onnx`."""
+    settings = PostprocessSettings(score_threshold=0.0)
+    x = images if graph.input_format == "uint8" else images.float()
+    with torch.no_grad():
+        expected = detect_batch(graph.model, x, valid_sizes, None, settings)
+        got = detect_batch(exported, x, valid_sizes, None, settings)
+    tolerance = box_tolerance(graph.image_size)
+    unmatched, box_diff, score_diff, count, counts_differ = 0, 0.0, 0.0, 0, False
+    for e, g in zip(expected, got):
+        e = [e[k].numpy() for k in ("boxes", "scores", "labels")]
+        g = [g[k].numpy() for k in ("boxes", "scores", "labels")]
+        counts_differ |= len(e[1]) != len(g[1])
+        u, b, s = _match(*e, *g, full=len(e[1]) == settings.max_detections, box_tolerance=tolerance)
+        unmatched, box_diff, score_diff, count = unmatched + u, max(box_diff, b), max(score_diff, s), count + len(e[1])
+    ok = unmatched == 0 and not counts_differ and count > 0
+    message = (f"{count} detections compared: {count - unmatched} matched, max box difference {box_diff:.2e} px "
+               f"(tolerance {tolerance:.1e}), max score difference {score_diff:.2e} (tolerance {SCORE_TOLERANCE})")
+    if counts_differ:
+        message += f"; detection counts differ between PyTorch and {name}"
     return ExportCheck(box_diff, score_diff, count, ok, message)
 
 
@@ -304,10 +397,17 @@ def _match(boxes_e: np.ndarray, scores_e: np.ndarray, labels_e: np.ndarray, boxe
     return unmatched, box_diff, score_diff
 
 
-def describe(graph: DetectionGraph) -> dict[str, Any]:
+def describe(graph: Graph) -> dict[str, Any]:
     """Input/output description of an exported graph (for logs and README snippets)."""
     h, w = graph.image_size
     dtype = "uint8 RGB 0..255" if graph.input_format == "uint8" else "float32 normalised"
+    if isinstance(graph, NetworkGraph):
+        first, last = graph.levels[0], graph.levels[-1]
+        a = graph.config.num_anchors
+        return dict(input=f"images (N, 3, {h}, {w}) {dtype}, letterboxed (top-left, pad bottom/right)",
+                    outputs=[f"class_p{first}..class_p{last} (N, {a}*{graph.num_classes}, H/2^l, W/2^l) float32 logits",
+                             f"box_p{first}..box_p{last} (N, {a}*4, H/2^l, W/2^l) float32 (dx, dy, dw, dh) regressions "
+                             "(decode with effdet.inference.predictor.detect_batch via effdet.inference.backends)"])
     sizes = "valid_sizes (N, 2) float32 (height, width) of each image's content in the frame"
     outputs = (["boxes (N, K, 4) float32 xyxy px", "scores (N, K) float32", "labels (N, K) int64 (-1 = padding)",
                 "num_detections (N,) int64"] if graph.nms else

@@ -9,6 +9,7 @@ both call it. :func:`optimize_for_inference` fuses a copy of a model for inferen
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -72,7 +73,8 @@ def detect_batch(model: EfficientDet, images: torch.Tensor, valid_sizes: torch.T
     pooled *before* top-k and NMS (2M anchors), so NMS merges duplicates and a box found in only
     one view keeps its score.
     """
-    x = normalize(images, *input_statistics(model)) if images.dtype == torch.uint8 else images
+    takes_uint8 = getattr(model, "takes_uint8", False)  # an exported network that normalises itself
+    x = normalize(images, *input_statistics(model)) if images.dtype == torch.uint8 and not takes_uint8 else images
     anchors = model.anchors(tuple(x.shape[-2:]), x.device)
     class_logits, box_regressions = model(x)
     if flip:
@@ -82,6 +84,33 @@ def detect_batch(model: EfficientDet, images: torch.Tensor, valid_sizes: torch.T
         box_regressions = box_regressions + flip_boxes
         anchors = torch.cat([anchors, flip_anchors])
     return postprocess(class_logits, box_regressions, anchors, valid_sizes, scales, settings)
+
+
+def faster_network(networks: dict[str, torch.nn.Module], images: torch.Tensor, rounds: int = 3,
+                   calls: int = 2, budget_s: float = 3.0) -> tuple[str, dict[str, float]]:
+    """The name of the fastest of ``networks`` on ``images`` (a uint8 batch), and each one's median
+    time per call in ms. One warm-up call each, then up to ``rounds`` rounds of ``calls`` timed calls
+    each, the networks alternating so that a machine busy with other work slows all alike; rounds
+    after the first stop once ``budget_s`` seconds have gone (large models on a CPU)."""
+    x = normalize(images, *input_statistics(next(iter(networks.values()))))
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in networks}
+    began = time.perf_counter()
+    with torch.inference_mode():
+        for net in networks.values():
+            net(x)
+        for round_ in range(rounds):
+            if round_ and time.perf_counter() - began > budget_s:
+                break
+            for name, net in networks.items():
+                for _ in range(calls):
+                    sync()
+                    start = time.perf_counter()
+                    net(x)
+                    sync()
+                    times[name].append((time.perf_counter() - start) * 1e3)
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    return min(medians, key=medians.get), medians
 
 
 class Predictor:
@@ -95,9 +124,14 @@ class Predictor:
     (K,) int64 class indices, and ``names`` (list of K class names) when class names are known.
     A single image in gives a single dict out.
 
-    ``optimize=True`` runs on a fused copy of the network (:func:`optimize_for_inference`: BN
-    folded, static padding, fused convolutions, channels_last): the same detections, faster; the
-    model passed in is not modified. Settings default to
+    ``optimize=True`` builds a fused copy of the network (:func:`optimize_for_inference`: BN
+    folded, static padding, fused convolutions, channels_last; the same detections) and keeps it
+    only if it is the faster one here: both networks are timed (CUDA: on a batch of ``batch_size``,
+    at most 8) in alternating rounds (:func:`faster_network`), as ``cudnn.benchmark`` times its algorithms,
+    because the fused network is not faster everywhere (seen: on CUDA at batch 32, and on a CPU
+    busy with other work). On the CPU the timing batch is 1 (about a second for D0 at 512 px). ``network`` says which one runs, ``timings`` holds the medians (ms).
+    The model passed in is not modified. ``model`` may also be an exported network
+    (:class:`effdet.inference.backends.ExportedNetwork`), run as it is. Settings default to
     :class:`~effdet.modeling.postprocess.PostprocessSettings` (score threshold 0.05).
     """
 
@@ -109,12 +143,20 @@ class Predictor:
         cfg = model.config
         if cfg is None:
             raise ValueError("Predictor needs a model built by effdet.create_model / build_model (with a config)")
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if device is None:
+            device = next(model.parameters()).device if any(True for _ in model.parameters()) else "cpu"
+        self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.config = cfg
         self.image_size = tuple(image_size) if image_size is not None else tuple(cfg.image_size)
-        if optimize:
-            self.model = optimize_for_inference(self.model, self.image_size)
+        self.network = "plain" if isinstance(model, EfficientDet) else "exported"
+        self.timings: dict[str, float] = {}
+        if optimize and isinstance(model, EfficientDet):
+            fused = optimize_for_inference(self.model, self.image_size)
+            batch = min(batch_size, 8) if self.device.type == "cuda" else 1  # CPU: latency, and a quick start
+            example = torch.zeros(batch, 3, *self.image_size, dtype=torch.uint8, device=self.device)
+            self.network, self.timings = faster_network({"fused": fused, "plain": self.model}, example)
+            self.model = fused if self.network == "fused" else self.model
         self.class_names = list(class_names) if class_names is not None else None
         self.category_ids = list(category_ids) if category_ids is not None else None
         self.batch_size = batch_size
@@ -170,4 +212,4 @@ class Predictor:
         return results[0] if single else results
 
 
-__all__ = ["Predictor", "detect_batch", "mirror_outputs", "optimize_for_inference"]
+__all__ = ["Predictor", "detect_batch", "faster_network", "mirror_outputs", "optimize_for_inference"]

@@ -23,8 +23,8 @@ from tqdm import tqdm
 from effdet.config import resolve
 from effdet.data.images import OUTPUT_MARKER, ImageReadError, find_images, read_image
 from effdet.data.results import detections_to_coco, write_results
-from effdet.factory import load_model
 from effdet.fileio import atomic_write, check_output_file, check_output_folder
+from effdet.inference.backends import ExportedNetwork, load_network
 from effdet.inference.draw import draw_detections
 from effdet.inference.predictor import Predictor
 from effdet.inference.slicing import sliced_detector
@@ -83,7 +83,8 @@ def read_class_names(path: str | Path) -> list[str]:
 
 def load_predictor(weights: str | Path, model: str | None = None, class_names: str | Path | Sequence[str] | None = None,
                    device: str = "cpu", image_size: int | tuple[int, int] | None = None, batch_size: int = 8,
-                   settings: PostprocessSettings | None = None, optimize: bool = False) -> Predictor:
+                   settings: PostprocessSettings | None = None, optimize: bool = False,
+                   backend: str = "auto") -> Predictor:
     """A :class:`Predictor` for a checkpoint.
 
     Args:
@@ -94,11 +95,17 @@ def load_predictor(weights: str | Path, model: str | None = None, class_names: s
         image_size: network input (h, w) or side; default the model's. Must be a multiple of
             2^max_level (128 for D0..D7).
         settings: post-processing; default the Predictor's (score threshold 0.05).
-        optimize: run a fused copy (:func:`effdet.inference.predictor.optimize_for_inference`).
+        optimize: run a fused copy (:func:`effdet.inference.predictor.optimize_for_inference`) where
+            it measures faster (see :class:`Predictor`).
+        backend: ``auto`` (by the file: checkpoints run in PyTorch, ``.onnx`` in ONNX Runtime, ``.xml``
+            in OpenVINO), ``torch``, ``onnxruntime`` or ``openvino`` (:mod:`effdet.inference.backends`).
     """
-    net, info = load_model(weights, model=model, device=device)
+    net, info = load_network(weights, model=model, device=device, backend=backend)
     cfg = net.config
     size = resolve(cfg, image_size=image_size).image_size if image_size is not None else cfg.image_size
+    if isinstance(net, ExportedNetwork) and tuple(size) != net.image_size:
+        raise InferenceError(f"{weights} was exported for {net.image_size[0]}x{net.image_size[1]} inputs; "
+                             f"drop --image-size or export again at {size[0]}x{size[1]}")
     names = info.get("class_names")
     if class_names is not None:
         names = read_class_names(class_names) if isinstance(class_names, (str, Path)) else list(class_names)

@@ -126,12 +126,16 @@ def build_model(cfg: EfficientDetConfig) -> EfficientDet:
                 repeats=cfg.head_repeats, **norm)
     class_net = HeadNet(num_outputs=cfg.num_classes, prior_prob=PRIOR_PROB, **head)
     box_net = HeadNet(num_outputs=4, **head)
-    anchors = AnchorGenerator(cfg.min_level, cfg.max_level, cfg.num_scales, cfg.aspect_ratios, cfg.anchor_scale)
-    return EfficientDet(backbone, fpn, class_net, box_net, anchors, config=cfg)
+    return EfficientDet(backbone, fpn, class_net, box_net, build_anchors(cfg), config=cfg)
+
+
+def build_anchors(cfg: EfficientDetConfig) -> AnchorGenerator:
+    """The anchors of a config's network (also those of an exported network, which keeps its config)."""
+    return AnchorGenerator(cfg.min_level, cfg.max_level, cfg.num_scales, cfg.aspect_ratios, cfg.anchor_scale)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["EfficientDet", "PRIOR_PROB", "build_model", "count_parameters"]
+__all__ = ["EfficientDet", "PRIOR_PROB", "build_anchors", "build_model", "count_parameters"]

@@ -148,9 +148,11 @@ class MaxPool2dDown(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        if self.same and h % 2 == 0 and w % 2 == 0:
+        if self.same and h % 2 == 0 and w % 2 == 0 and min(h, w) >= 3:
             return F.max_pool2d(x, 3, 2, 0, ceil_mode=True)
-        if self.same and (h % 2 == 0 or w % 2 == 0):  # mixed parities: pad explicitly with -inf
+        # mixed parities, or a map smaller than the window (2x2: OpenVINO rejects a ceil_mode window
+        # larger than its input): pad explicitly with -inf, the same result
+        if self.same and (h % 2 == 0 or w % 2 == 0):
             top, bottom = same_pad_amounts(h, 3, 2)
             left, right = same_pad_amounts(w, 3, 2)
             x = F.pad(x, (left, right, top, bottom), value=float("-inf"))

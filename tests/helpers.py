@@ -1,0 +1,31 @@
+"""Helpers shared by several test files (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from effdet import create_model
+from effdet.data.letterbox import normalize
+
+
+def varied_tiny_model() -> torch.nn.Module:
+    """A random tiny model whose scores and boxes vary from anchor to anchor (no near-ties).
+
+    A freshly initialised network's eval-mode outputs are almost constant over the image (BN
+    running statistics of 0 / 1 and small head weights), which makes NMS decisions numerical
+    coin flips. Calibrating BN statistics on one batch and widening the predictors fixes that.
+    """
+    torch.manual_seed(0)
+    model = create_model("efficientdet_d0", num_classes=3, image_size=128, fpn_channels=16, fpn_cells=1,
+                         head_repeats=1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average: one batch sets the statistics
+    with torch.no_grad():
+        model.train()(normalize(torch.randint(0, 256, (4, 3, 128, 128), dtype=torch.uint8)))
+        for head, std in ((model.class_net, 3.0), (model.box_net, 0.3)):
+            head.predict.conv_dw.weight.normal_(0.0, 0.5)
+            head.predict.conv_pw.weight.normal_(0.0, std)
+        model.class_net.predict.conv_pw.bias.normal_(-1.0, 1.0)
+    return model.eval()
