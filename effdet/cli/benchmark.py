@@ -27,7 +27,9 @@ from effdet.cli.parsers import BENCHMARK_TASKS as TASKS
 from effdet.config import PostprocessSettings, parse_overrides
 from effdet.data.images import find_images
 from effdet.data.results import write_json
-from effdet.export.onnx import DetectionGraph, example_input, export_onnx
+from effdet.export.onnx import DetectionGraph, NetworkGraph, example_input, export_onnx
+from effdet.export.openvino import calibration_images, export_openvino
+from effdet.inference.backends import ExportedNetwork
 from effdet.factory import create_model, load_model
 from effdet.inference.predictor import Predictor, optimize_for_inference
 from effdet.runtime import GLIBC_KEEP_FREED_MEMORY_ENV, freed_memory_kept
@@ -296,6 +298,39 @@ class Benchmark:
         if "compiled" in runners:
             self.report["results"][key]["compiled"]["compile_and_warmup_s"] = runners["compiled"].warmup_s
 
+    def runtimes(self) -> None:
+        """Batch-1 forward of the fused network exported alone, in each deployment runtime (as shipped:
+        ``effdet predict --weights FILE`` runs these files), alternating with our PyTorch forward
+        and the reference's in the same rounds. fp32 exports are checked against PyTorch (same
+        decoded detections); int8 is calibrated on the benchmark's JPEGs (speed only: its accuracy
+        is measured with ``effdet val``)."""
+        args = self.args
+        cpu = torch.device("cpu")
+        graph = NetworkGraph(optimize_for_inference(self.eager.cpu(), self.size, channels_last=False), self.size)
+        images = example_input(graph, 1, args.seed)[0]
+        onnx_file, xml, xml8 = self.work / "network.onnx", self.work / "network.xml", self.work / "network_int8.xml"
+        checks = {"onnxruntime": export_onnx(graph, onnx_file), "openvino": export_openvino(graph, xml)}
+        sources = ([Path(p) for p in find_images(args.images)] if args.images else
+                   make_jpegs(self.work / "calibration", [(480, 640), (640, 427), (512, 512), (375, 500)] * 4,
+                              args.seed))
+        export_openvino(graph, xml8, calibration_images(sources, self.size, progress=False))
+        threads = args.threads or torch.get_num_threads()
+        nets = {"onnxruntime": ExportedNetwork(onnx_file, "onnxruntime", threads),
+                "openvino": ExportedNetwork(xml, "openvino", threads),
+                "openvino-int8": ExportedNetwork(xml8, "openvino", threads)}
+        batch = random_input(1, self.size, args.seed)
+        runners: dict[str, Any] = {"ours": LocalRunner(ForwardTask(self.optimized.cpu(), batch, cpu, None), 1, cpu,
+                                                       args.warmup)}
+        for name, net in nets.items():
+            runners[name] = LocalRunner(lambda n=net: n(images), 1, cpu, args.warmup)
+        if self.worker is not None:
+            path = self.work / "input_runtimes.pt"
+            torch.save(batch, path)
+            runners["reference"] = ReferenceRunner(self.worker, "forward", args.warmup, input=str(path))
+        results = {k: m.summary() for k, m in interleave(runners, args.runs, args.rounds).items()}
+        self.report["results"]["runtimes_b1"] = results
+        self.report["checks"]["runtimes_vs_pytorch"] = {k: c.message if c else "not checked" for k, c in checks.items()}
+
     def predict(self) -> None:
         args, device = self.args, self.device
         paths = ([Path(p) for p in find_images(args.images)] if args.images else
@@ -404,6 +439,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         if device.type == "cpu":
             steps.append(("onnx", "onnx_b1", lambda: report["results"].__setitem__(
                 "onnx_b1", onnx_benchmark(model, size, work, args))))
+            steps.append(("runtimes", "runtimes_b1", bench.runtimes))
         for task, key, step in steps:
             if task not in tasks:
                 continue
@@ -474,6 +510,11 @@ def add_ratios(report: dict[str, Any]) -> None:
     for key, res in report["results"].items():
         if "reference" not in res:
             continue
+        if key == "runtimes_b1":  # every runtime's time / the reference's, measured in the same rounds
+            ref = res["reference"]["median_ms_per_image"]
+            res["ratios"] = {k: v["median_ms_per_image"] / ref for k, v in res.items()
+                             if isinstance(v, dict) and "median_ms_per_image" in v and k != "reference"}
+            continue
         ours, ref = res["ours"], res["reference"]
         if key == "train" or key.startswith("forward_b") and key != "forward_b1":
             res["ratio"] = ours["images_per_s"] / ref["images_per_s"]
@@ -504,6 +545,8 @@ def print_report(report: dict[str, Any]) -> None:
     print("-" * len(header))
     names = {"forward_b1": "forward b1 (ms)", "predict": "end-to-end predict (ms/img)", "onnx_b1": "ONNX Runtime b1 (ms)"}
     for key, res in report["results"].items():
+        if key == "runtimes_b1":
+            continue
         throughput = key == "train" or (key.startswith("forward_b") and key != "forward_b1")
         label = names.get(key) or (f"train step b{s['train_batch_size']} (img/s)" if key == "train"
                                    else f"forward {key.split('_')[1]} (img/s)")
@@ -522,6 +565,15 @@ def print_report(report: dict[str, Any]) -> None:
         print(mem)
         if "compiled" in res:
             print(f"  torch.compile time incl. warm-up: {res['compiled']['compile_and_warmup_s']:.1f} s")
+    runtimes = report["results"].get("runtimes_b1")
+    if runtimes:
+        print("\nforward b1 of the exported network (ms; ratio: time / reference's, same rounds)")
+        ratios = runtimes.get("ratios", {})
+        for name, res in runtimes.items():
+            if isinstance(res, dict) and "median_ms_per_image" in res:
+                ratio = f"{ratios[name]:8.2f}" if name in ratios else ""
+                label = "ours (PyTorch, fused)" if name == "ours" else name
+                print(f"  {label:30s}{res['median_ms_per_image']:10.1f}{ratio}")
     for name, check in report["checks"].items():
         print(f"check {name}: {json.dumps(check)}")
     for key, error in report.get("errors", {}).items():

@@ -577,7 +577,7 @@ def add_data_anchors_task(tasks: argparse._SubParsersAction) -> None:
                          help="model overrides as effdet train takes them, e.g. model.max_level=5 anchor_scale=3")
 
 
-BENCHMARK_TASKS = ("forward", "throughput", "predict", "train", "onnx")
+BENCHMARK_TASKS = ("forward", "throughput", "predict", "train", "onnx", "runtimes")
 
 BENCHMARK = """Measure EfficientDet speed, optionally side by side with the reference port.
 
@@ -592,6 +592,9 @@ Figures (medians of timed runs; warm-up runs excluded):
   train        one training step at --train-batch-size: forward, anchor labelling, loss, backward,
                SGD step (images/s); stochastic depth off so that the loss is deterministic
   onnx         the exported ONNX model under ONNX Runtime, batch 1 (CPU)
+  runtimes     the fused network exported alone, batch 1 (CPU): ONNX Runtime fp32, OpenVINO fp32 and
+               OpenVINO int8 (NNCF, calibrated on --images or the synthetic JPEGs), alternating with
+               our PyTorch forward and the reference's in the same rounds (needs the export extra)
 plus peak memory of each, from one extra untimed call after freed heap memory is returned to the OS
 (resident-set growth on CPU, torch.cuda.max_memory_allocated on CUDA), so timed runs pay no page faults
 of a trimmed heap.

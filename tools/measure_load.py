@@ -1,0 +1,131 @@
+"""Measure the tools on an idle machine and with a second process competing for the CPU.
+
+    python tools/measure_load.py --weights runs/demo/best.pt [--data demo_data] [--repeats 2]
+        [--competitor-threads 2] [--json load.json]
+
+Each job below runs ``--repeats`` times idle and ``--repeats`` times while a competitor runs (a
+separate Python process multiplying 1024 x 1024 matrices with PyTorch on ``--competitor-threads``
+threads, as a test suite or a second model would), the two conditions alternating. Jobs (their
+wall-clock seconds, or the figures they print):
+
+* ``val``: ``effdet val`` of the checkpoint on the data's val split (default threads, 2 loader workers);
+* ``predict``: ``effdet predict`` on the val images (no drawings);
+* ``forward fused`` / ``forward plain``: ``effdet benchmark --tasks forward`` at the model's size,
+  D0 at 512 px, random weights, 2 threads: the fused and the plain network, alternating;
+* ``predictor choice``: what ``Predictor(optimize=True)`` keeps after timing both at start-up;
+* ``train step 1 / 2 threads``: ``effdet benchmark --tasks train --image-size 128 --train-batch-size 8``.
+
+Prints one table (median of the repeats per condition, and loaded / idle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from effdet.data.results import write_json
+
+COMPETITOR = ("import torch, sys\ntorch.set_num_threads(int(sys.argv[1]))\na = torch.randn(1024, 1024)\n"
+              "while True:\n    a = (a @ a).clamp_(-1, 1)\n")
+
+
+def run(command: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return seconds, done.stdout
+
+
+def figure(pattern: str, text: str) -> float:
+    found = re.search(pattern, text, re.M)
+    if not found:
+        raise SystemExit(f"no match for {pattern!r} in:\n{text[-2000:]}")
+    return float(found.group(1))
+
+
+def jobs(args: argparse.Namespace) -> dict[str, callable]:
+    effdet = [sys.executable, "-m", "effdet"]
+    data = Path(args.data)
+    val = [*effdet, "val", "--weights", args.weights, "--ann", str(data / "annotations" / "val.json"),
+           "--images", str(data / "val"), "--quiet", "--no-plots", "--output-json", str(args.work / "m.json")]
+    predict = [*effdet, "predict", "--weights", args.weights, str(data / "val"), "--no-images", "--quiet",
+               "--output", str(args.work / "pred")]
+    forward = [*effdet, "benchmark", "--threads", "2", "--tasks", "forward", "--runs", "6", "--rounds", "3"]
+    train = [*effdet, "benchmark", "--tasks", "train", "--image-size", "128", "--train-batch-size", "8",
+             "--runs", "4", "--rounds", "2", "--no-eager"]
+    choice = [sys.executable, "-c", "import torch; torch.set_num_threads(2)\n"
+              "from effdet import create_model\nfrom effdet.inference.predictor import Predictor\n"
+              "p = Predictor(create_model('efficientdet_d0'), optimize=True)\n"
+              "print('choice', p.network, *(f'{k}={v:.1f}' for k, v in p.timings.items()))"]
+
+    def forward_figures() -> dict[str, float]:
+        _, out = run(forward)
+        line = re.search(r"^forward b1 \(ms\)\s+([\d.]+)\s+([\d.]+)", out, re.M)
+        return {"forward fused (ms)": float(line.group(1)), "forward plain (ms)": float(line.group(2))}
+
+    def choice_figures() -> dict[str, float]:
+        _, out = run(choice)
+        return {"predictor keeps fused (1 = yes)": float("choice fused" in out),
+                "predictor start-up timing fused (ms)": figure(r"fused=([\d.]+)", out),
+                "predictor start-up timing plain (ms)": figure(r"plain=([\d.]+)", out)}
+
+    def train_figures(threads: int) -> dict[str, float]:
+        _, out = run([*train, "--threads", str(threads)])
+        return {f"train step, {threads} thread(s) (img/s)": figure(r"^train step b8 \(img/s\)\s+([\d.]+)", out)}
+
+    return {"val": lambda: {"effdet val (s)": run(val)[0]},
+            "predict": lambda: {"effdet predict (s)": run(predict)[0]},
+            "forward": forward_figures, "choice": choice_figures,
+            "train1": lambda: train_figures(1), "train2": lambda: train_figures(2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--data", default="demo_data")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--competitor-threads", type=int, default=2)
+    parser.add_argument("--jobs", default="val,predict,forward,choice,train1,train2")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    args.work = Path("runs/measure_load")
+    args.work.mkdir(parents=True, exist_ok=True)
+    table: dict[str, dict[str, list[float]]] = {}
+    available = jobs(args)
+    for name in args.jobs.split(","):
+        for repeat in range(args.repeats):
+            for condition in ("idle", "loaded"):
+                competitor = None
+                if condition == "loaded":
+                    competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR, str(args.competitor_threads)])
+                    time.sleep(2.0)
+                try:
+                    figures = available[name]()
+                finally:
+                    if competitor is not None:
+                        competitor.kill()
+                        competitor.wait()
+                for key, value in figures.items():
+                    table.setdefault(key, {"idle": [], "loaded": []})[condition].append(value)
+                print(f"{name} {condition} #{repeat + 1}: {figures}", flush=True)
+    print(f"\n{'figure':42s}{'idle':>10s}{'loaded':>10s}{'loaded/idle':>13s}")
+    summary = {}
+    for key, values in table.items():
+        idle, loaded = statistics.median(values["idle"]), statistics.median(values["loaded"])
+        summary[key] = {"idle": values["idle"], "loaded": values["loaded"], "idle_median": idle,
+                        "loaded_median": loaded}
+        print(f"{key:42s}{idle:10.2f}{loaded:10.2f}{loaded / idle if idle else float('nan'):13.2f}")
+    if args.json:
+        write_json(summary, args.json, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
