@@ -1,4 +1,5 @@
-"""Process-level settings that make PyTorch on CPU faster: keeping freed memory for reuse.
+"""Process-level settings that make PyTorch on CPU faster: keeping freed memory for reuse, and a
+thread count that fits what other processes leave free (:func:`threads_for_free_cpus`).
 
 PyTorch's CPU allocator takes every tensor from the C library's ``malloc``. With glibc's
 defaults, blocks above the (adaptive, at most 32 MiB) mmap threshold are mapped fresh for each
@@ -19,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import time
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4
@@ -63,4 +65,53 @@ def freed_memory_kept() -> bool:
     return bool(_applied)
 
 
-__all__ = ["ENV_SWITCH", "GLIBC_KEEP_FREED_MEMORY_ENV", "freed_memory_kept", "keep_freed_memory"]
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs from /proc/stat (Linux), or None."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields[:8])
+
+
+def free_cpus(sample_s: float = 0.25) -> float | None:
+    """How many of the machine's CPUs other processes leave idle, sampled over ``sample_s`` seconds
+    (from /proc/stat; None where it cannot be read). Call it while this process itself is idle."""
+    first = _cpu_times()
+    if first is None:
+        return None
+    time.sleep(sample_s)
+    second = _cpu_times()
+    if second is None or second[1] <= first[1]:
+        return None
+    idle_fraction = (second[0] - first[0]) / (second[1] - first[1])
+    return idle_fraction * (os.cpu_count() or 1)
+
+
+_UNSAMPLED = object()
+_free_at_start: object = _UNSAMPLED
+
+
+def threads_for_free_cpus(default: int, sample_s: float = 0.25) -> tuple[int, float | None]:
+    """(threads, free CPUs): ``default`` on an idle machine, fewer when other processes keep CPUs busy.
+
+    PyTorch's intra-op threads wait for each other at every operation (GNU OpenMP barriers, where
+    idle threads spin). With another process on the other core, a 2-thread team keeps waiting for a
+    descheduled member: on this project's 2-core machine, next to a second PyTorch process,
+    ``effdet predict`` on the demo images took 5.8 to 42 s from run to run and ``effdet val`` 7.8 to
+    60 s (4.1 s and 5.3 s idle); on one thread they took 5.7-6.3 s and 7.2-7.8 s, every time
+    (``tools/measure_load.py``; README, Speed). So: one thread per CPU left free, at least one,
+    at most ``default``. Where the load cannot be read, ``default``.
+    """
+    global _free_at_start
+    if _free_at_start is _UNSAMPLED:  # once per process: jobs run in-process (tests) sample once
+        _free_at_start = free_cpus(sample_s)
+    free = _free_at_start
+    if free is None:
+        return default, None
+    return max(1, min(default, int(free + 0.5))), free
+
+
+__all__ = ["ENV_SWITCH", "GLIBC_KEEP_FREED_MEMORY_ENV", "free_cpus", "freed_memory_kept", "keep_freed_memory",
+           "threads_for_free_cpus"]

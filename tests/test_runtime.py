@@ -59,3 +59,51 @@ def test_freed_memory_is_reused_without_page_faults() -> None:
 def test_environment_switch_turns_it_off() -> None:
     result = probe("on", EFFDET_KEEP_FREED_MEMORY="0")
     assert result == {"applied": False, "kept": False, "faults": result["faults"]}
+
+
+def test_free_cpus_reads_proc_stat(monkeypatch: pytest.MonkeyPatch) -> None:
+    from effdet import runtime
+
+    samples = iter([(1000, 4000), (1100, 4400)])  # 100 of 400 jiffies idle between the two reads
+    monkeypatch.setattr(runtime, "_cpu_times", lambda: next(samples))
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    assert runtime.free_cpus(0.0) == pytest.approx(0.5)
+    monkeypatch.setattr(runtime, "_cpu_times", lambda: None)
+    assert runtime.free_cpus(0.0) is None
+    if Path("/proc/stat").is_file():  # the real file parses, and gives a number within the machine
+        monkeypatch.undo()
+        free = runtime.free_cpus(0.05)
+        assert free is not None and 0.0 <= free <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("free, expected", [(2.0, 2), (1.6, 2), (1.4, 1), (0.9, 1), (0.05, 1), (None, 2)])
+def test_threads_for_free_cpus(monkeypatch: pytest.MonkeyPatch, free: float | None, expected: int) -> None:
+    from effdet import runtime
+
+    monkeypatch.setattr(runtime, "free_cpus", lambda sample_s: free)
+    monkeypatch.setattr(runtime, "_free_at_start", runtime._UNSAMPLED)
+    assert runtime.threads_for_free_cpus(2) == (expected, free)
+    assert runtime.threads_for_free_cpus(1)[0] == 1  # never more than the default
+
+
+def test_jobs_take_fewer_threads_on_a_busy_machine(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+                                                  ) -> None:
+    import torch
+    from effdet.cli import common
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(common, "threads_for_free_cpus", lambda default: (1, 0.3))
+        common.apply_threads(None)
+        assert torch.get_num_threads() == 1
+        assert "other processes keep" in capsys.readouterr().err
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice stands
+        common.apply_threads(None)
+        assert torch.get_num_threads() == 2
+        common.apply_threads(1)  # and so does --threads
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

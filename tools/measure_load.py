@@ -12,7 +12,8 @@ wall-clock seconds, or the figures they print):
 * ``predict``: ``effdet predict`` on the val images (no drawings);
 * ``forward fused`` / ``forward plain``: ``effdet benchmark --tasks forward`` at the model's size,
   D0 at 512 px, random weights, 2 threads: the fused and the plain network, alternating;
-* ``predictor choice``: what ``Predictor(optimize=True)`` keeps after timing both at start-up;
+* ``predict start-up``: which network ``effdet predict`` keeps after timing fused and plain at
+  start-up (D0 at 512 px, random weights, one image, 2 threads);
 * ``train step 1 / 2 threads``: ``effdet benchmark --tasks train --image-size 128 --train-batch-size 8``.
 
 Prints one table (median of the repeats per condition, and loaded / idle).
@@ -60,10 +61,8 @@ def jobs(args: argparse.Namespace) -> dict[str, callable]:
     forward = [*effdet, "benchmark", "--threads", "2", "--tasks", "forward", "--runs", "6", "--rounds", "3"]
     train = [*effdet, "benchmark", "--tasks", "train", "--image-size", "128", "--train-batch-size", "8",
              "--runs", "4", "--rounds", "2", "--no-eager"]
-    choice = [sys.executable, "-c", "import torch; torch.set_num_threads(2)\n"
-              "from effdet import create_model\nfrom effdet.inference.predictor import Predictor\n"
-              "p = Predictor(create_model('efficientdet_d0'), optimize=True)\n"
-              "print('choice', p.network, *(f'{k}={v:.1f}' for k, v in p.timings.items()))"]
+    choice = [*effdet, "predict", "--weights", str(args.work / "d0_random.pt"), str(sorted((data / "val").glob("*.jpg"))[0]),
+              "--no-images", "--quiet", "--threads", "2", "--output", str(args.work / "pred")]
 
     def forward_figures() -> dict[str, float]:
         _, out = run(forward)
@@ -71,10 +70,14 @@ def jobs(args: argparse.Namespace) -> dict[str, callable]:
         return {"forward fused (ms)": float(line.group(1)), "forward plain (ms)": float(line.group(2))}
 
     def choice_figures() -> dict[str, float]:
+        if not (args.work / "d0_random.pt").is_file():  # D0 at 512 px, random weights
+            run([sys.executable, "-c", "from effdet import create_model\n"
+                 "from effdet.weights.checkpoint import save_checkpoint\n"
+                 f"save_checkpoint({str(args.work / 'd0_random.pt')!r}, create_model('efficientdet_d0'))"])
         _, out = run(choice)
-        return {"predictor keeps fused (1 = yes)": float("choice fused" in out),
-                "predictor start-up timing fused (ms)": figure(r"fused=([\d.]+)", out),
-                "predictor start-up timing plain (ms)": figure(r"plain=([\d.]+)", out)}
+        return {"predict keeps fused (1 = yes)": float("network: fused" in out),
+                "predict start-up timing fused (ms)": figure(r"fused ([\d.]+) ms", out),
+                "predict start-up timing plain (ms)": figure(r"plain ([\d.]+) ms", out)}
 
     def train_figures(threads: int) -> dict[str, float]:
         _, out = run([*train, "--threads", str(threads)])

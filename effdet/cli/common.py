@@ -22,7 +22,7 @@ from effdet.fileio import WriteError
 from effdet.export.onnx import ExportError
 from effdet.inference.backends import BackendError
 from effdet.inference.run import InferenceError
-from effdet.runtime import keep_freed_memory
+from effdet.runtime import keep_freed_memory, threads_for_free_cpus
 from effdet.weights.checkpoint import CheckpointError
 
 
@@ -86,10 +86,19 @@ def run_job(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
 
 def apply_threads(threads: int | None) -> None:
     """``--threads N``: N intra-op threads for PyTorch and N for OpenCV in this process (data-loader
-    workers use one each, see :func:`effdet.data.loader.worker_init`); ``None`` keeps PyTorch's
-    choice, which follows ``OMP_NUM_THREADS``."""
+    workers use one each, see :func:`effdet.data.loader.worker_init`). ``None``: ``OMP_NUM_THREADS``
+    where it is set, else PyTorch's choice (one per core) reduced to the CPUs that other processes
+    leave idle at start (:func:`effdet.runtime.threads_for_free_cpus`), with a note saying so."""
     if threads is None:
-        return
+        if "OMP_NUM_THREADS" in os.environ:
+            return
+        default = torch.get_num_threads()
+        threads, free = threads_for_free_cpus(default)
+        if threads == default:
+            return
+        print(f"note: other processes keep {(os.cpu_count() or 1) - free:.1f} of {os.cpu_count()} CPUs busy: "
+              f"running on {threads} thread(s) instead of {default} (--threads N or OMP_NUM_THREADS to choose)",
+              file=sys.stderr)
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # for subprocesses this job starts
