@@ -115,8 +115,8 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=POSITIVE, default=None, metavar="N",
-                        help="CPU threads for PyTorch and OpenCV in this process (default: PyTorch's, which "
-                             "follows OMP_NUM_THREADS when set)")
+                        help="CPU threads for PyTorch and OpenCV in this process (default: OMP_NUM_THREADS when "
+                             "set, else one per core that other processes leave idle at start)")
 
 
 def add_batch_size_argument(parser: argparse.ArgumentParser, default: int | None, what: str = "images per "
