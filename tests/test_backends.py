@@ -5,6 +5,8 @@ predictor's start-up choice between the fused and the plain network."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -117,30 +119,60 @@ def test_export_openvino_fp32_and_int8_then_predict(checkpoint: Path, calib_fold
     assert fp32.backend == "openvino" and fp32.precision == "fp32"
     _assert_same_detections(reference, Predictor(fp32, score_threshold=0.05)(images), box_tolerance((128, 128)))
 
-    int8_xml = tmp_path / "net_int8.xml"
-    with pytest.warns(UserWarning, match="1 unreadable calibration image"):
-        code = cli.main(["export", "--weights", str(checkpoint), "--output", str(int8_xml), "--int8",
-                         "--calib-images", str(calib_folder), "--calib-count", "10"])
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "OpenVINO IR int8" in out and "int8 vs fp32" in out
-    int8, info = load_exported(int8_xml)
-    assert int8.precision == "int8" and info["metadata"]["calibration_images"] == 6
-    assert int8_xml.with_suffix(".bin").stat().st_size < 0.6 * xml.with_suffix(".bin").stat().st_size
+    # the int8 half runs in a fresh process: in this one, a later test's training that stops itself with
+    # SIGTERM crashed (segmentation fault) after OpenVINO had run fp32 and int8 networks here, see ISOLATED
+    report = _isolated(INT8_CHECKS, checkpoint=str(checkpoint), calib=str(calib_folder), folder=str(tmp_path),
+                       fp32_xml=str(xml))
+    assert report["warned"] and "OpenVINO IR int8" in report["out"] and "int8 vs fp32" in report["out"]
+    assert report["precision"] == "int8" and report["calibration_images"] == 6
+    assert report["bin_ratio"] < 0.6
     # quantised (outputs differ from fp32's) but still the same function: on this random network the
     # class logits of int8 and fp32 correlate (a trained model's accuracy: test_int8_map_of_a_trained_model)
-    x = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(im).resize((128, 128)))).permute(2, 0, 1)
-                     for im in _images(2, seed=2)])
-    logits32 = torch.cat([c.flatten() for c in fp32(x)[0]])
-    logits8 = torch.cat([c.flatten() for c in int8(x)[0]])
-    assert not torch.equal(logits32, logits8)
-    assert np.corrcoef(logits32.numpy(), logits8.numpy())[0, 1] > 0.2
+    assert not report["equal"] and report["correlation"] > 0.2
+    assert "on openvino (int8)" in report["predict_out"] and report["detections"] > 0
 
-    folder = tmp_path / "pred"
-    assert cli.main(["predict", "--weights", str(int8_xml), str(calib_folder / "0.jpg"), "--output", str(folder),
-                     "--json", str(tmp_path / "dets.json"), "--score-threshold", "0.05"]) == 0
-    assert "on openvino (int8)" in capsys.readouterr().out
-    assert len(json.loads((tmp_path / "dets.json").read_text())) > 0
+
+ISOLATED = """OpenVINO int8 in the pytest process made test_train_loop's SIGTERM test crash later (seen on this
+project's CPU machine, which has AMX; not root-caused): int8 checks run in a child process."""
+
+INT8_CHECKS = r'''
+import contextlib, io, json, sys, warnings
+from pathlib import Path
+import numpy as np, torch
+from PIL import Image
+from effdet.cli import main as cli
+from effdet.inference.backends import load_exported
+from tests.test_backends import _images
+a = json.loads(sys.argv[1]); folder = Path(a["folder"]); int8_xml = folder / "net_int8.xml"
+out = io.StringIO()
+with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out):
+    warnings.simplefilter("always")
+    assert cli.main(["export", "--weights", a["checkpoint"], "--output", str(int8_xml), "--int8",
+                     "--calib-images", a["calib"], "--calib-count", "10"]) == 0
+int8, info = load_exported(int8_xml)
+fp32, _ = load_exported(a["fp32_xml"])
+x = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(im).resize((128, 128)))).permute(2, 0, 1)
+                 for im in _images(2, seed=2)])
+l32 = torch.cat([c.flatten() for c in fp32(x)[0]]); l8 = torch.cat([c.flatten() for c in int8(x)[0]])
+predicted = io.StringIO()
+with contextlib.redirect_stdout(predicted):
+    assert cli.main(["predict", "--weights", str(int8_xml), str(Path(a["calib"]) / "0.jpg"), "--output",
+                     str(folder / "pred"), "--json", str(folder / "dets.json"), "--score-threshold", "0.05"]) == 0
+print(json.dumps(dict(
+    out=out.getvalue(), warned=any("1 unreadable calibration image" in str(w.message) for w in caught),
+    precision=int8.precision, calibration_images=info["metadata"]["calibration_images"],
+    bin_ratio=int8_xml.with_suffix(".bin").stat().st_size / Path(a["fp32_xml"]).with_suffix(".bin").stat().st_size,
+    equal=bool(torch.equal(l32, l8)), correlation=float(np.corrcoef(l32.numpy(), l8.numpy())[0, 1]),
+    predict_out=predicted.getvalue(), detections=len(json.loads((folder / "dets.json").read_text())))))
+'''
+
+
+def _isolated(code: str, **arguments: str) -> dict:
+    """Run ``code`` in a fresh Python from the repository root; its last stdout line is a JSON report."""
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(arguments)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_backend_errors_say_what_to_do(network_onnx: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
@@ -210,7 +242,7 @@ def test_predictor_optimize_times_both_networks() -> None:
 
 
 @pytest.mark.slow
-def test_int8_map_of_a_trained_model(tmp_path: Path, capsys: pytest.CaptureFixture, one_thread: None) -> None:
+def test_int8_map_of_a_trained_model(tmp_path: Path, one_thread: None) -> None:
     """int8 accuracy on a trained model, measured through effdet val running each exported file. This
     tiny network (32 BiFPN channels, one cell, trained on 8 images) loses more to int8 than a full-width
     D0: 0.495 -> 0.427 seen, where the demo D0 lost 0.002 (README); the bound
@@ -232,16 +264,16 @@ def test_int8_map_of_a_trained_model(tmp_path: Path, capsys: pytest.CaptureFixtu
     weights = tmp_path / "out" / "last.pt"
     maps = {}
     files = {"torch": weights, "fp32": tmp_path / "net.xml", "int8": tmp_path / "net_int8.xml"}
-    assert cli.main(["export", "--weights", str(weights), "--output", str(files["fp32"])]) == 0
-    assert cli.main(["export", "--weights", str(weights), "--output", str(files["int8"]), "--int8",
-                     "--calib-images", str(shapes.train_images)]) == 0
+    effdet = [sys.executable, "-m", "effdet"]  # child processes: see ISOLATED
+    subprocess.run([*effdet, "export", "--weights", str(weights), "--output", str(files["fp32"])], check=True)
+    subprocess.run([*effdet, "export", "--weights", str(weights), "--output", str(files["int8"]), "--int8",
+                    "--calib-images", str(shapes.train_images)], check=True)
     for name, path in files.items():
         out = tmp_path / f"{name}.json"
-        assert cli.main(["val", "--weights", str(path), "--ann", str(shapes.train_annotations), "--images",
-                         str(shapes.train_images), "--output-json", str(out), "--no-plots", "--quiet",
-                         "--workers", "0"]) == 0
+        subprocess.run([*effdet, "val", "--weights", str(path), "--ann", str(shapes.train_annotations), "--images",
+                        str(shapes.train_images), "--output-json", str(out), "--no-plots", "--quiet",
+                        "--workers", "0"], check=True)
         maps[name] = json.loads(out.read_text())["map"]
-    capsys.readouterr()
     assert maps["torch"] >= 0.35, maps  # it learned something worth quantising
     assert maps["fp32"] == pytest.approx(maps["torch"], abs=1e-3), maps
     assert maps["int8"] >= maps["fp32"] - 0.15, maps

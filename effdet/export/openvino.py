@@ -20,10 +20,13 @@ needs torch.compile; it was not measured.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -44,18 +47,27 @@ DEFAULT_CALIB_COUNT = 300
 """Calibration images by default: NNCF's own default subset size."""
 
 
-def _openvino() -> tuple[Any, Any]:
+def _openvino(int8: bool = False) -> tuple[Any, Any]:
+    """(openvino, nncf or None). ``int8``: NNCF too; the parent process only checks that it is
+    installed (:func:`_quantize_in_subprocess`), the child imports it."""
+    missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None
+               and (name == "openvino" or int8)]
+    if missing:
+        raise ExportError(f"OpenVINO {'int8 ' if int8 else ''}export needs the {' and '.join(missing)} package(s), "
+                          'which are not installed: pip install -e ".[export]"')
+    import openvino
+
+    return openvino, None
+
+
+def _nncf() -> Any:
     # NNCF logs every node it leaves alone at INFO, and importing it makes torch warn that there is no
     # CUDA: keep its warnings and errors, and its progress bars
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    try:
-        import nncf
-        import openvino
-    except ImportError:
-        raise ExportError('OpenVINO export needs the openvino and nncf packages, which are not installed: '
-                          'pip install -e ".[export]"') from None
+    import nncf
+
     nncf.set_log_level(logging.WARNING)
-    return openvino, nncf
+    return nncf
 
 
 def calibration_images(sources: Sequence[str | Path], image_size: tuple[int, int], count: int = DEFAULT_CALIB_COUNT,
@@ -107,7 +119,7 @@ def export_openvino(graph: NetworkGraph, path: str | Path, calibration: Iterable
     Raises:
         ExportError: OpenVINO / NNCF missing, or the fp32 IR disagrees with PyTorch.
     """
-    ov, nncf = _openvino()
+    ov, _ = _openvino(int8=calibration is not None)
     path = Path(path)
     if path.suffix.lower() != ".xml":
         raise ExportError(f"an OpenVINO IR file is named .xml (its weights go to .bin beside it), got {path}")
@@ -122,10 +134,7 @@ def export_openvino(graph: NetworkGraph, path: str | Path, calibration: Iterable
         # D0 at 512 px then ran in 28.7 ms instead of 46.7 ms (measured alternately in one run)
         model = ov.convert_model(str(onnx_file))
         if calibration:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration),
-                                      ignored_scope=nncf.IgnoredScope(types=["MatMul"], validate=False))
+            model = _quantize_in_subprocess(ov, model, calibration, Path(work))
             info["calibration_images"] = len(calibration)
         model.set_rt_info(json.dumps(info), [METADATA_KEY])
         check = None
@@ -140,6 +149,39 @@ def export_openvino(graph: NetworkGraph, path: str | Path, calibration: Iterable
             finally:
                 bin_written.unlink(missing_ok=True)
     return check
+
+
+def _quantize_in_subprocess(ov: Any, model: Any, calibration: list[np.ndarray], work: Path) -> Any:
+    """NNCF's int8 model of ``model``, quantised in a child process. ``nncf.quantize`` imports NNCF's
+    PyTorch hooks whenever torch is importable, and a process that later trains crashed after it
+    (a segmentation fault in the next training step, seen in the test suite); the child keeps this
+    process as it was."""
+    fp32, int8, arrays = work / "fp32.xml", work / "int8.xml", work / "calibration.npy"
+    ov.save_model(model, str(fp32), compress_to_fp16=False)
+    np.save(arrays, np.concatenate(calibration))
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    code = "import sys\nfrom effdet.export.openvino import quantize_file\nquantize_file(*sys.argv[1:])\n"
+    done = subprocess.run([sys.executable, "-c", code, str(fp32), str(arrays), str(int8)], env=env,
+                          stderr=subprocess.PIPE, text=True)
+    if done.returncode or not int8.is_file():
+        raise ExportError(f"NNCF quantisation failed (exit code {done.returncode}): "
+                          f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no message'}")
+    return ov.Core().read_model(str(int8))
+
+
+def quantize_file(fp32_xml: str, calibration_npy: str, int8_xml: str) -> None:
+    """Quantise the IR ``fp32_xml`` to int8 with NNCF on the images in ``calibration_npy`` (N x 3 x H x W,
+    one calibration sample per image) and save it as ``int8_xml`` (run in a child process by
+    :func:`export_openvino`)."""
+    ov, _ = _openvino(int8=True)
+    nncf = _nncf()
+    images = np.load(calibration_npy)
+    samples = [images[i:i + 1] for i in range(len(images))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = nncf.quantize(ov.Core().read_model(fp32_xml), nncf.Dataset(samples), subset_size=len(samples),
+                              ignored_scope=nncf.IgnoredScope(types=["MatMul"], validate=False))
+    ov.save_model(model, int8_xml, compress_to_fp16=False)
 
 
 def _verify(graph: NetworkGraph, xml: Path, path: Path, sample: torch.Tensor | None, int8: bool) -> ExportCheck:
@@ -168,4 +210,4 @@ def _verify(graph: NetworkGraph, xml: Path, path: Path, sample: torch.Tensor | N
                        "judged by its mAP: effdet val --weights FILE)")
 
 
-__all__ = ["DEFAULT_CALIB_COUNT", "calibration_images", "export_openvino"]
+__all__ = ["DEFAULT_CALIB_COUNT", "calibration_images", "export_openvino", "quantize_file"]

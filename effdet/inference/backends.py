@@ -18,9 +18,12 @@ parts left in floating point.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -101,6 +104,24 @@ def _decode(value: str) -> Any:
         return value
 
 
+@contextlib.contextmanager
+def _runtime_threads_without_signals() -> Iterator[None]:
+    """Create a runtime's worker threads with SIGINT / SIGTERM blocked, so that these signals reach
+    Python's main thread only. Threads inherit the signal mask of the thread that starts them;
+    OpenVINO's and ONNX Runtime's pools live on after a call, and a SIGTERM that the kernel handed to
+    one of them made a later training in the same process crash (seen in the test suite: a training
+    that stops itself with SIGTERM, run after OpenVINO inference)."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class ExportedNetwork(nn.Module):
     """An exported network run by ONNX Runtime or OpenVINO, with the interface of :class:`EfficientDet`
     that inference needs: ``forward(x) -> (class maps, box maps)``, ``anchors``, ``config``,
@@ -147,8 +168,11 @@ class ExportedNetwork(nn.Module):
                 raise BackendError("ONNX Runtime here has no CUDA provider (install onnxruntime-gpu), or use "
                                    "--device cpu")
             providers.insert(0, "CUDAExecutionProvider")
-        session = ort.InferenceSession(str(self.path), options, providers=providers)
-        names = [o.name for o in session.get_outputs()]
+        with _runtime_threads_without_signals():
+            session = ort.InferenceSession(str(self.path), options, providers=providers)
+            names = [o.name for o in session.get_outputs()]
+            session.run(names, {"images": np.zeros((1, 3, *self.image_size),
+                                                   np.uint8 if self.takes_uint8 else np.float32)})
         return lambda x: session.run(names, {"images": x})
 
     def _openvino(self, threads: int):
@@ -168,8 +192,11 @@ class ExportedNetwork(nn.Module):
             if x.shape[0] not in requests:
                 model = core.read_model(str(self.path))
                 model.reshape([x.shape[0], x.shape[1], *self.image_size])
-                compiled = core.compile_model(model, "CPU", config)
-                requests[x.shape[0]] = (compiled.create_infer_request(), len(compiled.outputs))
+                with _runtime_threads_without_signals():
+                    compiled = core.compile_model(model, "CPU", config)
+                    request = compiled.create_infer_request()
+                    request.infer([x])  # its threads start here
+                requests[x.shape[0]] = (request, len(compiled.outputs))
             request, outputs = requests[x.shape[0]]
             request.infer([x])
             return [request.get_output_tensor(i).data.copy() for i in range(outputs)]
