@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"effdet export: error: {error}; the file was not written", file=sys.stderr)
         return 1
     spec = describe(graph)
-    kind = "OpenVINO IR " + ("int8" if args.int8 else "fp32") if args.format == "openvino" else f"ONNX opset {args.opset}"
+    kind = (f"OpenVINO IR {'int8' if args.int8 else 'fp32'}" if args.format == "openvino"
+            else f"ONNX opset {args.opset}")
     print(f"wrote {args.output} ({kind}, {model.config.name}) in {time.perf_counter() - start:.1f} s")
     print(f"  input:   {spec['input']}")
     for line in spec["outputs"]:

@@ -126,10 +126,11 @@ class Predictor:
 
     ``optimize=True`` builds a fused copy of the network (:func:`optimize_for_inference`: BN
     folded, static padding, fused convolutions, channels_last; the same detections) and keeps it
-    only if it is the faster one here: both networks are timed (CUDA: on a batch of ``batch_size``,
-    at most 8) in alternating rounds (:func:`faster_network`), as ``cudnn.benchmark`` times its algorithms,
-    because the fused network is not faster everywhere (seen: on CUDA at batch 32, and on a CPU
-    busy with other work). On the CPU the timing batch is 1 (about a second for D0 at 512 px). ``network`` says which one runs, ``timings`` holds the medians (ms).
+    only if it is the faster one here: both networks are timed in alternating rounds
+    (:func:`faster_network`; batch 1 on the CPU, about a second for D0 at 512 px; ``batch_size``,
+    at most 8, on CUDA), as ``cudnn.benchmark`` times its algorithms, because the fused network is
+    not faster everywhere (seen: on CUDA at batch 32, and on a CPU busy with other work).
+    ``network`` says which one runs, ``timings`` holds the medians (ms).
     The model passed in is not modified. ``model`` may also be an exported network
     (:class:`effdet.inference.backends.ExportedNetwork`), run as it is. Settings default to
     :class:`~effdet.modeling.postprocess.PostprocessSettings` (score threshold 0.05).
