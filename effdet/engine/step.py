@@ -90,20 +90,27 @@ class TrainStep:
 
 
 def build_train_step(model: EfficientDet, train: TrainConfig, lr: float, image_size: tuple[int, int],
-                     amp_dtype: torch.dtype | None = None) -> TrainStep:
+                     amp_dtype: torch.dtype | None = None, wrap: Callable[[nn.Module], nn.Module] | None = None,
+                     any_across_ranks: Callable[..., tuple[bool, ...]] | None = None) -> TrainStep:
     """A :class:`TrainStep` for ``model`` (trained in place, moved to ``channels_last`` if the recipe
-    says so) with the recipe's optimizer and parameter groups, clipping and EMA, as ``effdet train``
-    builds them for one process; ``lr`` is the peak LR the optimizer starts from."""
+    says so) with the recipe's optimizer and parameter groups, gradient scaler, clipping and EMA:
+    what ``effdet train`` runs (its trainer builds every step here) and what the benchmark times.
+    ``lr`` is the peak LR the optimizer starts from. ``wrap`` turns the model into the network the
+    step calls (DDP / SyncBN, see :func:`effdet.engine.distributed.wrap_model`), after the EMA has
+    copied the plain model and before the optimizer is built; ``any_across_ranks`` as in
+    :class:`TrainStep`."""
     model.train()
-    if train.channels_last:
+    if train.channels_last:  # NHWC activations: faster depthwise convs on CPU (oneDNN) and GPU (cuDNN)
         model.to(memory_format=torch.channels_last)
     device = next(model.parameters()).device
     ema = ModelEma(model, train.ema_decay, train.ema_warmup) if train.ema_decay > 0 else None
+    net = wrap(model) if wrap is not None else model
     optimizer = build_optimizer(model, train.optimizer, lr, train.weight_decay, train.momentum,
                                 backbone=model.backbone, backbone_lr_mult=train.backbone_lr_mult)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     labeler = AnchorLabeler(model.anchors(image_size, device))
-    return TrainStep(model, model, optimizer, scaler, labeler, ema, train.grad_clip, train.channels_last, amp_dtype)
+    return TrainStep(model, net, optimizer, scaler, labeler, ema, train.grad_clip, train.channels_last, amp_dtype,
+                     any_across_ranks=any_across_ranks)
 
 
 __all__ = ["TrainStep", "build_train_step"]

@@ -33,17 +33,15 @@ from effdet.config import ConfigError, EfficientDetConfig
 from effdet.engine import distributed as D
 from effdet.engine.checkpointing import (TrainState, read_training_checkpoint, rng_states, set_rng_states,
                                          write_metrics_csv)
-from effdet.engine.ema import ModelEma
 from effdet.engine.evaluate import evaluate_coco, format_ap
 from effdet.engine.interrupt import StopSignals
-from effdet.engine.optim import WarmupCosine, build_optimizer, load_optimizer_state, scaled_lr
+from effdet.engine.optim import WarmupCosine, load_optimizer_state, scaled_lr
 from effdet.engine.plots import plot_batch_mosaic, plot_results, plot_training_labels
 from effdet.engine.tb_logger import log_epoch, log_picture, log_step, open_tensorboard, tensorboard_writer_class
-from effdet.engine.step import TrainStep
+from effdet.engine.step import build_train_step
 from effdet.engine.setup import (amp_settings, build_datasets, build_train_loader, build_train_model, check_run_folder,
                                  shutdown_workers)
 from effdet.engine.train_config import RunConfig, TrainConfig, with_model, write_run_config
-from effdet.modeling.labeler import AnchorLabeler
 from effdet.data import DatasetError
 
 
@@ -111,10 +109,6 @@ class Trainer:
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         self.model = build_train_model(self.run.model, None if self.resume else self.weights,
                                        self.backbone_init).to(ctx.device)
-        if train.channels_last:  # NHWC activations: faster depthwise convs on CPU (oneDNN) and GPU (cuDNN)
-            self.model.to(memory_format=torch.channels_last)
-        self.ema = ModelEma(self.model, train.ema_decay, train.ema_warmup) if train.ema_decay > 0 else None
-        self.net = D.wrap_model(self.model, ctx, train.sync_bn)
         self.loader = build_train_loader(self.train_set, self.run, ctx)
         self.sampler = self.loader.batch_sampler
         self.steps_per_epoch = self.sampler.batches_per_epoch
@@ -128,16 +122,15 @@ class Trainer:
         self.schedule = WarmupCosine(peak, train.epochs * self.steps_per_epoch,
                                      round(train.warmup_epochs * self.steps_per_epoch), train.warmup_factor,
                                      train.min_lr_ratio)
-        self.optimizer = build_optimizer(self.model, train.optimizer, peak, train.weight_decay, train.momentum,
-                                         backbone=self.model.backbone, backbone_lr_mult=train.backbone_lr_mult)
         self.use_amp, self.amp_dtype = amp_settings(train.amp, ctx.device)
         torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed input size: pick the fastest kernels
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         cfg = self.run.model
-        self.labeler = AnchorLabeler(self.model.anchors(cfg.image_size, ctx.device))
-        self.train_step = TrainStep(self.model, self.net, self.optimizer, self.scaler, self.labeler, self.ema,
-                                    train.grad_clip, train.channels_last, self.amp_dtype if self.use_amp else None,
-                                    any_across_ranks=lambda *flags: D.any_across_ranks(ctx, *flags))
+        self.train_step = build_train_step(self.model, train, peak, cfg.image_size,
+                                           self.amp_dtype if self.use_amp else None,
+                                           wrap=lambda model: D.wrap_model(model, ctx, train.sync_bn),
+                                           any_across_ranks=lambda *flags: D.any_across_ranks(ctx, *flags))
+        step = self.train_step
+        self.net, self.ema, self.optimizer, self.scaler = step.net, step.ema, step.optimizer, step.scaler
         torch.manual_seed(train.seed + ctx.rank)  # per-rank stream for stochastic depth
         self.state = TrainState(steps_per_epoch=self.steps_per_epoch)
         if self.resume:
