@@ -203,6 +203,16 @@ def test_cli_backend_flags(checkpoint: Path, network_onnx: tuple[torch.nn.Module
     _, path = network_onnx
     assert cli.main(["predict", "--weights", str(path), "--image-size", "256", str(tmp_path)]) == 2
     assert "exported for 128x128 inputs" in capsys.readouterr().err
+    # exported at another size than the model was built for: runs at its export size by default
+    net256 = tmp_path / "net256.onnx"
+    assert cli.main(["export", "--weights", str(checkpoint), "--network", "--image-size", "256",
+                     "--output", str(net256)]) == 0
+    image = tmp_path / "one.jpg"
+    Image.fromarray(_images(1)[0]).save(image)
+    assert cli.main(["predict", "--weights", str(net256), str(image), "--output", str(tmp_path / "p"),
+                     "--json", str(tmp_path / "d.json"), "--score-threshold", "0.05"]) == 0
+    assert len(json.loads((tmp_path / "d.json").read_text())) > 0
+    assert load_exported(net256)[0].config.image_size == (256, 256)
     for argv, message in (
             (["--output", "m.onnx", "--int8", "--calib-images", "x"], "--int8 writes OpenVINO IR"),
             (["--output", "m.xml", "--int8"], "--int8 needs --calib-images"),

@@ -38,14 +38,12 @@ def evaluate_weights(args: argparse.Namespace, details: dict[str, Any]) -> dict[
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-    model, info = load_network(args.weights, model=args.model, device=device, backend=args.backend)
+    model, info = load_network(args.weights, model=args.model, device=device, backend=args.backend,
+                               image_size=args.image_size)
     size = model.config.image_size
     if args.image_size:
         size = resolve(model.config, image_size=args.image_size).image_size
     if isinstance(model, ExportedNetwork):
-        if tuple(size) != model.image_size:
-            raise InferenceError(f"{args.weights} was exported for {model.image_size[0]}x{model.image_size[1]} "
-                                 "inputs: drop --image-size or export again at that size")
         print(f"network: {args.weights} on {model.backend} ({model.precision})")
     dataset = CocoDetection(args.ann, args.images, transform=eval_transform(size))
     if len(dataset) == 0:

@@ -44,7 +44,7 @@ from torch import nn
 from effdet.fileio import atomic_path
 from effdet.modeling.efficientdet import EfficientDet
 from effdet.modeling.postprocess import PostprocessSettings, postprocess_padded, select_candidates
-from effdet.inference.backends import ExportedNetwork
+from effdet.inference.backends import ExportedNetwork, decode_metadata
 from effdet.inference.predictor import detect_batch
 
 DEFAULT_OPSET = 17
@@ -246,14 +246,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return {p.key: _decode(p.value) for p in model.metadata_props}
-
-
-def _decode(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
+    return decode_metadata({p.key: p.value for p in model.metadata_props})
 
 
 def _add_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
@@ -318,25 +311,35 @@ def verify_onnx(graph: Graph, path: str | Path, images: torch.Tensor,
     with torch.no_grad():
         expected = dict(zip(graph.output_names, (t.numpy() for t in graph(images, valid_sizes))))
     got = run_onnx(path, images, valid_sizes)
-    tolerance = box_tolerance(graph.image_size)
     n, capacity = expected["scores"].shape
     counts_e = expected["num_detections"] if graph.nms else np.full(n, capacity)
     counts_g = got["num_detections"] if graph.nms else np.full(n, capacity)
+    keys = ("boxes", "scores", "labels")
+    return _compare([[expected[k][i, :counts_e[i]] for k in keys] for i in range(n)],
+                    [[got[k][i, :counts_g[i]] for k in keys] for i in range(n)], capacity,
+                    box_tolerance(graph.image_size), "ONNX Runtime")
+
+
+def _compare(expected: list[list[np.ndarray]], got: list[list[np.ndarray]], capacity: int, tolerance: float,
+             name: str, require_detections: bool = False) -> ExportCheck:
+    """Match each image's (boxes, scores, labels) of PyTorch (``expected``) and a runtime (``got``) one to
+    one (:func:`_match`; an image holding ``capacity`` detections is full); ``require_detections``:
+    nothing detected fails the check instead of only being reported."""
+    counts_e = [len(e[1]) for e in expected]
+    counts_g = [len(g[1]) for g in got]
     unmatched, box_diff, score_diff = 0, 0.0, 0.0
-    for i in range(n):
-        e = [expected[k][i, :counts_e[i]] for k in ("boxes", "scores", "labels")]
-        g = [got[k][i, :counts_g[i]] for k in ("boxes", "scores", "labels")]
-        u, b, s = _match(*e, *g, full=bool(counts_e[i] == capacity), box_tolerance=tolerance)
+    for e, g in zip(expected, got):
+        u, b, s = _match(*e, *g, full=len(e[1]) == capacity, box_tolerance=tolerance)
         unmatched, box_diff, score_diff = unmatched + u, max(box_diff, b), max(score_diff, s)
-    count = int(counts_e.sum())
-    ok = unmatched == 0 and np.array_equal(counts_e, counts_g)
+    count = sum(counts_e)
+    ok = unmatched == 0 and counts_e == counts_g and (count > 0 or not require_detections)
     message = (f"{count} detections compared: {count - unmatched} matched, max box difference {box_diff:.2e} px "
                f"(tolerance {tolerance:.1e}), max score difference {score_diff:.2e} (tolerance {SCORE_TOLERANCE})")
     if count == 0:
         message += ("; nothing was detected on this input, so only the graph ran: pass a real image "
                     "(--sample-image) or a lower score threshold for a meaningful check")
-    if not np.array_equal(counts_e, counts_g):
-        message += f"; detection counts differ: PyTorch {counts_e.tolist()}, ONNX Runtime {counts_g.tolist()}"
+    if counts_e != counts_g:
+        message += f"; detection counts differ: PyTorch {counts_e}, {name} {counts_g}"
     return ExportCheck(box_diff, score_diff, count, ok, message)
 
 
@@ -350,20 +353,9 @@ def verify_network(graph: NetworkGraph, exported: ExportedNetwork, images: torch
     with torch.no_grad():
         expected = detect_batch(graph.model, x, valid_sizes, None, settings)
         got = detect_batch(exported, x, valid_sizes, None, settings)
-    tolerance = box_tolerance(graph.image_size)
-    unmatched, box_diff, score_diff, count, counts_differ = 0, 0.0, 0.0, 0, False
-    for e, g in zip(expected, got):
-        e = [e[k].numpy() for k in ("boxes", "scores", "labels")]
-        g = [g[k].numpy() for k in ("boxes", "scores", "labels")]
-        counts_differ |= len(e[1]) != len(g[1])
-        u, b, s = _match(*e, *g, full=len(e[1]) == settings.max_detections, box_tolerance=tolerance)
-        unmatched, box_diff, score_diff, count = unmatched + u, max(box_diff, b), max(score_diff, s), count + len(e[1])
-    ok = unmatched == 0 and not counts_differ and count > 0
-    message = (f"{count} detections compared: {count - unmatched} matched, max box difference {box_diff:.2e} px "
-               f"(tolerance {tolerance:.1e}), max score difference {score_diff:.2e} (tolerance {SCORE_TOLERANCE})")
-    if counts_differ:
-        message += f"; detection counts differ between PyTorch and {name}"
-    return ExportCheck(box_diff, score_diff, count, ok, message)
+    keys = ("boxes", "scores", "labels")
+    return _compare([[d[k].numpy() for k in keys] for d in expected], [[d[k].numpy() for k in keys] for d in got],
+                    settings.max_detections, box_tolerance(graph.image_size), name, require_detections=True)
 
 
 def box_tolerance(image_size: tuple[int, int]) -> float:

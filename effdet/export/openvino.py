@@ -47,9 +47,9 @@ DEFAULT_CALIB_COUNT = 300
 """Calibration images by default: NNCF's own default subset size."""
 
 
-def _openvino(int8: bool = False) -> tuple[Any, Any]:
-    """(openvino, nncf or None). ``int8``: NNCF too; the parent process only checks that it is
-    installed (:func:`_quantize_in_subprocess`), the child imports it."""
+def _openvino(int8: bool = False) -> Any:
+    """The openvino module. ``int8``: check that NNCF is installed too (the child process of
+    :func:`_quantize_in_subprocess` imports it, see :func:`_nncf`)."""
     missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None
                and (name == "openvino" or int8)]
     if missing:
@@ -57,7 +57,7 @@ def _openvino(int8: bool = False) -> tuple[Any, Any]:
                           'which are not installed: pip install -e ".[export]"')
     import openvino
 
-    return openvino, None
+    return openvino
 
 
 def _nncf() -> Any:
@@ -119,7 +119,7 @@ def export_openvino(graph: NetworkGraph, path: str | Path, calibration: Iterable
     Raises:
         ExportError: OpenVINO / NNCF missing, or the fp32 IR disagrees with PyTorch.
     """
-    ov, _ = _openvino(int8=calibration is not None)
+    ov = _openvino(int8=calibration is not None)
     path = Path(path)
     if path.suffix.lower() != ".xml":
         raise ExportError(f"an OpenVINO IR file is named .xml (its weights go to .bin beside it), got {path}")
@@ -173,8 +173,7 @@ def quantize_file(fp32_xml: str, calibration_npy: str, int8_xml: str) -> None:
     """Quantise the IR ``fp32_xml`` to int8 with NNCF on the images in ``calibration_npy`` (N x 3 x H x W,
     one calibration sample per image) and save it as ``int8_xml`` (run in a child process by
     :func:`export_openvino`)."""
-    ov, _ = _openvino(int8=True)
-    nncf = _nncf()
+    ov, nncf = _openvino(int8=True), _nncf()
     images = np.load(calibration_npy)
     samples = [images[i:i + 1] for i in range(len(images))]
     with warnings.catch_warnings():
@@ -199,7 +198,8 @@ def _verify(graph: NetworkGraph, xml: Path, path: Path, sample: torch.Tensor | N
     x = images if graph.input_format == "uint8" else images.float()
     with torch.no_grad():
         ours = graph(x)
-    theirs = (*exported(x)[0], *exported(x)[1])
+    class_maps, box_maps = exported(x)
+    theirs = (*class_maps, *box_maps)
     levels = len(ours) // 2
     prob = max(float((a.sigmoid() - b.sigmoid()).abs().max()) for a, b in zip(ours[:levels], theirs[:levels]))
     mean_prob = float(torch.cat([(a.sigmoid() - b.sigmoid()).abs().flatten()

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from effdet.config import ConfigError, from_dict
+from effdet.config import ConfigError, from_dict, replace, resolve
 from effdet.factory import load_model
 from effdet.modeling.efficientdet import build_anchors
 
@@ -81,15 +81,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise BackendError(f"{path}: no such file")
     try:
         if path.suffix.lower() == ".xml":
-            ov = _import("openvino")
-            info = ov.Core().read_model(str(path)).get_rt_info()
-            raw = {METADATA_KEY: info[METADATA_KEY].astype(str)} if METADATA_KEY in info else {}
-            return json.loads(raw[METADATA_KEY]) if raw else {}
+            info = _import("openvino").Core().read_model(str(path)).get_rt_info()
+            return json.loads(info[METADATA_KEY].astype(str)) if METADATA_KEY in info else {}
         ort = _import("onnxruntime")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         meta = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).get_modelmeta()
-        return {k: _decode(v) for k, v in meta.custom_metadata_map.items()}
+        return decode_metadata(meta.custom_metadata_map)
     except BackendError:
         raise
     except Exception as error:  # the runtimes raise their own types for unreadable files
@@ -97,11 +95,15 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
                            f"{str(error).splitlines()[0] if str(error) else ''})") from None
 
 
-def _decode(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
+def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """ONNX ``metadata_props`` (strings) with their JSON values decoded; plain strings stay strings."""
+    out: dict[str, Any] = {}
+    for key, value in props.items():
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 @contextlib.contextmanager
@@ -141,14 +143,15 @@ class ExportedNetwork(nn.Module):
                 meta.get("nms"), "no effdet metadata")
             raise BackendError(f"{path} holds {what}, not the network alone, which effdet predict/val run: "
                                "export it with effdet export --network (or --format openvino)")
-        try:
-            self.config = from_dict(meta["config"], source=f"{path} metadata")
+        try:  # the config of the model, at the size it was exported for (the only size it runs at)
+            self.config = replace(from_dict(meta["config"], source=f"{path} metadata"),
+                                  {"image_size": meta["image_size"]})
         except (KeyError, ConfigError) as error:
             raise BackendError(f"{path}: its metadata holds no usable model config ({error})") from None
         self.metadata = meta
         self.anchors = build_anchors(self.config)
         self.mean, self.std = tuple(self.config.mean), tuple(self.config.std)
-        self.image_size = tuple(meta["image_size"])
+        self.image_size = tuple(self.config.image_size)
         self.takes_uint8 = meta.get("input_format", "uint8") == "uint8"
         self.precision = meta.get("precision", "fp32")
         self.levels = self.config.num_levels
@@ -189,16 +192,17 @@ class ExportedNetwork(nn.Module):
             # one compiled model per batch size, with static shapes: OpenVINO's kernels for a fixed
             # shape are faster (D0, 512 px, batch 1: int8 46 ms static vs 67 ms with a dynamic batch,
             # fp32 45 vs 50 ms, measured alternately in one run)
-            if x.shape[0] not in requests:
+            if x.shape[0] in requests:
+                request, outputs = requests[x.shape[0]]
+                request.infer([x])
+            else:
                 model = core.read_model(str(self.path))
                 model.reshape([x.shape[0], x.shape[1], *self.image_size])
                 with _runtime_threads_without_signals():
                     compiled = core.compile_model(model, "CPU", config)
-                    request = compiled.create_infer_request()
+                    request, outputs = compiled.create_infer_request(), len(compiled.outputs)
                     request.infer([x])  # its threads start here
-                requests[x.shape[0]] = (request, len(compiled.outputs))
-            request, outputs = requests[x.shape[0]]
-            request.infer([x])
+                requests[x.shape[0]] = (request, outputs)
             return [request.get_output_tensor(i).data.copy() for i in range(outputs)]
         run(np.zeros((1, 3, *self.image_size), np.uint8 if self.takes_uint8 else np.float32))  # fail early
         return run
@@ -227,14 +231,22 @@ def load_exported(path: str | Path, backend: str = "auto", threads: int | None =
 
 
 def load_network(weights: str | Path, model: str | None = None, device: str | torch.device = "cpu",
-                 backend: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
+                 backend: str = "auto", image_size: int | str | tuple[int, int] | None = None
+                 ) -> tuple[nn.Module, dict[str, Any]]:
     """(network, info) for a checkpoint (:func:`effdet.factory.load_model`, ``torch``) or an exported
-    network (:func:`load_exported`, by suffix or ``backend``): what predict and val run."""
+    network (:func:`load_exported`, by suffix or ``backend``): what predict and val run.
+    ``image_size``: the input the caller will feed (side, ``HxW`` or (h, w)); an exported network runs
+    only at its export size, so another one is an error here, before any work."""
     chosen = backend_for(weights, backend)
     if chosen == "torch":
         return load_model(weights, model=model, device=device)
-    return load_exported(weights, chosen, device=device)
+    net, info = load_exported(weights, chosen, device=device)
+    size = resolve(net.config, image_size=image_size).image_size if image_size is not None else net.image_size
+    if tuple(size) != net.image_size:
+        raise BackendError(f"{weights} was exported for {net.image_size[0]}x{net.image_size[1]} inputs; drop "
+                           f"--image-size or export again at {size[0]}x{size[1]}")
+    return net, info
 
 
-__all__ = ["BACKENDS", "BackendError", "ExportedNetwork", "backend_for", "load_exported", "load_network",
-           "read_metadata"]
+__all__ = ["BACKENDS", "BackendError", "ExportedNetwork", "backend_for", "decode_metadata", "load_exported",
+           "load_network", "read_metadata"]

@@ -24,7 +24,7 @@ from effdet.config import resolve
 from effdet.data.images import OUTPUT_MARKER, ImageReadError, find_images, read_image
 from effdet.data.results import detections_to_coco, write_results
 from effdet.fileio import atomic_write, check_output_file, check_output_folder
-from effdet.inference.backends import ExportedNetwork, load_network
+from effdet.inference.backends import load_network
 from effdet.inference.draw import draw_detections
 from effdet.inference.predictor import Predictor
 from effdet.inference.slicing import sliced_detector
@@ -100,12 +100,9 @@ def load_predictor(weights: str | Path, model: str | None = None, class_names: s
         backend: ``auto`` (by the file: checkpoints run in PyTorch, ``.onnx`` in ONNX Runtime, ``.xml``
             in OpenVINO), ``torch``, ``onnxruntime`` or ``openvino`` (:mod:`effdet.inference.backends`).
     """
-    net, info = load_network(weights, model=model, device=device, backend=backend)
+    net, info = load_network(weights, model=model, device=device, backend=backend, image_size=image_size)
     cfg = net.config
     size = resolve(cfg, image_size=image_size).image_size if image_size is not None else cfg.image_size
-    if isinstance(net, ExportedNetwork) and tuple(size) != net.image_size:
-        raise InferenceError(f"{weights} was exported for {net.image_size[0]}x{net.image_size[1]} inputs; "
-                             f"drop --image-size or export again at {size[0]}x{size[1]}")
     names = info.get("class_names")
     if class_names is not None:
         names = read_class_names(class_names) if isinstance(class_names, (str, Path)) else list(class_names)
