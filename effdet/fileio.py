@@ -19,7 +19,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Collection, Iterable, Iterator
 
 LEGACY_TEMP_AGE_S = 3600.0
 """Temporaries of the older name form (no process id) are removed once this old."""
@@ -196,5 +196,94 @@ def _check_folder(folder: Path, flag: str, target: Path) -> None:
                          "choose another output location")
 
 
-__all__ = ["WriteError", "atomic_path", "atomic_write", "check_output_file", "check_output_folder",
+MAX_TEXT_BYTES = 256 * 1024 * 1024
+"""The largest text file (annotations, class names, recipes) the project reads: 256 MiB. COCO's own
+``instances_train2017.json`` is 448 MB, so larger files need ``max_bytes`` set by the caller."""
+
+
+class ReadError(ValueError):
+    """A text input could not be read (missing, not a regular file, too large, not UTF-8); the
+    message names the file and says what to do."""
+
+
+def read_text_bounded(path: str | Path, what: str = "file", max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of ``path``, refusing anything that is not a regular file or is over ``max_bytes``.
+
+    ``/dev/zero``, a FIFO or a 10 GB file named as a class-names file would otherwise be read for
+    ever or until memory runs out; at most ``max_bytes + 1`` bytes are ever read.
+
+    Raises:
+        ReadError: missing, a folder or device, over ``max_bytes``, or not UTF-8; one line naming
+            ``what`` and ``path``.
+    """
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise ReadError(f"{what} {path} does not exist")
+        if not path.is_file():
+            raise ReadError(f"{what} {path} is not a regular file (a folder, device or pipe); give a file")
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise ReadError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if len(data) > max_bytes:
+        raise ReadError(f"{what} {path} is over {max_bytes / 2**20:.0f} MiB, the most this project reads "
+                        "as text; check that it is the right file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ReadError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_output_spares_inputs(output: str | Path, flag: str,
+                               inputs: Iterable[tuple[str, str | Path | None]],
+                               read_suffixes: Collection[str] | None = None) -> None:
+    """Before any work: writing ``output`` cannot replace an input. The one rule of every job.
+
+    Args:
+        output: a file the job will write.
+        flag: the flag that named it (``--json``), for the message.
+        inputs: ``(flag, path)`` of every input file and folder (weights, class names, annotation
+            files, image and label folders); ``None`` paths are skipped.
+        read_suffixes: lower-case suffixes (``.jpg``, ``.txt``) of the files the job reads from
+            its input folders; ``None``: any existing file in an input folder counts as an input.
+
+    Raises:
+        WriteError: ``output`` is an input file (also through a link), or lies inside an input
+            folder where it would replace a file the job reads. Never relaxed by ``--overwrite``.
+    """
+    out = Path(output)
+    for in_flag, in_path in inputs:
+        if in_path is None:
+            continue
+        src = Path(in_path)
+        if src.is_dir():
+            if _inside(out, src) and (out.exists() if read_suffixes is None
+                                      else out.suffix.lower() in read_suffixes):
+                raise WriteError(f"{flag} {out} lies in the {in_flag} folder {src}, where it would replace "
+                                 "an input file; choose an output outside it")
+        elif _same_file(out, src):
+            raise WriteError(f"{flag} {out} is the {in_flag} input; writing it would destroy that file. "
+                             "Choose another output file")
+
+
+__all__ = ["MAX_TEXT_BYTES", "ReadError", "WriteError", "atomic_path", "atomic_write", "check_output_file",
+           "check_output_folder", "check_output_spares_inputs", "read_text_bounded",
            "remove_stale_temporaries", "write_error"]
