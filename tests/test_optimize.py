@@ -243,13 +243,26 @@ def test_packed_weights_follow_weight_changes_and_copies() -> None:
     assert_outputs_close(before, copied)
 
 
-def test_predictor_optimize_gives_identical_detections() -> None:
+@pytest.mark.parametrize("chosen", ["fused", "plain"])
+def test_predictor_optimize_gives_identical_detections(chosen: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whichever network the start-up timing picks, the detections are the same. The timing is
+    injected (a busy machine picks either), so both choices are tested every run."""
+    import effdet.inference.predictor as predictor_module
+
+    timed = []
+
+    def pick(networks: dict, images: torch.Tensor) -> tuple[str, dict[str, float]]:
+        timed.append(sorted(networks))
+        return chosen, {name: 1.0 if name == chosen else 2.0 for name in networks}
+
+    monkeypatch.setattr(predictor_module, "faster_network", pick)
     model = tiny_model()
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, size=s, dtype=np.uint8) for s in ((100, 140, 3), (128, 128, 3), (90, 60, 3))]
     plain = Predictor(model, settings=None, score_threshold=0.0)
     fast = Predictor(model, optimize=True, score_threshold=0.0)
-    assert fast.model is not model
+    assert timed == [["fused", "plain"]] and fast.network == chosen
+    assert (fast.model is not model) == (chosen == "fused")
     for a, b in zip(plain(images), fast(images)):
         assert len(a["scores"]) == len(b["scores"]) > 0
         assert torch.equal(a["labels"], b["labels"])
