@@ -22,7 +22,8 @@ from effdet.modeling.efficientdet import EfficientDet, build_model
 from effdet.weights.checkpoint import (CheckpointError, check_project_checkpoint, is_project_checkpoint, load_weights,
                                       read_checkpoint)
 from effdet.weights.reference import (COCO90_CATEGORY_IDS, COCO90_CLASS_NAMES, convert_reference_checkpoint,
-                                      reference_config, reference_state_dict)
+                                      is_reference_weights_name, reference_config, reference_state_dict,
+                                      reference_weights_file)
 from effdet.weights.backbones import (BackboneWeights, fetch_backbone_weights, load_backbone_weights,
                                      load_classifier_weights)
 
@@ -84,13 +85,19 @@ def load_model(path: str | Path, model: str | Path | EfficientDetConfig | None =
                ema: bool = True, **overrides: Any) -> tuple[EfficientDet, dict[str, Any]]:
     """Rebuild a model from a checkpoint; returns ``(model in eval mode, info)``.
 
-    Accepts this project's checkpoints (self-describing; ``model`` not needed) and reference-port
+    Accepts this project's checkpoints (self-describing; ``model`` not needed), reference-port
     (rwightman/efficientdet-pytorch) state dicts, which need ``model`` (``tf_efficientdet_d0`` or
-    one of :func:`effdet.model_names`). ``num_classes`` different from the checkpoint's
+    one of :func:`effdet.model_names`), and the name of a released reference-port COCO checkpoint
+    (``tf_efficientdet_d0``, ``tf_efficientdet_lite0``, ...: a key of
+    :data:`effdet.weights.reference.REFERENCE_WEIGHTS`), fetched once into the torch hub cache
+    (:func:`~effdet.weights.reference.reference_weights_file`); ``model`` then defaults to that name. ``num_classes`` different from the checkpoint's
     re-initialises the class predictor (fine-tuning). ``info`` holds ``class_names``,
     ``category_ids`` and ``config`` (an :class:`EfficientDetConfig`). With ``ema`` the EMA
     weights are used when the checkpoint has them.
     """
+    if is_reference_weights_name(path):
+        model = model if model is not None else path
+        path = reference_weights_file(str(path))
     obj = read_checkpoint(path)
     if is_project_checkpoint(obj):
         if not isinstance(obj.get("config"), dict):

@@ -8,7 +8,10 @@ Official COCO checkpoints predict 90 classes 0..89 for COCO category ids 1..90.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import urllib.error
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -23,6 +26,21 @@ REFERENCE_MODELS: dict[str, str] = {f"tf_efficientdet_d{i}": f"efficientdet_d{i}
 REFERENCE_MODELS |= {"tf_efficientdet_d7x": "efficientdet_d7x", "efficientdet_d0": "efficientdet_d0_symmetric",
                      "efficientdet_d1": "efficientdet_d1_symmetric"}
 REFERENCE_MODELS |= {f"tf_efficientdet_lite{v}": f"efficientdet_lite{v}" for v in ("0", "1", "2", "3", "3x", "4")}
+
+# The reference port's released COCO weights: name -> file (``NAME-<sha256 prefix>.pth``) under this address.
+REFERENCE_WEIGHTS_URL = "https://github.com/rwightman/efficientdet-pytorch/releases/download/v0.1/"
+REFERENCE_WEIGHTS: dict[str, str] = {
+    "efficientdet_d0": "efficientdet_d0-f3276ba8.pth", "efficientdet_d1": "efficientdet_d1-bb7e98fe.pth",
+    "tf_efficientdet_d0": "tf_efficientdet_d0_34-f153e0cf.pth", "tf_efficientdet_d1": "tf_efficientdet_d1_40-a30f94af.pth",
+    "tf_efficientdet_d2": "tf_efficientdet_d2_43-8107aa99.pth", "tf_efficientdet_d3": "tf_efficientdet_d3_47-0b525f35.pth",
+    "tf_efficientdet_d4": "tf_efficientdet_d4_49-f56376d9.pth", "tf_efficientdet_d5": "tf_efficientdet_d5_51-c79f9be6.pth",
+    "tf_efficientdet_d6": "tf_efficientdet_d6_52-4eda3773.pth", "tf_efficientdet_d7": "tf_efficientdet_d7_53-6d1d7a95.pth",
+    "tf_efficientdet_d7x": "tf_efficientdet_d7x-f390b87c.pth",
+    "tf_efficientdet_lite0": "tf_efficientdet_lite0-dfacfc78.pth", "tf_efficientdet_lite1": "tf_efficientdet_lite1-6dc7ab30.pth",
+    "tf_efficientdet_lite2": "tf_efficientdet_lite2-86c5d55b.pth", "tf_efficientdet_lite3": "tf_efficientdet_lite3-506852cb.pth",
+    "tf_efficientdet_lite3x": "tf_efficientdet_lite3x-8404c57b.pth",
+    "tf_efficientdet_lite4": "tf_efficientdet_lite4-391ddabc.pth",
+}
 
 # COCO category ids 1..90 (the 80 used ones named; the 10 unused ids keep a placeholder name).
 _COCO_NAMES = {
@@ -44,6 +62,54 @@ COCO90_CLASS_NAMES: list[str] = [_COCO_NAMES.get(i, f"unused-{i}") for i in COCO
 
 # (ty, tx, th, tw) -> (dx, dy, dw, dh): our coordinate k comes from the reference's _BOX_ORDER[k]
 _BOX_ORDER = (1, 0, 3, 2)
+
+def is_reference_weights_name(weights: str | Path | None) -> bool:
+    """``weights`` names released reference-port COCO weights (``tf_efficientdet_d0``) and no file of that name exists."""
+    return isinstance(weights, str) and weights in REFERENCE_WEIGHTS and not Path(weights).exists()
+
+
+def _sha256_prefix(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def reference_weights_file(name: str, progress: bool = True) -> Path:
+    """The local file of the reference port's released COCO weights ``name`` (a key of :data:`REFERENCE_WEIGHTS`).
+
+    Fetched once from :data:`REFERENCE_WEIGHTS_URL` into the torch hub cache
+    (``torch.hub.get_dir()/checkpoints``, as ``torch.hub.load_state_dict_from_url`` keeps it), written
+    atomically by torch's downloader; the SHA-256 prefix in the file name is checked on the download
+    and again on every cached use, so a truncated or replaced file is never loaded.
+
+    Raises:
+        CheckpointError: unknown name; offline or the download failed (naming the URL and where to put
+            a file downloaded elsewhere); a hash that does not match.
+    """
+    if name not in REFERENCE_WEIGHTS:
+        raise CheckpointError(f"no released reference-port weights named {name!r}; known: {', '.join(REFERENCE_WEIGHTS)}")
+    file_name = REFERENCE_WEIGHTS[name]
+    url = REFERENCE_WEIGHTS_URL + file_name
+    expected = re.search(r"-([0-9a-f]{8,})\.pth$", file_name)[1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    if not cached.is_file():
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix=expected, progress=progress)
+        except RuntimeError as e:  # torch.hub's hash mismatch; it has removed the download
+            raise CheckpointError(f"{url}: {str(e).splitlines()[0]}; try again, or download it elsewhere and "
+                                  f"put it at {cached}") from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+            raise CheckpointError(f"could not fetch {name} weights from {url} ({reason}); offline, download that "
+                                  f"file on another machine and put it at {cached}") from None
+    elif not _sha256_prefix(cached).startswith(expected):
+        raise CheckpointError(f"{cached} does not have the SHA-256 its name promises ({expected}...): it is damaged "
+                              f"or another file; delete it to fetch {url} again")
+    return cached
+
 
 def _rename_fpn(key: str, nodes: list[tuple[int, tuple[int, ...]]], num_backbone_levels: int) -> str:
     m = re.fullmatch(r"resample\.(\d+)\.conv\.(conv|bn)\.(\w+)", key)
