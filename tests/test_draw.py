@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from effdet.inference.draw import PALETTE, class_color, draw_detections, drawing_sizes, text_color
+from effdet.inference.draw import PALETTE, class_color, draw_detections, drawing_sizes, place_labels, text_color
 
 
 def _grey(h: int = 120, w: int = 160) -> np.ndarray:
@@ -66,13 +66,45 @@ def test_greyscale_input_and_mismatched_lengths() -> None:
         draw_detections(_grey(), [[0, 0, 5, 5], [1, 1, 6, 6]], [0, 0], [0.5])
 
 
-def test_the_best_scoring_box_is_drawn_on_top() -> None:
-    """Where boxes of two classes overlap, "square 0.32" must not hide "triangle 0.71"."""
+def test_labels_on_the_same_box_both_stay_readable() -> None:
+    """Two classes on one box: "triangle 0.71" keeps the place it has alone, "square 0.32" moves to
+    the next free place instead of hiding under it (or hiding it)."""
     image = np.zeros((120, 160, 3), dtype=np.uint8)
     boxes = [[10, 20, 110, 100], [10, 20, 110, 100]]
     names = ["square", "triangle"]
     best_alone = np.asarray(draw_detections(image, boxes[1:], [1], [0.71], names))
+    label_rows = np.flatnonzero((best_alone[:20] == class_color(1)).all(-1).sum(1) > 40)  # label, above the box
+    assert len(label_rows) > 5
     for order in ([0, 1], [1, 0]):
-        drawn = np.asarray(draw_detections(image, [boxes[i] for i in order], [order[0], order[1]],
+        drawn = np.asarray(draw_detections(image, [boxes[i] for i in order], order,
                                            [[0.32, 0.71][i] for i in order], names))
-        np.testing.assert_array_equal(drawn, best_alone)
+        np.testing.assert_array_equal(drawn[label_rows], best_alone[label_rows])  # best label untouched
+        second = (drawn == class_color(0)).all(-1)
+        assert second.sum(1).max() > 40, "the second label is not drawn as a filled label of its own"
+
+
+def test_place_labels_never_overlap_where_there_is_room() -> None:
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 500, size=(60, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 80, size=(60, 2))], 1)
+    boxes[:20] = [100, 100, 200, 180]  # a pile of boxes on one spot, as at a low score threshold
+    rects = place_labels(boxes, np.tile([[60, 12]], (60, 1)), (600, 640))
+    assert (rects[:, :2] >= 0).all() and (rects[:, 2] <= 640).all() and (rects[:, 3] <= 600).all()
+    ix = np.minimum(rects[:, None, 2], rects[None, :, 2]) - np.maximum(rects[:, None, 0], rects[None, :, 0])
+    iy = np.minimum(rects[:, None, 3], rects[None, :, 3]) - np.maximum(rects[:, None, 1], rects[None, :, 1])
+    overlapping = (ix > 0) & (iy > 0)
+    np.fill_diagonal(overlapping, False)
+    assert not overlapping.any()
+    np.testing.assert_array_equal(rects[0], [100, 88, 160, 100])  # the first (best) just above its box
+
+
+def test_box_and_label_visible_on_a_background_of_their_own_colour() -> None:
+    for label in (0, 1, 7, 11):  # dark and light class colours
+        colour = np.array(class_color(label))
+        image = np.tile(colour.astype(np.uint8), (120, 160, 1))
+        out = draw_detections(image, [[30, 40, 130, 100]], [label], [0.9], line_width=2).astype(int)
+        differs = np.abs(out - colour).sum(-1) > 150
+        assert differs[70, 26:36].any() and differs[70, 126:136].any(), "left/right edge invisible"
+        assert differs[96:106, 80].any(), "bottom edge invisible"
+        label_rows = differs[20:40, 30:60]  # label above the box: its edge and text contrast
+        assert label_rows.sum() > 30
