@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 class PostprocessSettings:
     """Post-processing settings; the defaults are the project's one set (score threshold 0.05,
     5000 candidates, hard NMS IoU 0.5, 100 boxes). :data:`EVAL_SETTINGS` is the official
-    COCO-eval threshold 0.001, the one tool default that differs on purpose.
+    COCO-eval threshold 0.001; ``effdet predict`` draws and writes detections scored 0.25 and more.
 
     ``score_threshold`` drops candidates below it (the same detections as dropping them after
     NMS, with less work). ``soft_nms`` selects Gaussian soft-NMS (``soft_nms_sigma``).

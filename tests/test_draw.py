@@ -108,3 +108,15 @@ def test_box_and_label_visible_on_a_background_of_their_own_colour() -> None:
         assert differs[96:106, 80].any(), "bottom edge invisible"
         label_rows = differs[20:40, 30:60]  # label above the box: its edge and text contrast
         assert label_rows.sum() > 30
+
+
+def test_predict_draws_at_025_and_val_keeps_0001() -> None:
+    """effdet predict's drawings and JSON leave out the low-scored duplicates (Ultralytics' 0.25);
+    COCO evaluation keeps its official 0.001."""
+    from effdet.cli.main import build_parser
+
+    parser, _ = build_parser()
+    predict = parser.parse_args(["predict", "--weights", "w.pt", "a.jpg"])
+    val = parser.parse_args(["val", "--weights", "w.pt", "--ann", "a.json", "--images", "x"])
+    assert predict.score_threshold == 0.25
+    assert val.score_threshold == 0.001

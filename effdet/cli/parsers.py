@@ -339,7 +339,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=POSITIVE, default=None, metavar="N",
                         help="read at most N frames of each video, camera or stream (default: all; a camera "
                              "runs until Ctrl-C)")
-    add_postprocess_arguments(parser, why="; use 0.001 for COCO evaluation")
+    add_postprocess_arguments(parser, PostprocessSettings(score_threshold=0.25), why=", as Ultralytics' predict: drawings "
+                              "and JSON without piles of low-scored duplicates; use 0.001 for COCO evaluation")
     add_batch_size_argument(parser, 8, "images, frames or tiles per forward pass")
     add_device_argument(parser)
     add_threads_argument(parser)
