@@ -80,8 +80,25 @@ def run_job(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
             return run(args)
         except USER_ERRORS as error:
             if int(os.environ.get("RANK", "0")) == 0:
-                print(f"effdet {args.job}: error: {error}", file=sys.stderr)
+                print(f"effdet {args.job}: error: {user_message(error, args)}", file=sys.stderr)
             return 2
+
+
+def user_message(error: Exception, args: argparse.Namespace) -> str:
+    """The one-line message of a user error. A :class:`ConfigError` about a field the user set with
+    a flag (``image_size`` from ``--image-size 100``) names the flag and the value as typed, and
+    suggests a value in the flag's spelling (``use e.g. --image-size 128``), not the config's."""
+    field = getattr(error, "field", None)
+    typed = getattr(args, field, None) if field else None
+    if not isinstance(error, ConfigError) or typed is None:
+        return str(error)
+    if isinstance(typed, (list, tuple)) and all(isinstance(v, str) for v in typed):
+        text = " ".join(typed)  # as typed: effdet train --image-size 256 384
+    elif isinstance(typed, tuple) and len(typed) == 2:
+        text = str(typed[0]) if typed[0] == typed[1] else f"{typed[0]}x{typed[1]}"
+    else:
+        text = str(typed)
+    return error.for_flag("--" + field.replace("_", "-"), text)
 
 
 def apply_threads(threads: int | None) -> None:
@@ -105,4 +122,4 @@ def apply_threads(threads: int | None) -> None:
 
 
 __all__ = ["DeviceError", "USER_ERRORS", "apply_threads", "check_device", "plain_warnings", "postprocess_settings",
-           "run_job"]
+           "run_job", "user_message"]

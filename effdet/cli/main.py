@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -64,6 +65,34 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+_RST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_RST_LITERAL = re.compile(r"``(.+?)``|`([^`]+)`")
+
+
+def plain_text(text: str | None) -> str | None:
+    """``text`` without reStructuredText markup, for ``--help``: ``literals`` and `refs` lose
+    their backticks, roles (:func:`x`, :class:`~a.B`) become their target's name (x, B)."""
+    if not text:
+        return text
+    text = _RST_ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1), text)
+    return _RST_LITERAL.sub(lambda m: m.group(1) or m.group(2), text)
+
+
+def _strip_markup(parser: argparse.ArgumentParser, seen: set[int]) -> None:
+    """Strip reStructuredText from ``parser``'s description, epilog and help texts, and its subparsers'."""
+    if id(parser) in seen:
+        return
+    seen.add(id(parser))
+    parser.description, parser.epilog = plain_text(parser.description), plain_text(parser.epilog)
+    for action in parser._actions:
+        action.help = plain_text(action.help) if isinstance(action.help, str) else action.help
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain_text(choice.help)
+            for sub in action.choices.values():
+                _strip_markup(sub, seen)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The ``effdet`` parser and each job's subparser (by every name it answers to)."""
     parser = argparse.ArgumentParser(prog="effdet", description=__doc__.split("\n\n")[0] + "\n\nJobs:",
@@ -78,6 +107,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         job.add_arguments(sub)
         for name in (job.name, *job.aliases):
             subparsers[name] = sub
+    _strip_markup(parser, set())
     return parser, subparsers
 
 

@@ -17,16 +17,20 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
+from effdet.config import ConfigError, shown
 from effdet.fileio import atomic_write
-from effdet.weights.checkpoint import CheckpointError, read_checkpoint
+from effdet.weights.checkpoint import CheckpointError, read_checkpoint, state_dict_problem
+from effdet.engine.optim import load_optimizer_state
 from effdet.engine.train_config import RunConfig, load_run_config
 
 METRIC_COLUMNS = ("epoch", "step", "loss", "class_loss", "box_loss", "lr", "map", "map50", "images",
@@ -96,18 +100,215 @@ def resume_path(path: str | Path) -> Path:
 
 
 def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read ``last.pt`` for resuming; refuses files without training state, saying what to do."""
+    """Read ``last.pt`` for resuming: every part of its training state is checked
+    (:func:`check_training_state`) before anything is restored or printed.
+
+    Raises:
+        CheckpointError: not a resumable checkpoint, or a malformed part; one line naming the
+            file and the part, saying what to do.
+    """
     obj = read_checkpoint(path)
     missing = [k for k in ("train_state", "optimizer", "run_config") if k not in obj]
     if missing:
         raise CheckpointError(f"{path} is not a resumable training checkpoint (it has no {', '.join(missing)}). "
                               "Resume from the run's last.pt, or start a new run from its weights with --weights.")
+    check_training_state(obj, path)
     return obj
 
 
 def resume_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """The run config stored in a ``last.pt``, with ``key=value`` overrides (e.g. more epochs) applied."""
-    return load_run_config(read_training_checkpoint(path)["run_config"], overrides)
+    stored = read_training_checkpoint(path)["run_config"]
+    try:
+        load_run_config(stored)
+    except ConfigError as error:
+        _resume_error(path, "run_config", f"is not a valid run config ({error})")
+    return load_run_config(stored, overrides)
+
+
+def _resume_error(path: str | Path, part: str, problem: str) -> None:
+    raise CheckpointError(f"cannot resume from {path}: its '{part}' {problem}. The file is damaged or was written "
+                          "by other code: resume from another last.pt, or start a new run from its weights with "
+                          f"--weights {path}")
+
+
+def _whole(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _train_state_problem(state: Any) -> str | None:
+    """What is wrong with a saved :class:`TrainState` dict, or None."""
+    if not isinstance(state, Mapping):
+        return f"is a {type(state).__name__}, not a mapping of progress counters"
+    for name in ("epoch", "step_in_epoch", "global_step", "steps_per_epoch", "skipped_images"):
+        if name in state and not _whole(state[name]):
+            return f"{name} must be a whole number >= 0, got {shown(state[name])}"
+    for name in ("best_map", "best_epoch"):
+        value = state.get(name)
+        if value is not None and not (_whole(value) if name == "best_epoch" else _number(value)):
+            return f"{name} must be {'a whole number >= 0' if name == 'best_epoch' else 'a number'} or None, " \
+                   f"got {shown(value)}"
+    if "train_time_s" in state and not (_number(state["train_time_s"]) and state["train_time_s"] >= 0):
+        return f"train_time_s must be a number >= 0, got {shown(state['train_time_s'])}"
+    steps, step = state.get("steps_per_epoch", 0), state.get("step_in_epoch", 0)
+    if step and not step <= steps:
+        return f"step_in_epoch {step} is beyond the epoch's steps_per_epoch {steps}"
+    sums = state.get("sums", {})
+    if not isinstance(sums, Mapping) or not all(isinstance(k, str) and _number(v) for k, v in sums.items()):
+        return f"sums must map names to numbers, got {shown(sums)}"
+    metrics = state.get("metrics", [])
+    if not isinstance(metrics, list) or not all(isinstance(row, Mapping) and all(isinstance(k, str) for k in row)
+                                                for row in metrics):
+        return f"metrics must be a list of rows (mappings of column names), got {shown(metrics)}"
+    return None
+
+
+def _optimizer_problem(state: Any) -> str | None:
+    """What is wrong with the structure of a saved ``optimizer.state_dict()``, or None."""
+    if not isinstance(state, Mapping) or not isinstance(state.get("state"), Mapping) \
+            or not isinstance(state.get("param_groups"), list) or not state["param_groups"]:
+        return "is not an optimizer state (a mapping with 'state' and a list of 'param_groups')"
+    indices: list[Any] = []
+    for number, group in enumerate(state["param_groups"]):
+        if not isinstance(group, Mapping) or not isinstance(group.get("params"), list):
+            return f"param group {number} is not a mapping with a list of 'params'"
+        indices += group["params"]
+        for key, value in group.items():
+            if key not in ("params", "param_names", "name") and not (
+                    value is None or isinstance(value, (bool, int, float))
+                    or (isinstance(value, (list, tuple)) and all(_number(v) for v in value))):
+                return f"param group {number} has {key} = {shown(value)}, not a number"
+    if not all(_whole(i) for i in indices) or len(set(indices)) != len(indices):
+        return "lists parameter indices that are not distinct whole numbers"
+    known = set(indices)
+    for index, entry in state["state"].items():
+        if index not in known:
+            return f"has a state for parameter {shown(index)}, which no param group lists"
+        if not isinstance(entry, Mapping) or not all(
+                isinstance(v, torch.Tensor) or _number(v) for v in entry.values()):
+            return f"state of parameter {shown(index)} is not a mapping of tensors and numbers"
+    return None
+
+
+def _rng_problem(rngs: Any) -> str | None:
+    """What keeps ``rngs`` (saved :func:`rng_states`, one per rank) from being restored, or None;
+    each state is tried on a scratch generator, so nothing global changes."""
+    if not isinstance(rngs, list):
+        return f"is a {type(rngs).__name__}, not a list of per-process RNG states"
+    for rank, state in enumerate(rngs):
+        try:
+            if not isinstance(state, Mapping):
+                raise TypeError(f"a {type(state).__name__}")
+            torch.Generator().set_state(state["torch"])
+            cuda = state.get("cuda")
+            if cuda is not None and not (isinstance(cuda, list) and all(
+                    isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda)):
+                raise TypeError("cuda is not a list of byte tensors")
+            kind, keys, pos, has_gauss, cached = state["numpy"]
+            np.random.RandomState().set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+            version, internal, gauss = state["random"]
+            random.Random().setstate((version, tuple(internal), gauss))
+        except Exception as error:  # any malformed part: the state cannot be restored
+            return f"RNG state of process {rank} cannot be restored ({type(error).__name__}: " \
+                   f"{shown(str(error).splitlines()[0] if str(error) else '')})"
+    return None
+
+
+SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+
+
+def check_training_state(obj: Mapping[str, Any], path: str | Path) -> None:
+    """Check every part of a ``last.pt`` that resuming restores, before anything is restored:
+    ``model`` and ``ema`` (state dicts of the same tensors), ``ema_updates``, ``optimizer``,
+    ``scaler``, ``train_state``, ``rng`` and ``run_config`` (a mapping; its values are checked by
+    :func:`resume_run_config`). Whether the weights and optimizer state fit the model is checked
+    when they are loaded (:func:`effdet.weights.checkpoint.load_weights`, :func:`load_resume_optimizer`).
+
+    Raises:
+        CheckpointError: one line naming the file, the part and what is wrong.
+    """
+    for part in ("model", "ema"):
+        if part == "model" or obj.get(part) is not None:
+            problem = state_dict_problem(obj.get(part))
+            if problem:
+                _resume_error(path, part, problem)
+    ema, model = obj.get("ema"), obj["model"]
+    if ema is not None:
+        differ = [k for k in set(model) | set(ema)
+                  if k not in model or k not in ema or tuple(model[k].shape) != tuple(ema[k].shape)]
+        if differ:
+            _resume_error(path, "ema", f"weights do not match the model's ({len(differ)} tensors differ, "
+                                       f"e.g. {shown(sorted(differ)[0])})")
+    if "ema_updates" in obj and not _whole(obj["ema_updates"]):
+        _resume_error(path, "ema_updates", f"must be a whole number >= 0, got {shown(obj['ema_updates'])}")
+    for part, problem in (("optimizer", _optimizer_problem(obj["optimizer"])),
+                          ("train_state", _train_state_problem(obj["train_state"])),
+                          ("rng", _rng_problem(obj.get("rng") or []))):
+        if problem:
+            _resume_error(path, part, problem)
+    scaler = obj.get("scaler")
+    if scaler is not None and not (isinstance(scaler, Mapping) and (not scaler or all(
+            k in scaler and (_number(scaler[k]) or (isinstance(scaler[k], torch.Tensor) and scaler[k].numel() == 1))
+            for k in SCALER_KEYS))):
+        _resume_error(path, "scaler", f"is not a GradScaler state (numbers {', '.join(SCALER_KEYS)}), "
+                                      f"got {shown(scaler)}")
+    if not isinstance(obj["run_config"], Mapping):
+        _resume_error(path, "run_config", f"is a {type(obj['run_config']).__name__}, not a mapping of the run's "
+                                          "model:, data: and train: settings")
+
+
+def load_resume_optimizer(optimizer: torch.optim.Optimizer, state: Mapping[str, Any], model: nn.Module,
+                          path: str | Path) -> None:
+    """Load a ``last.pt``'s optimizer state (:func:`effdet.engine.optim.load_optimizer_state`) and
+    check that it fits: the same parameter groups and counts, the settings of this optimizer
+    (an SGD state does not fit AdamW), and per-parameter tensors of each parameter's shape.
+
+    Raises:
+        CheckpointError: naming the file and what does not fit (the run then stops, having
+            written nothing).
+    """
+    before = [dict(group) for group in optimizer.param_groups]
+    try:
+        load_optimizer_state(optimizer, dict(state), model)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:
+        _resume_error(path, "optimizer", f"state does not fit this run's optimizer "
+                                         f"({shown((str(error).splitlines() or [''])[0])})")
+    for number, (old, new) in enumerate(zip(before, optimizer.param_groups)):
+        for key, value in old.items():
+            if key in ("params", "param_names", "lr"):
+                continue
+            saved = new.get(key, _MISSING)
+            if saved is _MISSING:
+                _resume_error(path, "optimizer", f"state was saved by another optimizer (param group {number} has "
+                                                 f"no {key}); resume with the run's own train.optimizer")
+            if "none" not in (_kind(saved), _kind(value)) and _kind(saved) != _kind(value):
+                _resume_error(path, "optimizer", f"param group {number} has {key} = {shown(saved)}, "
+                                                 f"where this optimizer has {shown(value)}")
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != param.shape:
+                    _resume_error(path, "optimizer", f"state {key} has shape {tuple(value.shape)} for a parameter "
+                                                     f"of shape {tuple(param.shape)}")
+
+
+_MISSING = object()
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, (list, tuple)):
+        return f"sequence of {len(value)}"
+    return type(value).__name__
 
 
 def write_metrics_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
@@ -129,5 +330,5 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-__all__ = ["TrainState", "METRIC_COLUMNS", "rng_states", "set_rng_states", "resume_path",
-           "read_training_checkpoint", "resume_run_config", "write_metrics_csv"]
+__all__ = ["TrainState", "METRIC_COLUMNS", "rng_states", "set_rng_states", "resume_path", "check_training_state",
+           "load_resume_optimizer", "read_training_checkpoint", "resume_run_config", "write_metrics_csv"]

@@ -30,7 +30,7 @@ import yaml
 
 from effdet.fileio import atomic_write
 from effdet.config import (check_types, RECIPE_WEIGHTS_KEY, ConfigError, EfficientDetConfig, from_dict, get_config, load_yaml,
-                           resolve)
+                           resolve, shown)
 
 OPTIMIZERS = ("sgd", "adamw")
 FREEZE_CHOICES = ("none", "backbone", "backbone+fpn")
@@ -159,7 +159,7 @@ def _field_names(cls: type) -> list[str]:
 def validate_train(cfg: TrainConfig) -> TrainConfig:
     """Check a ``TrainConfig``; raise :class:`ConfigError` saying what to change."""
     if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer {cfg.optimizer!r} must be one of {OPTIMIZERS}")
+        raise ConfigError(f"train.optimizer {shown(cfg.optimizer)} must be one of {OPTIMIZERS}")
     for key in ("epochs", "batch_size", "max_boxes", "log_interval"):
         if int(getattr(cfg, key)) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(cfg, key)}")
@@ -182,17 +182,17 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
     if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
         raise ConfigError(f"train.eval_batch_size must be at least 1 or null, got {cfg.eval_batch_size}")
     if cfg.freeze not in FREEZE_CHOICES:
-        raise ConfigError(f"train.freeze {cfg.freeze!r} must be one of {FREEZE_CHOICES} (the parts kept frozen)")
+        raise ConfigError(f"train.freeze {shown(cfg.freeze)} must be one of {FREEZE_CHOICES} (the parts kept frozen)")
     if cfg.logger not in LOGGERS:
-        raise ConfigError(f"train.logger {cfg.logger!r} must be one of {LOGGERS}")
+        raise ConfigError(f"train.logger {shown(cfg.logger)} must be one of {LOGGERS}")
     epochs = cfg.freeze_epochs
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
         raise ConfigError(f"train.freeze_epochs must be a whole number >= 0 (epochs to keep train.freeze frozen) "
-                          f"or null (the whole run), got {epochs!r}")
+                          f"or null (the whole run), got {shown(epochs)}")
     mult = cfg.backbone_lr_mult
     if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not 0 < mult < math.inf:
         raise ConfigError(f"train.backbone_lr_mult must be a positive number (backbone LR = LR x this; "
-                          f"use train.freeze=backbone to keep it fixed), got {mult!r}")
+                          f"use train.freeze=backbone to keep it fixed), got {shown(mult)}")
     return cfg
 
 
@@ -200,14 +200,16 @@ def _build_section(cls: type, values: Mapping[str, Any], base: Any, source: str)
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(str(k) for k in set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+        raise ConfigError(f"{source}: unknown key(s) {shown(unknown)}; valid keys: {sorted(fields)}")
     changes = dict(values)
     if "scale_range" in changes:
         value = changes["scale_range"]
-        if not (isinstance(value, (list, tuple)) and len(value) == 2):
-            raise ConfigError(f"{source}: scale_range must be [low, high], got {value!r}")
+        numbers = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not numbers:
+            raise ConfigError(f"{source}: scale_range must be [low, high] (two numbers), got {shown(value)}")
         changes["scale_range"] = (float(value[0]), float(value[1]))
     for name, value in changes.items():
         if name.endswith(("_ann", "_images")) and value is not None and not isinstance(value, (dict, list)):
@@ -229,17 +231,17 @@ def split_overrides(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         section, dot, field = key.partition(".")
         if dot:
             if section not in SECTIONS:
-                raise ConfigError(f"override {key}={value!r}: unknown section {section!r}; "
+                raise ConfigError(f"override {shown(key)}={shown(value)}: unknown section {shown(section)}; "
                                   f"use one of {', '.join(SECTIONS)} (e.g. train.epochs=3)")
             if field not in _field_names(SECTIONS[section]) and (section, field) != ("model", RECIPE_WEIGHTS_KEY):
-                raise ConfigError(f"override {key}: {section} has no field {field!r}; "
+                raise ConfigError(f"override {shown(key)}: {section} has no field {shown(field)}; "
                                   f"valid fields: {', '.join(_field_names(SECTIONS[section]))}")
             out[section][field] = value
             continue
         owners = [name for name, cls in SECTIONS.items()
                   if key in _field_names(cls) or (name, key) == ("model", RECIPE_WEIGHTS_KEY)]
         if not owners:
-            raise ConfigError(f"override {key}={value!r}: no section has a field {key!r}; "
+            raise ConfigError(f"override {shown(key)}={shown(value)}: no section has a field {shown(key)}; "
                               "see the model:, data: and train: sections of configs/demo.yaml")
         if len(owners) > 1:
             raise ConfigError(f"override {key} is ambiguous: it is a field of {' and '.join(owners)}; "
@@ -269,7 +271,10 @@ def load_run_config(source: str | Path | Mapping[str, Any] | None = None,
     where = "config"
     if isinstance(source, Mapping):
         data = dict(source)
-        stored = dict(data.get("model") or {})
+        stored = data.get("model") or {}
+        if not isinstance(stored, Mapping):
+            raise ConfigError(f"stored run config: model: must be a mapping of config keys, got {type(stored).__name__}")
+        stored = dict(stored)
         recipe_weights = stored.pop(RECIPE_WEIGHTS_KEY, None)
         model = from_dict(stored, source="stored run config")
     elif source is not None and str(source).endswith((".yaml", ".yml")):
@@ -285,10 +290,12 @@ def load_run_config(source: str | Path | Mapping[str, Any] | None = None,
     try:
         model = resolve(model, **parts["model"])
     except ConfigError as e:
-        raise ConfigError(f"{where} + overrides: {e}") from None
-    extra = sorted(set(data) - set(SECTIONS) - set(_field_names(EfficientDetConfig)) - {"base", RECIPE_WEIGHTS_KEY})
+        raise e.prefixed(f"{where} + overrides") from None
+    extra = sorted(str(k) for k in set(data) - set(SECTIONS) - set(_field_names(EfficientDetConfig))
+                   - {"base", RECIPE_WEIGHTS_KEY})
     if "model" in data and extra:
-        raise ConfigError(f"{where}: unknown top-level key(s) {extra}; a recipe has sections model:, data:, train:")
+        raise ConfigError(f"{where}: unknown top-level key(s) {shown(extra)}; a recipe has sections model:, data:, "
+                          "train:")
     data_cfg = _build_section(DataConfig, data.get("data") or {}, DataConfig(), f"{where} data:")
     data_cfg = _build_section(DataConfig, parts["data"], data_cfg, "data override")
     if recipe not in TRAIN_RECIPES:
@@ -299,13 +306,34 @@ def load_run_config(source: str | Path | Mapping[str, Any] | None = None,
     weights = weights if weights is not None else recipe_weights
     if weights is not None and not isinstance(weights, str):
         raise ConfigError(f"{where}: model.{RECIPE_WEIGHTS_KEY} must be a weights source (a name or a file) or none, "
-                          f"got {weights!r}")
+                          f"got {shown(weights)}")
     return RunConfig(model=model, data=data_cfg, train=train_cfg, backbone_weights=weights)
 
 
 def with_model(run: RunConfig, **changes: Any) -> RunConfig:
     """A copy of ``run`` with model fields changed (e.g. ``num_classes`` from the dataset)."""
     return dataclasses.replace(run, model=resolve(run.model, **changes))
+
+
+def fit_batch_to_data(run: RunConfig, num_images: int, world_size: int = 1) -> tuple[RunConfig, str | None]:
+    """``run`` with ``train.batch_size`` cut to the images one process gets per epoch
+    (``ceil(num_images / world_size)``) when it asks for more, and a notice saying so (else None).
+
+    A larger batch would train on every image once per step anyway, but the peak LR would be
+    scaled for the batch asked for (``lr_per_64 * batch / 64``): ``--batch-size 1000000000`` on 4
+    images gave an LR of 1.25e6. The cut batch is what the run records (``config.yaml``, ``last.pt``).
+    """
+    per_rank = max(1, math.ceil(num_images / max(1, world_size)))
+    batch = run.train.batch_size
+    if batch <= per_rank:
+        return run, None
+    where = f"{num_images} training image{'s' if num_images != 1 else ''}"
+    if world_size > 1:
+        where += f" ({per_rank} per process of {world_size})"
+    notice = f"Notice: batch size {shown(batch)} is more than the {where}; training with batch {per_rank}"
+    if run.train.lr is None:
+        notice += f" (the learning rate is scaled for {per_rank * world_size} images, not {shown(batch * world_size)})"
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, batch_size=per_rank)), notice + "."
 
 
 def write_run_config(run: RunConfig, path: str | Path) -> Path:
@@ -319,4 +347,4 @@ def write_run_config(run: RunConfig, path: str | Path) -> Path:
 
 
 __all__ = ["TRAIN_RECIPES", "TrainConfig", "DataConfig", "RunConfig", "OPTIMIZERS", "FREEZE_CHOICES", "load_run_config",
-           "split_overrides", "validate_train", "with_model", "write_run_config"]
+           "split_overrides", "validate_train", "with_model", "write_run_config", "fit_batch_to_data"]

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from effdet.config import EfficientDetConfig
+from effdet.config import EfficientDetConfig, shown
 from effdet.fileio import atomic_write
 from effdet.modeling.efficientdet import EfficientDet
 
@@ -89,17 +89,19 @@ def is_project_checkpoint(obj: Mapping[str, Any]) -> bool:
     return obj.get("format") == CHECKPOINT_FORMAT
 
 
+def state_dict_problem(value: Any) -> str | None:
+    """What keeps ``value`` from being a state dict (a non-empty mapping of names to tensors), or None."""
+    if not isinstance(value, Mapping) or not value:
+        return f"is a {type(value).__name__}, not a state dict of tensors"
+    bad = [k for k, v in value.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    return f"has {len(bad)} entries that are not named tensors (e.g. {shown(bad[0])})" if bad else None
+
+
 def check_project_checkpoint(obj: Mapping[str, Any], num_classes: int, path: str | Path) -> None:
     """Check the parts of a project checkpoint besides its config: ``model`` (and ``ema`` if
     present) state dicts of named tensors, ``class_names`` (strings) and ``category_ids``
     (integers), one per class of the ``num_classes`` its config builds. Raises
     :class:`CheckpointError` naming the file and the field."""
-    def state_dict_problem(value: Any) -> str | None:
-        if not isinstance(value, Mapping) or not value:
-            return f"is a {type(value).__name__}, not a state dict of tensors"
-        bad = [k for k, v in value.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-        return f"has {len(bad)} entries that are not named tensors (e.g. {bad[0]!r})" if bad else None
-
     def fail(field: str, problem: str) -> None:
         raise CheckpointError(f"{path}: this project's checkpoint format, but its '{field}' {problem}; the file is "
                               "damaged or was written by other code: re-save it with effdet.weights.checkpoint."
