@@ -31,17 +31,17 @@ from effdet.weights.backbones import fetch_backbone_weights
 from effdet.weights.checkpoint import load_weights, save_checkpoint
 from effdet.config import ConfigError, EfficientDetConfig
 from effdet.engine import distributed as D
-from effdet.engine.checkpointing import (TrainState, read_training_checkpoint, rng_states, set_rng_states,
-                                         write_metrics_csv)
+from effdet.engine.checkpointing import (TrainState, load_resume_optimizer, read_training_checkpoint, rng_states,
+                                         set_rng_states, write_metrics_csv)
 from effdet.engine.evaluate import evaluate_coco, format_ap
 from effdet.engine.interrupt import StopSignals
-from effdet.engine.optim import WarmupCosine, load_optimizer_state, scaled_lr
+from effdet.engine.optim import WarmupCosine, scaled_lr
 from effdet.engine.plots import plot_batch_mosaic, plot_results, plot_training_labels
 from effdet.engine.tb_logger import log_epoch, log_picture, log_step, open_tensorboard, tensorboard_writer_class
 from effdet.engine.step import build_train_step
 from effdet.engine.setup import (amp_settings, build_datasets, build_train_loader, build_train_model, check_run_folder,
                                  shutdown_workers)
-from effdet.engine.train_config import RunConfig, TrainConfig, with_model, write_run_config
+from effdet.engine.train_config import RunConfig, TrainConfig, fit_batch_to_data, with_model, write_run_config
 from effdet.data import DatasetError
 
 
@@ -105,6 +105,10 @@ class Trainer:
             self.backbone_init = fetch_backbone_weights(self.run.backbone_weights, self.run.model.backbone)
         self.train_set, self.val_set = build_datasets(self.run, with_val=ctx.is_main)
         self.run = with_model(self.run, num_classes=self.train_set.num_classes)
+        self.run, notice = fit_batch_to_data(self.run, len(self.train_set), ctx.world_size)
+        train = self.run.train
+        if notice:
+            self._log(notice)
         self.class_names, self.category_ids = self.train_set.class_names, self.train_set.category_ids
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         self.model = build_train_model(self.run.model, None if self.resume else self.weights,
@@ -150,7 +154,7 @@ class Trainer:
         load_weights(self.model, ckpt["model"], source=str(path))
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict({"module": ckpt["ema"], "num_updates": ckpt.get("ema_updates", 0)})
-        load_optimizer_state(self.optimizer, ckpt["optimizer"], self.model)
+        load_resume_optimizer(self.optimizer, ckpt["optimizer"], self.model, path)
         if ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         state = TrainState.from_dict(ckpt["train_state"])
