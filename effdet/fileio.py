@@ -4,10 +4,15 @@ A file is written to a temporary name in its destination folder, flushed to disk
 over the destination (``os.replace``, atomic on POSIX and Windows). An interrupted or failed
 write (a full disk, Ctrl-C, ``kill -9``) never leaves a half-written file under the real name and
 leaves any previous file intact. A failed write raises :class:`WriteError`, one line naming the
-file. Temporary files that a killed process left behind (``.NAME.PID.XXXX.tmp``) are removed at
-the next write of the same file. Files get the permissions the user's umask gives new files
-(``mkstemp`` alone would make them private, mode 0600). This is a leaf module: it imports only the
-standard library.
+file. Files get the permissions the user's umask gives new files (``mkstemp`` alone would make them
+private, mode 0600). This is a leaf module: it imports only the standard library.
+
+Temporaries are named ``.NAME.effdet-tmp-PID-XXXXXXXX<suffix>`` (PID: the writer's process id,
+XXXXXXXX: ``mkstemp``'s random part), and the working folders that jobs make in the system's
+temporary folder ``PREFIX-PID-XXXXXXXX`` (:func:`temporary_folder`). Only names of
+exactly that form whose process no longer runs (killed with ``kill -9``, preempted) are removed, at
+the next write of the same file or the next such folder; a user's own ``.NAME.bak`` or
+``.NAME.123.pt`` is never touched, whatever its age.
 """
 
 from __future__ import annotations
@@ -16,13 +21,13 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import IO, Collection, Iterable, Iterator
 
-LEGACY_TEMP_AGE_S = 3600.0
-"""Temporaries of the older name form (no process id) are removed once this old."""
+TEMP_MARK = "effdet-tmp"
+"""The part of every temporary's name that says this project made it (next to the writer's pid)."""
 
 
 class WriteError(OSError):
@@ -39,14 +44,17 @@ def _reason(error: BaseException) -> str:
         if error.errno == errno.EISDIR:
             return "a folder of that name is in the way"
         return error.strerror or str(error)
-    if _is_torch_write_failure(error):
+    if _is_cpp_write_failure(error):
         return "the write failed (is the disk full?)"
     return (str(error).splitlines() or [type(error).__name__])[0][:200]
 
 
-def _is_torch_write_failure(error: BaseException) -> bool:
-    """torch.save's C++ writer reports a failed write (a full disk) as a RuntimeError, hiding the OSError."""
-    return isinstance(error, RuntimeError) and ("file write failed" in str(error) or "inline_container" in str(error))
+def _is_cpp_write_failure(error: BaseException) -> bool:
+    """A failed write (a full disk) that a C++ writer reports as a RuntimeError, hiding the OSError:
+    torch.save's (``file write failed``, ``inline_container``) and OpenVINO's ``save_model``
+    (``basic_ios::clear``, the C++ stream's failure)."""
+    return isinstance(error, RuntimeError) and any(
+        mark in str(error) for mark in ("file write failed", "inline_container", "basic_ios::clear"))
 
 
 def write_error(path: str | Path, error: BaseException, what: str = "file") -> WriteError:
@@ -63,38 +71,47 @@ def _umask() -> int:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (on this machine). Where that cannot be asked safely (Windows,
+    where ``os.kill`` would end the process) every process counts as running."""
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
+    except (PermissionError, OverflowError, ValueError):  # another user's live process; no such pid
         return True
     return True
+
+
+def _dead_writer(name: str, pattern: re.Pattern[str]) -> bool:
+    """``name`` has this project's temporary form and its writer's process no longer runs."""
+    match = pattern.fullmatch(name)
+    return match is not None and not _pid_alive(int(match.group(1)))
+
+
+def _temp_pattern(name: str) -> re.Pattern[str]:
+    """``.NAME.effdet-tmp-PID-XXXXXXXX<suffix>``: exactly the names :func:`_temporary` makes."""
+    return re.compile(rf"\.{re.escape(name)}\.{TEMP_MARK}-([1-9][0-9]*)-[a-z0-9_]{{8}}(?:\.[A-Za-z0-9_-]+)?")
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
     """Remove temporary files of ``path`` left by writers that were killed (``kill -9``, power loss).
 
-    A temporary ``.NAME.PID.XXXX<suffix>`` is stale when process PID no longer runs (never one of
-    a live writer); one of the older form ``.NAME.XXXX.tmp`` when it is over an hour old. Returns
-    the removed paths.
+    Only ``.NAME.effdet-tmp-PID-XXXXXXXX<suffix>`` files (the names :func:`atomic_write` and
+    :func:`atomic_path` make) whose process PID no longer runs are removed; a live writer's, and
+    any other name however similar (``.NAME.bak``, ``.NAME.123.pt``), are kept. Writers on another
+    machine sharing the folder (NFS) are told apart only by their pid. Returns the removed paths.
     """
     path = Path(path)
-    removed = []
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:(\d+)\.)?[A-Za-z0-9_]+(\.[^/]*)?$")
+    pattern, removed = _temp_pattern(path.name), []
     try:
         entries = list(path.parent.iterdir())
     except OSError:
         return removed
-    now = time.time()
     for entry in entries:
-        match = pattern.match(entry.name)
-        if match is None:
-            continue
-        pid = match.group(1)
         try:
-            stale = (not _pid_alive(int(pid))) if pid else now - entry.stat().st_mtime > LEGACY_TEMP_AGE_S
-            if stale and entry.is_file():
+            if _dead_writer(entry.name, pattern) and entry.is_file() and not entry.is_symlink():
                 entry.unlink()
                 removed.append(entry)
         except OSError:
@@ -106,23 +123,56 @@ def _temporary(path: Path, suffix: str) -> tuple[int, str]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=path.parent)
+        return tempfile.mkstemp(prefix=f".{path.name}.{TEMP_MARK}-{os.getpid()}-", suffix=suffix, dir=path.parent)
     except OSError as e:
         raise write_error(path, e) from None
 
 
 @contextlib.contextmanager
+def temporary_folder(prefix: str) -> Iterator[Path]:
+    """A new folder ``PREFIX-PID-XXXXXXXX`` in the system's temporary folder (PID: this process),
+    removed with its contents when the ``with`` body ends. Folders of exactly that form that this
+    user's processes left and that no longer run (an export killed by a preemption) are removed
+    first; no other folder is touched.
+
+    Raises:
+        WriteError: the folder cannot be made.
+    """
+    parent = Path(tempfile.gettempdir())
+    pattern = re.compile(rf"{re.escape(prefix)}-([1-9][0-9]*)-[a-z0-9_]{{8}}")
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        entries = []
+    for entry in entries:
+        try:
+            mine = not hasattr(os, "getuid") or entry.stat().st_uid == os.getuid()
+            if _dead_writer(entry.name, pattern) and entry.is_dir() and not entry.is_symlink() and mine:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f"{prefix}-{os.getpid()}-", dir=parent))
+    except OSError as e:
+        raise write_error(parent / prefix, e, "temporary folder") from None
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def _replace_on_success(path: Path, tmp: str) -> Iterator[None]:
     """Rename ``tmp`` onto ``path`` (with the permissions the umask gives new files) when the body
-    succeeds; otherwise remove ``tmp`` and re-raise, a failed write (an ``OSError``, or torch's
-    error for one) as :class:`WriteError`."""
+    succeeds; otherwise remove ``tmp`` and re-raise, a failed write (an ``OSError``, or torch's or
+    OpenVINO's error for one) as :class:`WriteError`."""
     try:
         yield
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if not isinstance(e, WriteError) and (isinstance(e, OSError) or _is_torch_write_failure(e)):
+        if not isinstance(e, WriteError) and (isinstance(e, OSError) or _is_cpp_write_failure(e)):
             raise write_error(path, e) from None
         raise
 
@@ -140,7 +190,7 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
 
     Yields:
         The open temporary file. If the ``with`` body raises, the temporary file is removed and
-        the exception propagates (an ``OSError``, or torch's error for a failed write, as
+        the exception propagates (an ``OSError``, or a C++ writer's error for a failed write, as
         :class:`WriteError`); ``path`` is untouched.
     """
     if mode not in ("w", "wb"):
@@ -286,4 +336,4 @@ def check_output_spares_inputs(output: str | Path, flag: str,
 
 __all__ = ["MAX_TEXT_BYTES", "ReadError", "WriteError", "atomic_path", "atomic_write", "check_output_file",
            "check_output_folder", "check_output_spares_inputs", "read_text_bounded",
-           "remove_stale_temporaries", "write_error"]
+           "remove_stale_temporaries", "temporary_folder", "write_error"]

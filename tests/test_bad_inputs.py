@@ -68,17 +68,15 @@ def dead_pid() -> int:
 
 def test_stale_temporaries_of_killed_writers_are_removed_at_the_next_write(tmp_path: Path) -> None:
     target = tmp_path / "last.pt"
-    dead = tmp_path / f".last.pt.{dead_pid()}.abcd1234.tmp"       # a writer killed with kill -9
-    live = tmp_path / f".last.pt.{os.getpid()}.efgh5678.tmp"       # a writer still running: kept
-    legacy = tmp_path / ".last.pt.zq9x_k2m.tmp"                     # the older name form, hours old
-    other = tmp_path / f".best.pt.{dead_pid()}.abcd1234.tmp"        # another file's: left for its own write
-    for path in (dead, live, legacy, other):
+    dead = tmp_path / f".last.pt.effdet-tmp-{dead_pid()}-abcd1234.tmp"  # a writer killed with kill -9
+    live = tmp_path / f".last.pt.effdet-tmp-{os.getpid()}-efgh5678.tmp"  # a writer still running: kept
+    other = tmp_path / f".best.pt.effdet-tmp-{dead_pid()}-abcd1234.tmp"  # another file's: left for its own write
+    for path in (dead, live, other):
         path.write_bytes(b"x" * 1000)
-    os.utime(legacy, (1, 1))
     with atomic_write(target) as f:
         f.write(b"new")
     assert target.read_bytes() == b"new"
-    assert not dead.exists() and not legacy.exists() and live.exists() and other.exists()
+    assert not dead.exists() and live.exists() and other.exists()
     assert remove_stale_temporaries(tmp_path / "best.pt") == [other]
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 from effdet.cli.main import main as effdet_main
 from effdet.data import make_synthetic_coco
 from effdet.data.images import OUTPUT_MARKER
-from effdet.engine.setup import next_run_folder
+from effdet.engine.setup import claim_next_run_folder
 from effdet.factory import create_model
 from effdet.weights.checkpoint import read_checkpoint, save_checkpoint
 
@@ -117,14 +117,17 @@ def test_val_refuses_to_write_over_the_annotation_file(data, weights: Path, tmp_
 
 # ------------------------------------------------------------------ a new run never replaces an old one
 
+def next_run_folder(base: Path) -> Path:
+    with claim_next_run_folder(base) as lock:
+        return lock.folder
+
+
 def test_next_run_folder_numbers_like_ultralytics(tmp_path: Path) -> None:
     base = tmp_path / "runs" / "efficientdet_d0"
     assert next_run_folder(base) == base  # nothing there yet
-    base.mkdir(parents=True)
     assert next_run_folder(base) == base  # an empty folder holds no run
     (base / "last.pt").write_bytes(b"x")
     assert next_run_folder(base) == tmp_path / "runs" / "efficientdet_d02"
-    (tmp_path / "runs" / "efficientdet_d02").mkdir()
     (tmp_path / "runs" / "efficientdet_d02" / "metrics.csv").write_text("epoch\n")
     assert next_run_folder(base) == tmp_path / "runs" / "efficientdet_d03"
 

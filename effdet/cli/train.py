@@ -16,7 +16,7 @@ import torch
 from effdet.cli.parsers import parse_image_size
 from effdet.config import ConfigError, parse_overrides
 from effdet.engine.checkpointing import resume_path, resume_run_config
-from effdet.engine.setup import next_run_folder
+from effdet.engine.setup import claim_next_run_folder
 from effdet.engine.train_config import RunConfig, load_run_config
 from effdet.engine.trainer import Trainer, TrainingDiverged
 from effdet.weights.backbones import default_backbone_weights
@@ -104,6 +104,7 @@ def cpu_sized(run: RunConfig, args: argparse.Namespace, overrides: dict[str, Any
 def build_trainer(args: argparse.Namespace, main_rank: bool = True) -> Trainer:
     """The :class:`Trainer` that ``effdet train`` runs: recipe, overrides, backbone weights, run folder."""
     overrides = collect_overrides(args)
+    lock = None
     if args.resume:
         if args.config or args.model or args.weights or args.backbone_weights or args.recipe:
             raise ConfigError("--resume continues a run with its stored config and weights; drop --config / "
@@ -132,6 +133,8 @@ def build_trainer(args: argparse.Namespace, main_rank: bool = True) -> Trainer:
             output = Path(args.output)
         else:  # runs/<name>, or runs/<name>2, 3, ... when that one holds a run (never replace one unasked)
             base = Path("runs") / (Path(args.config).stem if args.config else (args.model or "efficientdet_d0"))
-            output = base if args.exist_ok else next_run_folder(base)
+            if not args.exist_ok and main_rank:  # claimed (locked) here: two runs started at once get two folders
+                lock = claim_next_run_folder(base)
+            output = lock.folder if lock is not None else base  # other ranks write nothing there
     return Trainer(run, output, device=args.device, weights=args.weights, resume=checkpoint,
-                   progress=not args.no_progress, exist_ok=args.exist_ok)
+                   progress=not args.no_progress, exist_ok=args.exist_ok, run_lock=lock)

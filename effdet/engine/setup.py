@@ -1,10 +1,14 @@
-"""Building the pieces of a training run from a :class:`RunConfig`: datasets, loader, model, AMP.
+"""Building the pieces of a training run from a :class:`RunConfig`: the run folder (claimed with an
+exclusive lock, so two runs never write into one), datasets, loader, model, AMP.
 
 Kept apart from the loop in ``trainer.py`` so each reads on its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,11 +20,16 @@ from effdet.weights.checkpoint import load_weights
 from effdet.config import ConfigError, EfficientDetConfig
 from effdet.data import CocoDetection, DatasetError, collate, eval_transform, train_transform
 from effdet.data.loader import worker_init
-from effdet.fileio import check_output_folder
+from effdet.fileio import check_output_folder, write_error
 from effdet.engine.distributed import DistContext
 from effdet.engine.sampling import EpochBatchSampler, EpochSeededDataset
 from effdet.engine.train_config import RunConfig
 from effdet.modeling.efficientdet import EfficientDet, build_model
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked
+    fcntl = None  # type: ignore[assignment]
 
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "config.yaml")
@@ -32,27 +41,123 @@ def run_files(folder: str | Path) -> list[str]:
     return [name for name in RUN_FILES if (Path(folder) / name).exists()]
 
 
-def next_run_folder(base: str | Path) -> Path:
-    """``base`` if it holds no run, else the first free ``base2``, ``base3``, ... (as Ultralytics'
-    ``runs/train``, ``train2``): a new run never replaces an old one unasked."""
+LOCK_NAME = ".effdet.lock"
+"""The empty file in a run folder that a running training holds an exclusive ``flock`` on. It is
+never deleted or replaced (a new file would let a second run lock it beside the first)."""
+
+
+class RunFolderInUse(ConfigError):
+    """Another training run holds the run folder's lock."""
+
+
+class RunFolderLock:
+    """An exclusive lock on a run folder (``flock`` on its :data:`LOCK_NAME`), held from before a
+    run writes its first file until :meth:`release` (or the end of the process). Without ``fcntl``
+    (Windows) or on a file system without locks it holds nothing, and says so in ``held``."""
+
+    def __init__(self, folder: Path, fd: int | None) -> None:
+        self.folder, self._fd = folder, fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Unlock (explicitly: forked data-loader workers share the descriptor) and close."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> "RunFolderLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_run_folder(folder: str | Path) -> RunFolderLock:
+    """Create ``folder`` if needed and take its exclusive lock, without waiting.
+
+    Raises:
+        RunFolderInUse: another run (another process, or another lock in this one) holds it.
+        WriteError: the folder or its lock file cannot be made.
+    """
+    folder = Path(folder)
+    lock_file = folder / LOCK_NAME
+    if fcntl is None:
+        return RunFolderLock(folder, None)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # read-only: flock needs no write access, so a teammate's lock file (mode 0644) locks too
+        fd = os.open(lock_file, os.O_RDONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as e:
+        raise write_error(lock_file, e, "lock file") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunFolderInUse(f"{folder} is in use by another training run; wait for it to end or choose "
+                             "another --output") from None
+    except OSError as e:  # a file system without locks (some network mounts): train unlocked
+        os.close(fd)
+        warnings.warn(f"cannot lock {lock_file} ({e.strerror or e}); a second run into {folder} would not be "
+                      "refused", stacklevel=2)
+        return RunFolderLock(folder, None)
+    return RunFolderLock(folder, fd)
+
+
+def claim_next_run_folder(base: str | Path) -> RunFolderLock:
+    """The lock of ``base`` if it holds no run, else of the first free ``base2``, ``base3``, ... (as
+    Ultralytics' ``runs/train``, ``train2``): a new run never replaces an old one unasked. A folder
+    another run is using is skipped; two runs started at once get two folders."""
     base = Path(base)
     candidate, n = base, 1
-    while run_files(candidate):
+    while True:
+        if not run_files(candidate):
+            try:
+                lock = lock_run_folder(candidate)
+            except RunFolderInUse:
+                lock = None
+            if lock is not None and not run_files(candidate):  # still free now that it is ours
+                return lock
+            if lock is not None:
+                lock.release()
         n += 1
         candidate = base.with_name(f"{base.name}{n}")
-    return candidate
 
 
-def check_run_folder(output: Path, resume: Path | None, exist_ok: bool) -> None:
-    """Refuse to train into a folder that holds another run (its best.pt, last.pt, metrics.csv and
-    config.yaml would be replaced, and it could no longer be resumed), unless ``exist_ok``; resuming
-    a run in its own folder is the one case that writes over run files."""
+def claim_run_folder(output: Path, resume: Path | None, exist_ok: bool,
+                     lock: RunFolderLock | None = None) -> RunFolderLock:
+    """Lock ``output`` for a run (``lock``: one already held for it) and refuse to train into a
+    folder that holds another run (its best.pt, last.pt, metrics.csv and config.yaml would be
+    replaced, and it could no longer be resumed), unless ``exist_ok``; resuming a run in its own
+    folder is the one case that writes over run files.
+
+    Raises:
+        RunFolderInUse: another run is training into ``output`` (also with ``exist_ok`` or a resume).
+        ConfigError: ``output`` holds another run.
+        WriteError: ``output`` cannot be written.
+    """
     check_output_folder(output, "--output")
+    if not (output / LOCK_NAME).exists():  # refused before anything is written; else "in use" comes first
+        _refuse_another_run(output, resume, exist_ok)
+    if lock is None or lock.folder.resolve() != output.resolve():
+        lock = lock_run_folder(output)
+    try:
+        _refuse_another_run(output, resume, exist_ok)  # again: a run may have ended there meanwhile
+    except ConfigError:
+        lock.release()
+        raise
+    return lock
+
+
+def _refuse_another_run(output: Path, resume: Path | None, exist_ok: bool) -> None:
     found = run_files(output)
-    if not found or exist_ok or (resume is not None and resume.resolve().parent == output.resolve()):
-        return
-    raise ConfigError(f"{output} already holds a training run ({', '.join(found)}); continue it with "
-                      f"--resume {output}, choose another --output, or pass --exist-ok to replace its files")
+    if found and not exist_ok and (resume is None or resume.resolve().parent != output.resolve()):
+        raise ConfigError(f"{output} already holds a training run ({', '.join(found)}); continue it with "
+                          f"--resume {output}, choose another --output, or pass --exist-ok to replace its files")
 
 
 def shutdown_workers(loader: DataLoader | None) -> None:
@@ -135,4 +240,5 @@ def amp_settings(enabled: bool, device: torch.device) -> tuple[bool, torch.dtype
     return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-__all__ = ["build_datasets", "build_train_loader", "build_train_model", "amp_settings"]
+__all__ = ["LOCK_NAME", "RunFolderInUse", "RunFolderLock", "claim_next_run_folder", "claim_run_folder",
+           "lock_run_folder", "build_datasets", "build_train_loader", "build_train_model", "amp_settings"]

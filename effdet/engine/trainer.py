@@ -39,8 +39,8 @@ from effdet.engine.optim import WarmupCosine, scaled_lr
 from effdet.engine.plots import plot_batch_mosaic, plot_results, plot_training_labels
 from effdet.engine.tb_logger import log_epoch, log_picture, log_step, open_tensorboard, tensorboard_writer_class
 from effdet.engine.step import build_train_step
-from effdet.engine.setup import (amp_settings, build_datasets, build_train_loader, build_train_model, check_run_folder,
-                                 shutdown_workers)
+from effdet.engine.setup import (RunFolderLock, amp_settings, build_datasets, build_train_loader, build_train_model,
+                                 claim_run_folder, shutdown_workers)
 from effdet.engine.train_config import RunConfig, TrainConfig, fit_batch_to_data, with_model, write_run_config
 from effdet.data import DatasetError
 
@@ -80,12 +80,18 @@ class Trainer:
         on_step: called as ``on_step(trainer, global_step)`` after every optimizer step.
         exist_ok: train into ``output`` even when it holds another run (replacing its files);
             by default that is refused with a :class:`ConfigError` before anything is read.
+        run_lock: the lock of ``output`` when the caller holds it already
+            (:func:`~effdet.engine.setup.claim_next_run_folder`). Otherwise :meth:`fit` locks
+            ``output`` itself; a folder another run is using is refused
+            (:class:`~effdet.engine.setup.RunFolderInUse`). Released when :meth:`fit` returns.
     """
 
     def __init__(self, run: RunConfig, output: str | Path, device: str | None = None,
                  weights: str | Path | None = None, resume: str | Path | None = None, progress: bool = True,
-                 on_step: Callable[["Trainer", int], None] | None = None, exist_ok: bool = False) -> None:
+                 on_step: Callable[["Trainer", int], None] | None = None, exist_ok: bool = False,
+                 run_lock: RunFolderLock | None = None) -> None:
         self.run, self.output, self.device_arg, self.exist_ok = run, Path(output), device, exist_ok
+        self.run_lock = run_lock
         self.weights, self.resume, self.progress, self.on_step = weights, resume, progress, on_step
         self.state = TrainState()
         self.last_eval: dict[str, Any] | None = None
@@ -95,8 +101,16 @@ class Trainer:
     # ----------------------------------------------------------------- setup
     def _setup(self, ctx: D.DistContext) -> None:
         self.ctx, train = ctx, self.run.train
+        refusal = None
+        if ctx.is_main:  # only rank 0 writes: it alone locks the run folder, for the whole run
+            try:
+                self.run_lock = claim_run_folder(self.output, Path(self.resume) if self.resume else None,
+                                                 self.exist_ok, self.run_lock)
+            except (ConfigError, OSError) as error:
+                refusal = error
+        if D.any_across_ranks(ctx, refusal is not None)[0]:  # every rank stops, none waits for rank 0
+            raise refusal or ConfigError(f"rank 0 could not use the run folder {self.output}")
         if ctx.is_main:
-            check_run_folder(self.output, Path(self.resume) if self.resume else None, self.exist_ok)
             if train.logger == "tensorboard":
                 tensorboard_writer_class()  # a missing package fails before any data is read
         # Before any data is read: a missing weights file or an offline download fails fast.
@@ -199,6 +213,8 @@ class Trainer:
             shutdown_workers(getattr(self, "loader", None))
             if getattr(self, "tb", None) is not None:
                 self.tb.close()
+            if self.run_lock is not None:
+                self.run_lock.release()
             D.cleanup_distributed(ctx)
 
     def _train_epoch(self) -> bool:

@@ -27,7 +27,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -40,7 +39,7 @@ from effdet.data.images import ImageReadError, find_images, read_image
 from effdet.data.letterbox import letterbox
 from effdet.export.onnx import (ExportCheck, ExportError, NetworkGraph, example_input, export_onnx, graph_metadata,
                                 verify_network)
-from effdet.fileio import atomic_path
+from effdet.fileio import atomic_path, temporary_folder
 from effdet.inference.backends import METADATA_KEY, ExportedNetwork
 
 DEFAULT_CALIB_COUNT = 300
@@ -118,6 +117,8 @@ def export_openvino(graph: NetworkGraph, path: str | Path, calibration: Iterable
 
     Raises:
         ExportError: OpenVINO / NNCF missing, or the fp32 IR disagrees with PyTorch.
+        WriteError: a file could not be written (OpenVINO's ``basic_ios::clear`` on a full disk
+            included), naming it; any previous ``path`` stays intact.
     """
     ov = _openvino(int8=calibration is not None)
     path = Path(path)
@@ -126,15 +127,16 @@ def export_openvino(graph: NetworkGraph, path: str | Path, calibration: Iterable
     calibration = list(calibration) if calibration is not None else None
     info = {**graph_metadata(graph), "precision": "int8" if calibration else "fp32", "format": "openvino",
             **(metadata or {})}
-    with tempfile.TemporaryDirectory(prefix="effdet-export-") as work:  # the intermediate ONNX file
-        onnx_file = Path(work) / "network.onnx"
+    # the intermediate ONNX file, in effdet-export-PID-XXXXXXXX: one that a killed export left is removed here
+    with temporary_folder("effdet-export") as work:
+        onnx_file = work / "network.onnx"
         export_onnx(graph, onnx_file, verify=False)
         # convert_model, not read_model: its graph transformations fuse x * sigmoid(x) into one Swish
         # (and fold the shape arithmetic), so that NNCF does not quantise inside the activation: int8
         # D0 at 512 px then ran in 28.7 ms instead of 46.7 ms (measured alternately in one run)
         model = ov.convert_model(str(onnx_file))
         if calibration:
-            model = _quantize_in_subprocess(ov, model, calibration, Path(work))
+            model = _quantize_in_subprocess(ov, model, calibration, work)
             info["calibration_images"] = len(calibration)
         model.set_rt_info(json.dumps(info), [METADATA_KEY])
         check = None
