@@ -128,6 +128,16 @@ def _broken(key: str):
             data["annotations"][0]["bbox"] = [1, 2, "3", 4]
         elif key == "bad-size":
             data["images"][0]["width"] = 0
+        elif key == "dup-annotation":
+            data["annotations"][2]["id"] = 1
+        elif key == "list-annotation-id":
+            data["annotations"][1]["id"] = [2]
+        elif key == "dup-file_name":
+            data["images"][2]["file_name"] = "a.png"
+        elif key == "newline-name":
+            data["categories"][1]["name"] = "cir\ncle"
+        elif key == "tab-name":
+            data["categories"][2]["name"] = "squ\tare"
 
     return edit
 
@@ -145,6 +155,11 @@ def _broken(key: str):
         ("unknown-category", "annotation id 2 has category_id 42"),
         ("bad-bbox", "annotation id 1 has bbox"),
         ("bad-size", "image id 10 has invalid width/height"),
+        ("dup-annotation", r"duplicate annotation id 1 \(annotations\[0\] and annotations\[2\]\)"),
+        ("list-annotation-id", r"annotations\[1\] has id \[2\]; ids must be integers"),
+        ("dup-file_name", "image ids 10 and 30 both have file_name 'a.png'"),
+        ("newline-name", r"category id 1: class name 'cir\\ncle' contains '\\n'"),
+        ("tab-name", r"category id 3: class name 'squ\\tare' contains '\\t'"),
     ],
 )
 def test_bad_annotation_files_raise_dataset_error(tmp_path, key, expected):
@@ -225,3 +240,53 @@ def test_train_loader_skips_corrupt_images_and_is_reproducible(tmp_path):
 def test_coco_api_for_evaluation(tmp_path):
     coco = _load(tmp_path, _dataset_dict()).coco_api()
     assert sorted(coco.getImgIds()) == [10, 20, 30] and sorted(coco.getCatIds()) == [1, 3, 7]
+
+
+BIG = "1" + "0" * 400  # a JSON integer too large for a float
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ('"bbox": [5, 6, 10, 8]', f'"bbox": [5, 6, {BIG}, 8]', "annotation id 1 has bbox [5, 6, 1000"),
+    ('"width": 40', f'"width": {BIG}', "image id 10 has invalid width/height 1000"),
+    ('"iscrowd": 0}', f'"iscrowd": 0, "area": {BIG}}}', "annotation id 1 has area 1000"),
+    ('"id": 10,', f'"id": 1{BIG},', "images[0] has id 11000"),
+    ('"bbox": [5, 6, 10, 8]', '"bbox": [5, 6, 1' + "0" * 5000 + ', 8]', "holds a number JSON readers cannot convert"),
+])
+def test_numbers_too_large_are_one_line_naming_the_entry(tmp_path, old, new, expected):
+    text = json.dumps(_dataset_dict())
+    assert text.count(old) == 1
+    path = _write(tmp_path, text.replace(old, new), images=False)
+    with pytest.raises(DatasetError) as info:
+        CocoDetection(path, tmp_path, check_files=False)
+    message = str(info.value)
+    assert message.startswith(str(path)) or f" {path} " in message
+    assert expected in message and "\n" not in message and len(message) < 400, message
+
+
+def test_annotation_file_size_is_bounded(tmp_path, monkeypatch):
+    path = _write(tmp_path, _dataset_dict(), images=False)
+    monkeypatch.setattr("effdet.data.coco.MAX_ANNOTATION_BYTES", path.stat().st_size - 1)
+    with pytest.raises(DatasetError, match=f"annotation file {path} is over"):
+        CocoDetection(path, tmp_path, check_files=False)
+
+
+def test_sub_pixel_overshoot_is_clipped_without_a_warning(tmp_path):
+    data = _dataset_dict()
+    data["annotations"][0]["bbox"] = [-1.28e-06, 6, 10, 8]
+    data["annotations"][2]["bbox"] = [20.5, 1.5, 19.5 + 3e-6, 4]  # right edge 40.000003 on a 40 px image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset = _load(tmp_path, data)
+    _, target = dataset[0]
+    torch.testing.assert_close(target["boxes"], torch.tensor([[0, 6, 10, 14], [20.5, 1.5, 40, 5.5]]))
+
+
+def test_coco_api_checks_ids_again(tmp_path):
+    """The index COCOeval scores against is checked as the dataset was: a repeated annotation id would
+    drop a ground-truth box from pycocotools' index and lower the mAP without a word."""
+    dataset = _load(tmp_path, _dataset_dict())
+    data = _dataset_dict()
+    data["annotations"][2]["id"] = 1
+    dataset.annotation_file.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"ann\.json: duplicate annotation id 1"):
+        dataset.coco_api()

@@ -400,11 +400,149 @@ def test_split_is_reproducible_disjoint_and_complete(tmp_path: Path, capsys: pyt
     (tmp_path / "train.json").write_text(json.dumps(data))
     assert effdet_main(["data", "split", str(tmp_path / "train.json"), "--output-dir", str(tmp_path),
                         "--overwrite"]) == 2
-    assert one_error_line(capsys) == (f"--output-dir {tmp_path} would write train.json over the input "
-                                      f"{tmp_path / 'train.json'}; choose another folder")
+    assert one_error_line(capsys) == (f"--output-dir {tmp_path / 'train.json'} is the ANN input; writing it would "
+                                      "destroy that file. Choose another output file")
 
 
 def test_split_needs_a_fraction_in_the_open_interval(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         effdet_main(["data", "split", "a.json", "--output-dir", "x", "--val-fraction", "1"])
     assert "--val-fraction: must be in (0, 1), got 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# no output replaces an input; bounded reads; class names; round trips (issue 20)
+# ------------------------------------------------------------------------------------------------
+
+def test_convert_never_writes_over_an_input_even_with_overwrite(voc: tuple[Path, Path], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    xml_dir, images = voc
+    names = tmp_path / "out" / "classes.txt"
+    names.parent.mkdir()
+    names.write_text("dog\ncat\n")
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (labels / "classes.txt").write_text("dog\n")
+    write_image(tmp_path / "yimg" / "a.jpg", 64, 48)
+    cases = [  # (argv, the input that must survive, the flag it was given by)
+        (["--from", "voc", "--to", "coco", str(xml_dir), "--output", str(xml_dir / "a.xml")], xml_dir / "a.xml", "SRC"),
+        (["--from", "voc", "--to", "yolo", str(xml_dir), "--class-names", str(names), "--output", str(names.parent)],
+         names, "--class-names"),
+        (["--from", "yolo", "--to", "coco", str(labels), "--images", str(tmp_path / "yimg"),
+          "--output", str(labels / "a.txt")], labels / "a.txt", "SRC"),
+        (["--from", "yolo", "--to", "coco", str(labels), "--images", str(tmp_path / "yimg"),
+          "--output", str(labels / "classes.txt")], labels / "classes.txt", "SRC"),
+        (["--from", "voc", "--to", "coco", str(xml_dir), "--images", str(images),
+          "--output", str(images / "a.jpg")], images / "a.jpg", "--images"),
+    ]
+    for argv, kept, flag in cases:
+        before = kept.read_bytes()
+        assert effdet_main(["data", "convert", *argv, "--overwrite", "--no-progress"]) == 2, argv
+        message = one_error_line(capsys)
+        assert str(kept) in message and flag in message, message
+        assert kept.read_bytes() == before
+
+
+def test_anchors_and_split_never_write_over_an_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ann, _ = hand_made(tmp_path)
+    before = ann.read_bytes()
+    assert effdet_main(["data", "anchors", str(ann), "--output", str(ann)]) == 2
+    assert one_error_line(capsys) == (f"--output {ann} is the ANN input; writing it would destroy that file. "
+                                      "Choose another output file")
+    assert ann.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["classes.txt", "data.yaml", "voc.xml", "label.txt"])
+def test_text_inputs_that_are_pipes_are_refused_not_read_forever(kind: str, tmp_path: Path) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / kind
+    os.mkfifo(fifo)
+    read = {"classes.txt": read_class_names, "data.yaml": read_class_names, "voc.xml": read_voc,
+            "label.txt": lambda path: read_yolo_labels(path, 2)}[kind]
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            read(fifo)
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001 - the test inspects it
+            outcome.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # unblock the reader (it waits for a writer), then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+        pytest.fail(f"reading the pipe {fifo} as a {kind} blocked")
+    assert isinstance(outcome[0], DatasetError) and str(fifo) in str(outcome[0])
+    assert "not a regular file" in str(outcome[0])
+
+
+@pytest.mark.parametrize("text, where, shown", [
+    ("dog\nc\tat\n", ":2", "'c\\tat'"),
+    ("dog\ncat\x00\n", ":2", "'cat\\x00'"),
+    ("names: ['dog', \"c\\nat\"]\n", ": names[1]", "'c\\nat'"),
+    ("names: {0: dog, 1: \"ca\\rt\"}\n", ": names[1]", "'ca\\rt'"),
+])
+def test_class_names_with_control_characters_are_refused(text: str, where: str, shown: str, tmp_path: Path) -> None:
+    path = tmp_path / ("names.yaml" if text.startswith("names") else "classes.txt")
+    path.write_text(text)
+    with pytest.raises(DatasetError) as info:
+        read_class_names(path)
+    assert str(info.value).startswith(f"{path}{where}: class name {shown} contains ")
+
+
+def test_voc_name_with_a_line_break_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.xml"
+    path.write_text(voc_xml("a.jpg", [("dog", 1, 1, 10, 20, 0)]).replace("<name>dog</name>", "<name>d&#10;og</name>"))
+    with pytest.raises(DatasetError, match=r"a\.xml:\d+: <name>: class name 'd\\nog' contains '\\n'"):
+        read_voc(path)
+
+
+def test_coco_category_with_a_newline_is_refused_and_no_classes_file_written(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 4, "bbox": [1, 1, 5, 5]}],
+            "categories": [{"id": 2, "name": "dog"}, {"id": 4, "name": "hot\ndog"}, {"id": 5, "name": "cat"},
+                           {"id": 6, "name": "owl"}]}
+    ann, out = tmp_path / "ann.json", tmp_path / "labels"
+    ann.write_text(json.dumps(data))
+    assert effdet_main(["data", "convert", "--from", "coco", "--to", "yolo", str(ann), "--output", str(out)]) == 2
+    assert one_error_line(capsys) == (f"{ann}: category id 4: class name 'hot\\ndog' contains '\\n'; class names must "
+                                      "not contain line breaks, tabs or other control characters: rename it")
+    assert not (out / "classes.txt").exists()
+
+
+def test_coco_yolo_coco_round_trip_keeps_edge_boxes_without_warnings(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    write_image(tmp_path / "images" / "a.jpg", 640, 480)
+    boxes = [[0, 0, 37.3, 20], [0, 10, 33.3, 20], [600.7, 100, 39.3, 50], [10, 450.1, 20, 29.9]]
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480}],
+            "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": box, "area": box[2] * box[3],
+                             "iscrowd": 0} for i, box in enumerate(boxes)],
+            "categories": [{"id": 1, "name": "thing"}]}
+    ann, labels, back = tmp_path / "ann.json", tmp_path / "labels", tmp_path / "back.json"
+    ann.write_text(json.dumps(data))
+    assert effdet_main(["data", "convert", "--from", "coco", "--to", "yolo", str(ann), "--output", str(labels)]) == 0
+    assert effdet_main(["data", "convert", "--from", "yolo", "--to", "coco", str(labels), "--images",
+                        str(tmp_path / "images"), "--output", str(back), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err and "clipped" not in captured.out + captured.err, captured
+    got = json.loads(back.read_text())["annotations"]
+    np.testing.assert_allclose([a["bbox"] for a in got], boxes, atol=1e-5, rtol=0)
+    x = np.array([a["bbox"] for a in got])
+    assert (x[:, :2] >= 0).all() and (x[:, 0] + x[:, 2] <= 640).all() and (x[:, 1] + x[:, 3] <= 480).all()
+
+
+def test_check_refuses_images_listed_twice(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ann, images = hand_made(tmp_path)
+    data = json.loads(ann.read_text())
+    data["images"][2]["file_name"] = "a.png"
+    ann.write_text(json.dumps(data))
+    assert effdet_main(["data", "check", str(ann), str(images)]) == 2
+    assert one_error_line(capsys) == (f"{ann}: image ids 1 and 3 both have file_name 'a.png'; list each image file "
+                                      "once, with all its annotations")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from effdet.data.coco import CocoDetection, DatasetError
+from effdet.data.images import IMAGE_EXTENSIONS
 from effdet.data.formats import (CLASSES_FILE, Conversion, coco_to_yolo, read_class_names, read_coco, voc_to_coco,
                                  write_yolo, yolo_to_coco)
 from effdet.data.results import write_json
@@ -23,7 +24,7 @@ from effdet.data.synthetic import make_synthetic_coco
 from effdet.config import parse_overrides
 from effdet.engine.anchor_fit import format_override, format_report, load_box_sizes, suggest_anchors, write_suggestion
 from effdet.engine.train_config import load_run_config, split_overrides
-from effdet.fileio import WriteError, check_output_file, check_output_folder
+from effdet.fileio import WriteError, check_output_file, check_output_folder, check_output_spares_inputs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,6 +69,8 @@ def convert(args: argparse.Namespace) -> int:
         notes = conversion.notes
     else:
         labels = coco_to_yolo(coco)
+        for name in [*labels.files, CLASSES_FILE]:  # before the first file is written
+            _spare_inputs(args, source, output / name)
         write_yolo(labels, output, progress=progress)
         notes = conversion.notes + labels.notes
     print(f"converted {args.from_format} -> {args.to_format} in {time.perf_counter() - start:.1f} s: "
@@ -94,6 +97,7 @@ def _check_convert_arguments(args: argparse.Namespace, source: Path, output: Pat
         raise WriteError(f"--output {output} is the input; choose another path")
     if args.to_format == "coco":
         check_output_file(output, "--output")
+        _spare_inputs(args, source, output)
         if output.exists() and not args.overwrite:
             raise WriteError(f"--output {output} exists; pass --overwrite to replace it or choose another file")
     else:
@@ -101,6 +105,16 @@ def _check_convert_arguments(args: argparse.Namespace, source: Path, output: Pat
         if output.is_dir() and any(output.iterdir()) and not args.overwrite:
             raise WriteError(f"--output {output} is not empty; pass --overwrite to write the label files into it "
                              "(same-named files are replaced, others kept) or choose another folder")
+
+
+def _spare_inputs(args: argparse.Namespace, source: Path, output: Path) -> None:
+    """The one rule (:func:`effdet.fileio.check_output_spares_inputs`): the output file ``output`` is
+    none of the inputs (SRC, --class-names, SRC/classes.txt) and would replace no file read from SRC's
+    folder (.xml, .txt) or --images (images); --overwrite does not change that."""
+    read = {"voc": {".xml"}, "yolo": {".txt"}, "coco": None}[args.from_format]
+    check_output_spares_inputs(output, "--output", [("SRC", source)], read)
+    check_output_spares_inputs(output, "--output", [("--images", args.images)], IMAGE_EXTENSIONS)
+    check_output_spares_inputs(output, "--output", [("--class-names", args.class_names)])
 
 
 def _yolo_class_names(args: argparse.Namespace, labels: Path) -> list[str]:
@@ -127,9 +141,7 @@ def split(args: argparse.Namespace) -> int:
     source, folder = Path(args.annotations), check_output_folder(args.output_dir, "--output-dir")
     outputs = (folder / "train.json", folder / "val.json")
     for path in outputs:
-        if path.resolve() == source.resolve():
-            raise WriteError(f"--output-dir {folder} would write {path.name} over the input {source}; "
-                             "choose another folder")
+        check_output_spares_inputs(path, "--output-dir", [("ANN", source)])
         if path.exists() and not args.overwrite:
             raise WriteError(f"{path} exists; pass --overwrite to replace it or choose another --output-dir")
     train, val = split_coco(read_coco(source), args.val_fraction, args.seed)
@@ -150,6 +162,7 @@ def anchors(args: argparse.Namespace) -> int:
     cfg = load_run_config(source, overrides).model  # as effdet train builds it
     if args.output:
         check_output_file(args.output, "--output")
+        check_output_spares_inputs(args.output, "--output", [("ANN", annotations), ("--config", args.config)])
     boxes = load_box_sizes(annotations, cfg.image_size)
     result = suggest_anchors(boxes.wh, cfg, progress=sys.stderr.isatty())
     assumed = {k: v for k, v in split_overrides(overrides)["model"].items() if k not in ("anchor_scale", "aspect_ratios")}

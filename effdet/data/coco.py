@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from effdet.data.images import ImageReadError, read_image
+from effdet.fileio import ReadError, read_text_bounded
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
@@ -40,6 +42,16 @@ Sample = tuple[torch.Tensor, dict[str, Any]]
 
 class DatasetError(ValueError):
     """The dataset (annotation file or image folder) is malformed; the message says where."""
+
+
+MAX_ANNOTATION_BYTES = 4 * 2**30
+"""The largest annotation (or results) JSON file read: 4 GiB. COCO's ``instances_train2017.json``
+is 448 MB; the bound only stops a device, a pipe or a wrong multi-gigabyte file from being read
+until memory runs out."""
+
+EDGE_TOLERANCE = 0.5
+"""Pixels a box may extend past its image's border and be clipped without a warning: rounding of
+fractions (YOLO's ``cx - w / 2`` of a box on the edge is -1e-6 px) is no annotation error."""
 
 
 class CocoDetection(Dataset):
@@ -86,6 +98,7 @@ class CocoDetection(Dataset):
         self.max_boxes = max_boxes
         data = load_annotation_json(self.annotation_file)
         where = str(self.annotation_file)
+        _check_ids(data, where)
         self.category_ids, self.class_names = _parse_categories(data["categories"], where)
         self.category_id_to_label = {cid: label for label, cid in enumerate(self.category_ids)}
         self.label_to_category_id = dict(enumerate(self.category_ids))
@@ -152,10 +165,16 @@ class CocoDetection(Dataset):
 
         The file's entries are used as they are, except that an annotation without ``area``
         gets its box's width x height (COCOeval needs an area for its small/medium/large ranges).
+        Its ids are checked again as in ``__init__`` (pycocotools indexes annotations by id, so a
+        repeated id would silently drop a ground-truth box and lower the mAP).
+
+        Raises:
+            DatasetError: an id (image, annotation, category) is repeated or not an integer.
         """
         from pycocotools.coco import COCO
 
         data = load_annotation_json(self.annotation_file)
+        _check_ids(data, str(self.annotation_file))
         for ann in data["annotations"]:
             if isinstance(ann, dict) and "area" not in ann:
                 ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
@@ -173,8 +192,9 @@ def load_annotation_json(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError(f"annotation file {path} does not exist (or is not a file); check the path")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_text_bounded(path, "annotation file", MAX_ANNOTATION_BYTES))
+    except ReadError as error:
+        raise DatasetError(str(error)) from None
     except json.JSONDecodeError as error:
         raise DatasetError(
             f"annotation file {path} is not valid JSON: {error.msg} at line {error.lineno} "
@@ -183,8 +203,9 @@ def load_annotation_json(path: str | Path) -> dict[str, Any]:
     except RecursionError:
         raise DatasetError(f"annotation file {path} is nested too deeply to be a COCO annotation file "
                            "(JSON arrays/objects inside each other thousands of levels deep); re-export it") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"cannot read annotation file {path}: {error}") from error
+    except ValueError as error:  # an integer of more than 4300 digits
+        raise DatasetError(f"annotation file {path} holds a number JSON readers cannot convert ({error}); "
+                           "re-export it") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
     missing = [key for key in ("images", "annotations", "categories") if key not in data]
@@ -219,20 +240,65 @@ def _is_id(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number (not a bool); an integer too large for a float is not one."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a 400-digit number stays one readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_ids(data: dict[str, Any], where: str) -> None:
+    """Every image, annotation and category has an ``id`` that is a 64-bit integer, unique in its list."""
+    for key, kind in (("images", "image"), ("annotations", "annotation"), ("categories", "category")):
+        seen: dict[int, int] = {}
+        for position, entry in enumerate(data[key]):
+            if not isinstance(entry, dict):
+                raise DatasetError(f"{where}: {key}[{position}] is not a JSON object")
+            if "id" not in entry:
+                raise DatasetError(f"{where}: {key}[{position}] is missing required key 'id'")
+            ident = entry["id"]
+            if not _is_id(ident):
+                raise DatasetError(f"{where}: {key}[{position}] has id {_shown(ident)}; ids must be integers "
+                                   "that fit in 64 bits")
+            if ident in seen:
+                raise DatasetError(f"{where}: duplicate {kind} id {ident} ({key}[{seen[ident]}] and "
+                                   f"{key}[{position}]); {kind} ids must be unique: renumber them")
+            seen[ident] = position
+
+
+def check_class_name(name: Any, where: str) -> str:
+    """``name`` as a class name: a non-empty string (a number is turned into one) without line breaks
+    or other control characters, which would split a ``classes.txt`` line and shift every later class.
+
+    Raises:
+        DatasetError: naming ``where`` (e.g. ``file: category id 3``) and the name.
+    """
+    if isinstance(name, bool) or not isinstance(name, (str, int, float)):
+        raise DatasetError(f"{where}: class name {_shown(name)} is not a string; give the name as text")
+    text = str(name)
+    bad = [c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+    if bad:
+        raise DatasetError(f"{where}: class name {text!r} contains {bad[0]!r}; class names must not contain "
+                           "line breaks, tabs or other control characters: rename it")
+    if not text.strip():
+        raise DatasetError(f"{where}: class name {text!r} is empty; give every class a name")
+    return text
 
 
 def _parse_categories(categories: list[Any], where: str) -> tuple[list[int], list[str]]:
     names: dict[int, str] = {}
     for position, category in enumerate(categories):
         _check_entry(category, ("id", "name"), "category", position, where)
-        cid = category["id"]
-        if not _is_id(cid):
-            raise DatasetError(f"{where}: categories[{position}] has id {cid!r}; ids must be integers "
-                               "that fit in 64 bits")
-        if cid in names:
-            raise DatasetError(f"{where}: duplicate category id {cid}; category ids must be unique")
-        names[cid] = str(category["name"])
+        cid = category["id"]  # a unique 64-bit integer: _check_ids
+        names[cid] = check_class_name(category["name"], f"{where}: category id {cid}")
     if not names:
         raise DatasetError(f"{where}: 'categories' is empty; list at least one category")
     ids = sorted(names)
@@ -240,25 +306,31 @@ def _parse_categories(categories: list[Any], where: str) -> tuple[list[int], lis
 
 
 def _parse_images(images: list[Any], where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns image ids (N int64), file names (N str) and sizes (N x 2 int64, h w)."""
-    ids, file_names, sizes, seen = [], [], [], set()
+    """Returns image ids (N int64), file names (N str) and sizes (N x 2 int64, h w).
+
+    Two entries for one image file are refused: each would be trained on (and evaluated) with only
+    its own share of the boxes, the other objects counting as background.
+    """
+    ids, file_names, sizes, seen = [], [], [], {}
     for position, image in enumerate(images):
         _check_entry(image, ("id", "file_name", "width", "height"), "image", position, where)
-        image_id = image["id"]
-        if not _is_id(image_id):
-            raise DatasetError(f"{where}: images[{position}] has id {image_id!r}; ids must be integers "
-                               "that fit in 64 bits")
-        if image_id in seen:
-            raise DatasetError(f"{where}: duplicate image id {image_id}; image ids must be unique")
-        seen.add(image_id)
+        image_id = image["id"]  # a unique 64-bit integer: _check_ids
+        file_name = image["file_name"]
+        if not isinstance(file_name, str) or not file_name:
+            raise DatasetError(f"{where}: image id {image_id} has file_name {_shown(file_name)}; it must be the image "
+                               "file's path relative to the image folder, as a string")
+        if file_name in seen:
+            raise DatasetError(f"{where}: image ids {seen[file_name]} and {image_id} both have file_name "
+                               f"{file_name!r}; list each image file once, with all its annotations")
+        seen[file_name] = image_id
         width, height = image["width"], image["height"]
         if not all(_is_number(v) and v == int(v) and v > 0 for v in (width, height)):
             raise DatasetError(
-                f"{where}: image id {image_id} has invalid width/height {width!r}/{height!r}; "
+                f"{where}: image id {image_id} has invalid width/height {_shown(width)}/{_shown(height)}; "
                 "they must be positive integers (pixels)"
             )
         ids.append(image_id)
-        file_names.append(str(image["file_name"]))
+        file_names.append(file_name)
         sizes.append((int(height), int(width)))
     return (
         np.asarray(ids, dtype=np.int64),
@@ -286,25 +358,25 @@ def _parse_annotations(
         _check_entry(ann, ("id", "image_id", "category_id", "bbox"), "annotation", position, where)
         if not isinstance(ann["image_id"], int) or ann["image_id"] not in image_index:
             raise DatasetError(
-                f"{where}: annotation id {ann['id']} refers to image_id {ann['image_id']!r}, "
+                f"{where}: annotation id {ann['id']} refers to image_id {_shown(ann['image_id'])}, "
                 "which is not in 'images'; add the image or remove the annotation"
             )
         if not isinstance(ann["category_id"], int) or ann["category_id"] not in category_to_label:
             raise DatasetError(
-                f"{where}: annotation id {ann['id']} has category_id {ann['category_id']!r}, "
+                f"{where}: annotation id {ann['id']} has category_id {_shown(ann['category_id'])}, "
                 "which is not in 'categories'; add the category or fix the annotation"
             )
         bbox = ann["bbox"]
         if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(_is_number, bbox))):
             raise DatasetError(
-                f"{where}: annotation id {ann['id']} has bbox {bbox!r}; expected "
+                f"{where}: annotation id {ann['id']} has bbox {_shown(bbox)}; expected "
                 "[x, y, width, height] as four finite numbers (pixels)"
             )
         iscrowd = ann.get("iscrowd", 0)
         if iscrowd not in (0, 1) or isinstance(iscrowd, float):  # True/False are accepted as 1/0
-            raise DatasetError(f"{where}: annotation id {ann['id']} has iscrowd {iscrowd!r}; it must be 0 or 1")
+            raise DatasetError(f"{where}: annotation id {ann['id']} has iscrowd {_shown(iscrowd)}; it must be 0 or 1")
         if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
-            raise DatasetError(f"{where}: annotation id {ann['id']} has area {ann['area']!r}; it must be a "
+            raise DatasetError(f"{where}: annotation id {ann['id']} has area {_shown(ann['area'])}; it must be a "
                                "number >= 0 (pixels), or left out (then the box's width x height is used)")
         rows.append(image_index[ann["image_id"]])
         raw_boxes.append(bbox)
@@ -320,7 +392,7 @@ def _parse_annotations(
         [np.clip(boxes[:, :2], 0, limits), np.clip(boxes[:, 2:], 0, limits)], axis=1
     )
     outside = ~degenerate & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
-    was_clipped = ~degenerate & ~outside & np.any(clipped != boxes, axis=1)
+    was_clipped = ~degenerate & ~outside & np.any(np.abs(clipped - boxes) > EDGE_TOLERANCE, axis=1)
     _warn_box_fixes(where, ann_ids, degenerate, outside, was_clipped)
     keep = ~(degenerate | outside)
     order = np.argsort(rows_a[keep], kind="stable")

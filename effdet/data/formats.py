@@ -33,9 +33,9 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from effdet.data.coco import CocoDetection, DatasetError, load_annotation_json
+from effdet.data.coco import EDGE_TOLERANCE, CocoDetection, DatasetError, check_class_name, load_annotation_json
 from effdet.data.images import ImageReadError, find_images
-from effdet.fileio import atomic_write
+from effdet.fileio import ReadError, atomic_write, read_text_bounded
 
 CLASSES_FILE = "classes.txt"
 """The class-names file that :func:`write_yolo` writes next to the label files."""
@@ -90,14 +90,12 @@ def read_class_names(path: str | Path) -> list[str]:
     ``data.yaml`` (``.yaml``/``.yml``) with ``names:`` as a list or a ``{index: name}`` dict.
 
     Raises:
-        DatasetError: unreadable file, empty or repeated name (with file:line in a text file),
-            ``names`` missing, not 0..N-1, or not matching ``nc``.
+        DatasetError: unreadable or oversized file, empty or repeated name, a name with a control
+            character (tab, NUL, ...; with file:line in a text file), ``names`` missing, not
+            0..N-1, or not matching ``nc``.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"cannot read class-names file {path}: {error}") from None
+    text = _read_text(path, "class-names file")
     if path.suffix.lower() in (".yaml", ".yml"):
         return _names_from_yaml(path, text)
     lines = text.splitlines()
@@ -112,10 +110,18 @@ def read_class_names(path: str | Path) -> list[str]:
         if name in names:
             raise DatasetError(f"{path}:{number}: class name {name!r} repeats line {names.index(name) + 1}; "
                                "class names must be unique")
-        names.append(name)
+        names.append(check_class_name(name, f"{path}:{number}"))
     if not names:
         raise DatasetError(f"class-names file {path} is empty; write one class name per line")
     return names
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The text of ``path`` (:func:`effdet.fileio.read_text_bounded`), its ReadError as a DatasetError."""
+    try:
+        return read_text_bounded(path, what)
+    except ReadError as error:
+        raise DatasetError(str(error)) from None
 
 
 def _names_from_yaml(path: Path, text: str) -> list[str]:
@@ -133,7 +139,7 @@ def _names_from_yaml(path: Path, text: str) -> list[str]:
         names = [names[index] for index in range(len(names))]
     if not isinstance(names, list) or not names:
         raise DatasetError(f"{path}: expected a 'names:' list (or {{index: name}} mapping) of class names")
-    names = [str(name).strip() for name in names]
+    names = [check_class_name(name, f"{path}: names[{index}]").strip() for index, name in enumerate(names)]
     if len(set(names)) != len(names) or not all(names):
         raise DatasetError(f"{path}: class names must be unique and not empty, got {names}")
     if "nc" in data and data["nc"] != len(names):
@@ -194,7 +200,8 @@ def read_voc(path: str | Path) -> VocAnnotation:
 
 
 def _read_voc_object(element: ET.Element, path: Path, lines: dict[int, int]) -> VocObject:
-    name = _text(_child(element, "name", path, lines), path, lines)
+    name_element = _child(element, "name", path, lines)
+    name = check_class_name(_text(name_element, path, lines), f"{path}:{lines[id(name_element)]}: <name>")
     bndbox = _child(element, "bndbox", path, lines)
     xmin, ymin, xmax, ymax = (_number(_child(bndbox, key, path, lines), path, lines)
                               for key in ("xmin", "ymin", "xmax", "ymax"))
@@ -209,10 +216,7 @@ def _read_voc_object(element: ET.Element, path: Path, lines: dict[int, int]) -> 
 def _parse_xml(path: Path) -> tuple[ET.Element, dict[int, int]]:
     """The ElementTree of ``path`` and the line of each element (keyed by ``id(element)``), parsed
     by expat (as ``ET.parse`` is) so that elements keep their line numbers."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise DatasetError(f"cannot read {path}: {error.strerror or error}") from None
+    data = _read_text(path, "VOC annotation file")  # a str: expat parses it as UTF-8
     builder, lines = ET.TreeBuilder(), {}
     parser = expat.ParserCreate()
 
@@ -369,10 +373,7 @@ def read_yolo_labels(path: str | Path, num_classes: int) -> list[tuple[int, floa
             integer in 0..num_classes-1, a value that is not a number in [0, 1].
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"cannot read label file {path}: {error}") from None
+    text = _read_text(path, "label file")
     boxes = []
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
@@ -420,7 +421,9 @@ def yolo_to_coco(label_dir: str | Path, image_dir: str | Path, class_names: Sequ
 
     Returns:
         The COCO dict (``bbox`` = ``[(cx - w/2) W, (cy - h/2) H, w W, h H]`` in pixels of the
-        upright image of width W and height H, ``iscrowd`` 0) and what was skipped.
+        upright image of width W and height H, ``iscrowd`` 0) and what was skipped. An edge within
+        :data:`~effdet.data.coco.EDGE_TOLERANCE` pixels outside the image (the rounding of the
+        fractions) is put on the image border.
     """
     labels, images_root = Path(label_dir), Path(image_dir)
     if not labels.is_dir():
@@ -444,9 +447,10 @@ def yolo_to_coco(label_dir: str | Path, image_dir: str | Path, class_names: Sequ
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": relative.as_posix(), "width": width, "height": height})
         for label, cx, cy, w, h in boxes or []:
+            x1, x2 = _on_edge((cx - w / 2) * width, width), _on_edge((cx + w / 2) * width, width)
+            y1, y2 = _on_edge((cy - h / 2) * height, height), _on_edge((cy + h / 2) * height, height)
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
-                                "bbox": [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height],
-                                "area": w * width * h * height, "iscrowd": 0})
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
     result.coco = _coco(images, annotations, class_names)
     if unlabelled:
         result.notes.append(f"{unlabelled} image(s) have no label file and are kept as images without boxes")
@@ -455,6 +459,15 @@ def yolo_to_coco(label_dir: str | Path, image_dir: str | Path, class_names: Sequ
         result.notes.append(f"{len(orphans)} label file(s) have no image in {images_root} and were not used, "
                             f"e.g. {orphans[0]}")
     return result
+
+
+def _on_edge(value: float, side: int) -> float:
+    """``value`` (pixels), put on the border 0 or ``side`` when it is less than EDGE_TOLERANCE past it."""
+    if -EDGE_TOLERANCE <= value < 0:
+        return 0.0
+    if side < value <= side + EDGE_TOLERANCE:
+        return float(side)
+    return value
 
 
 def read_coco(path: str | Path) -> dict[str, Any]:
@@ -501,7 +514,7 @@ def coco_to_yolo(coco: dict[str, Any]) -> YoloLabels:
             if x2 <= x1 or y2 <= y1:
                 dropped += 1
                 continue
-            clipped += (x1, y1, x2, y2) != (x, y, x + w, y + h)
+            clipped += max(abs(a - b) for a, b in zip((x1, y1, x2, y2), (x, y, x + w, y + h))) > EDGE_TOLERANCE
             values = ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
             lines.append(" ".join([str(label_of[ann["category_id"]]), *map(_fraction, values)]))
     notes = [text.format(n) for n, text in ((crowd, "{} crowd region(s) left out (YOLO has no crowd flag)"),
@@ -524,7 +537,7 @@ def _label_file_name(image: dict[str, Any], files: dict[str, list[str]]) -> str:
 
 
 def _fraction(value: float) -> str:
-    text = f"{value:.8f}".rstrip("0")
+    text = f"{min(max(value, 0.0), 1.0):.8f}".rstrip("0")
     return text + "0" if text.endswith(".") else text
 
 

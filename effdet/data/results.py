@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torchvision.ops import box_convert
 
-from effdet.fileio import atomic_write
+from effdet.data.coco import MAX_ANNOTATION_BYTES
+from effdet.fileio import ReadError, atomic_write, read_text_bounded
 
 BBOX_DECIMALS = 3
 """Box coordinates are rounded to 1/1000 pixel in results (smaller files, same AP)."""
@@ -89,18 +90,21 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     ``bbox`` (xywh pixels) and a finite ``score``.
 
     Raises:
-        ResultsError: the file is missing, not JSON, or an entry is malformed (named by index).
+        ResultsError: the file is missing, not a regular file, over
+            :data:`~effdet.data.coco.MAX_ANNOTATION_BYTES`, not JSON, or an entry is malformed
+            (named by index).
     """
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"results file {path} does not exist; check the path")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ResultsError(f"results file {path} is not valid JSON ({error}); re-create it") from None
+        data = json.loads(read_text_bounded(path, "results file", MAX_ANNOTATION_BYTES))
+    except ReadError as error:
+        raise ResultsError(str(error)) from None
     except RecursionError:
         raise ResultsError(f"results file {path} is nested too deeply to be a COCO results list; re-create it") from None
+    except ValueError as error:  # JSONDecodeError, or an integer of more than 4300 digits
+        raise ResultsError(f"results file {path} is not valid JSON ({error}); re-create it") from None
     if not isinstance(data, list):
         raise ResultsError(f"results file {path} must hold a JSON list of detections, got {type(data).__name__}")
     for index, entry in enumerate(data):
@@ -119,14 +123,26 @@ def _entry_problem(entry: Any) -> str | None:
         if not isinstance(value, int) or isinstance(value, bool):
             return f"has no integer {key!r}"
         if not -2**63 < value < 2**63:
-            return f"has {key} {value}, which does not fit in 64 bits"
+            return f"has {key} {_shown(value)}, which does not fit in 64 bits"
     bbox = entry.get("bbox")
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
-        return f"has bbox {bbox!r}, not four finite numbers"
+        return f"has bbox {_shown(bbox)}, not four finite numbers"
     if not _finite(entry.get("score")):
-        return f"has score {entry.get('score')!r}, not a finite number"
+        return f"has score {_shown(entry.get('score'))}, not a finite number"
     return None
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number (not a bool); an integer too large for a float is not one."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
