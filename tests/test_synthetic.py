@@ -85,3 +85,29 @@ def test_cli(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert str(tmp_path / "cli" / "annotations" / "train.json") in printed
     assert (tmp_path / "cli" / "val" / "000001.jpg").is_file()
+
+
+def test_overwrite_replaces_only_the_demo_files(tmp_path, capsys):
+    """--overwrite replaces the demo's own files and keeps a user's: nothing else in the folder is deleted."""
+    from effdet.cli.main import main as effdet_main
+
+    out = tmp_path / "demo"
+    make_synthetic_coco(out, num_train=3, num_val=1, image_size=(48, 48), seed=1)
+    (out / "notes.txt").write_text("my notes")
+    (out / "train" / "mine.jpg").write_bytes(b"my image")
+    (out / "annotations" / "extra.json").write_text("{}")
+    old_train = (out / "annotations" / "train.json").read_bytes()
+    assert effdet_main(["data", "demo", "--output", str(out), "--num-train", "2", "--num-val", "1",
+                        "--image-size", "48", "--seed", "2", "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert (out / "train" / "mine.jpg").read_bytes() == b"my image"
+    assert (out / "annotations" / "extra.json").read_text() == "{}"
+    assert (out / "annotations" / "train.json").read_bytes() != old_train  # seed 2's set replaced seed 1's
+    fresh = make_synthetic_coco(tmp_path / "fresh", num_train=2, num_val=1, image_size=(48, 48), seed=2)
+    assert (out / "annotations" / "train.json").read_bytes() == fresh.train_annotations.read_bytes()
+    assert (out / "train" / "000002.jpg").read_bytes() == (fresh.train_images / "000002.jpg").read_bytes()
+    assert len(CocoDetection(out / "annotations" / "train.json", out / "train")) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "fresh"]  # no temporary folders left
+    assert effdet_main(["data", "demo", "--output", str(out), "--num-train", "2", "--num-val", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"effdet data demo: error: {out} already exists and is not empty")

@@ -450,7 +450,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     demo.add_argument("--image-size", type=int_at_least(32), default=256,
                       help="square image side in pixels (default: 256)")
     demo.add_argument("--seed", type=SEED, default=0, help="random seed (default: 0)")
-    demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="write into a folder that is not empty, replacing the demo's own files (others are kept)")
     add_data_format_tasks(tasks)
     add_data_anchors_task(tasks)
 

@@ -57,15 +57,18 @@ def make_synthetic_coco(
     Layout: ``out_dir/train/*.jpg``, ``out_dir/val/*.jpg``, ``out_dir/annotations/train.json``
     and ``val.json`` (``info``, ``licenses``, ``images``, ``annotations`` with xywh ``bbox``,
     ``area``, ``iscrowd`` 0, and ``categories`` from ``CATEGORIES``). Everything is written
-    to a temporary folder next to ``out_dir`` and renamed into place at the end, so
-    ``out_dir`` is either complete or absent.
+    to a temporary folder next to ``out_dir`` first, so a failed or interrupted run leaves
+    ``out_dir`` as it was. A new ``out_dir`` is then that folder renamed; into an existing one
+    each file is renamed into place (atomically, the annotation files last), replacing only
+    the files of those names: any other file in ``out_dir`` is kept.
 
     Args:
         out_dir: output folder; must not exist or be empty unless ``overwrite``.
         num_train, num_val: number of images per split.
         image_size: (height, width) of every image in pixels.
         seed: the same seed gives byte-identical annotations and images.
-        overwrite: replace an existing ``out_dir``.
+        overwrite: write into an existing, non-empty ``out_dir``, replacing the demo's own files
+            (the images and annotation files named above) and keeping every other file.
         size_range: (low, high) shape extent as a fraction of the shorter image side, each in
             (0, 1]; the default (0.12, 0.5) is the demo set's. E.g. (0.05, 0.12) for small objects.
         objects_per_image: (low, high) shapes drawn per non-empty image (default (1, 6));
@@ -79,10 +82,17 @@ def make_synthetic_coco(
     if not 0 <= objects_per_image[0] <= objects_per_image[1]:
         raise ValueError(f"objects_per_image must satisfy 0 <= low <= high, got {objects_per_image}")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file, not a folder; choose another folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(
-            f"{out_dir} already exists and is not empty; choose another folder or pass overwrite=True"
+            f"{out_dir} already exists and is not empty; choose another folder or pass overwrite=True "
+            "(which replaces only the demo's own files)"
         )
+    for name in _FOLDERS:
+        if (out_dir / name).exists() and not (out_dir / name).is_dir():
+            raise FileExistsError(f"{out_dir / name} is a file, where the demo writes a folder; move it or "
+                                  "choose another folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -92,11 +102,10 @@ def make_synthetic_coco(
                                    objects_per_image)
             with open(tmp / "annotations" / f"{split}.json", "w", encoding="utf-8") as f:
                 json.dump(dataset, f)
-        os.chmod(tmp, 0o755)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
+        os.chmod(tmp, 0o777 & ~_umask())
+        _move_into(tmp, out_dir)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return DemoData(
         root=out_dir,
         train_images=out_dir / "train",
@@ -106,14 +115,29 @@ def make_synthetic_coco(
     )
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+_FOLDERS = ("train", "val", "annotations")
+"""The folders the demo writes in ``out_dir``, in the order their files are moved there."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    """Put the demo written in ``src`` at ``dst``: a rename of the folder when ``dst`` does not
+    exist (or is empty), else each file renamed onto its place in ``dst`` (images first, the
+    annotation files last), so files of other names in ``dst`` are kept."""
+    if dst.is_dir() and not any(dst.iterdir()):
+        dst.rmdir()
     if not dst.exists():
         os.replace(src, dst)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    os.replace(dst, old / dst.name)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
+    for name in _FOLDERS:
+        (dst / name).mkdir(exist_ok=True)
+        for path in sorted((src / name).iterdir()):
+            os.replace(path, dst / name / path.name)
 
 
 def _write_split(
