@@ -286,3 +286,63 @@ def test_eval_tool(demo: CocoDetection, tmp_path: Path, capsys: pytest.CaptureFi
     assert err.startswith("effdet val: error: ") and "do not match the annotation file's categories" in err
     assert _eval_tool().main(["--weights", str(tmp_path / "missing.pt"), *common]) == 2
     assert "missing.pt does not exist" in capsys.readouterr().err
+
+
+def _val(argv: list[str]) -> int:
+    from effdet.cli.main import main as effdet_main
+
+    return effdet_main(["val", *argv])
+
+
+def test_val_refuses_duplicate_annotation_ids(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Repeated annotation ids collapse in pycocotools' index: perfect detections scored 0.442, not 1.
+    effdet val (and training's evaluation, through CocoDetection) refuses them, naming file and id."""
+    images = [{"id": i, "file_name": f"{i}.png", "width": 100, "height": 100} for i in (1, 2, 3)]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [20, 20, 30, 30], "area": 900, "iscrowd": 0},
+            {"id": 3, "image_id": 3, "category_id": 1, "bbox": [5, 5, 50, 50], "area": 2500, "iscrowd": 0}]
+    ann, results = tmp_path / "ann.json", tmp_path / "res.json"
+    results.write_text(json.dumps([{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
+                                   for a in anns]))
+    argv = ["--ann", str(ann), "--results", str(results), "--no-plots"]
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}))
+    assert _val([*argv, "--output-json", str(tmp_path / "ok.json")]) == 0
+    assert json.loads((tmp_path / "ok.json").read_text())["map"] == 1.0
+    capsys.readouterr()
+    anns[1]["id"] = 1
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}))
+    assert _val([*argv, "--output-json", str(tmp_path / "dup.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"effdet val: error: {ann}: duplicate annotation id 1 (annotations[0] and annotations[1]); "
+                       "annotation ids must be unique: renumber them")
+    assert not (tmp_path / "dup.json").exists()
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ('{"image_id": 1, "category_id": 1, "bbox": [1, 1, 1, 1], "score": 1' + "0" * 400 + "}",
+     "entry 0 has score 1000"),
+    ('{"image_id": 1, "category_id": 1, "bbox": [1' + "0" * 400 + ", 1, 1, 1], \"score\": 1}",
+     "entry 0 has bbox [1000"),
+    ('{"image_id": 1' + "0" * 5000 + ', "category_id": 1, "bbox": [1, 1, 1, 1], "score": 1}', "is not valid JSON"),
+])
+def test_val_results_with_numbers_too_large_are_one_line(entry: str, expected: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    images = [{"id": 1, "file_name": "1.png", "width": 100, "height": 100}]
+    ann, results = tmp_path / "ann.json", tmp_path / "res.json"
+    ann.write_text(json.dumps({"images": images, "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    results.write_text(f"[{entry}]")
+    assert _val(["--ann", str(ann), "--results", str(results), "--no-plots",
+                 "--output-json", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()[-1]) < 400, err
+    assert err.splitlines()[-1].startswith(f"effdet val: error: results file {results}") and expected in err
+
+
+def test_results_file_size_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from effdet.data.results import ResultsError, read_results
+
+    path = tmp_path / "res.json"
+    path.write_text('[{"image_id": 1, "category_id": 1, "bbox": [1, 1, 1, 1], "score": 1}]')
+    monkeypatch.setattr("effdet.data.results.MAX_ANNOTATION_BYTES", 10)
+    with pytest.raises(ResultsError, match=f"results file {path} is over"):
+        read_results(path)
