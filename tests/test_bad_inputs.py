@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from effdet.cli.main import main as effdet_main
 from effdet.data import CocoDetection, DatasetError, make_synthetic_coco
@@ -265,9 +266,12 @@ def test_checkpoint_errors_reach_the_user_as_one_line(weights: Path, tmp_path: P
                                                       capsys: pytest.CaptureFixture) -> None:
     good = read_checkpoint(weights)
     torch.save(dict(good, class_names=["a"]), tmp_path / "short.pt")
-    assert effdet_main(["predict", "--weights", str(tmp_path / "short.pt"), str(tmp_path)]) == 2
+    image = tmp_path / "imgs" / "a.png"  # the sources are checked before the checkpoint is loaded
+    image.parent.mkdir()
+    Image.new("RGB", (64, 48)).save(image)
+    assert effdet_main(["predict", "--weights", str(tmp_path / "short.pt"), str(image)]) == 2
     assert "'class_names' lists 1 entries for a model of 4 classes" in one_error_line(capsys, "predict")
-    assert effdet_main(["predict", "--weights", str(tmp_path), str(tmp_path)]) == 2
+    assert effdet_main(["predict", "--weights", str(tmp_path), str(image)]) == 2
     assert "is a folder, not a file" in one_error_line(capsys, "predict")
 
 

@@ -196,9 +196,35 @@ def test_source_spelling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert stream_source("0") is None
 
 
-def test_camera_that_cannot_be_opened_is_skipped(predictor: Predictor, tmp_path: Path) -> None:
+def test_camera_that_cannot_be_opened_is_skipped(predictor: Predictor, video: Path, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="cannot open camera 97"):
-        summary = run_inference(predictor, ["97"], tmp_path / "out", progress=False)
-    assert summary.skipped and not summary.videos
-    with pytest.raises(InferenceError, match="no image files found"):
-        run_inference(predictor, [tmp_path / "out"], tmp_path / "out2", progress=False)
+        summary = run_inference(predictor, ["97", video], tmp_path / "out", progress=False)
+    assert len(summary.skipped) == 1 and len(summary.videos) == 1
+    with pytest.raises(InferenceError, match="no image files found"):  # the output folder is not read as input
+        run_inference(predictor, [tmp_path], tmp_path / "out2", progress=False)
+
+
+def test_nothing_readable_is_an_error_and_keeps_the_old_json(weights: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """Only a camera that does not open and a file that is no image: exit 2, and the previous
+    --json (and output folder) stay as they were instead of becoming [] and an empty folder."""
+    (tmp_path / "broken.jpg").write_text("not an image")
+    old = tmp_path / "old.json"
+    old.write_text('[{"image_id": 1}]')
+    out = tmp_path / "out"
+    assert effdet(["predict", "--weights", str(weights), "97", str(tmp_path / "broken.jpg"), "--json", str(old),
+                   "--output", str(out), "--quiet", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("effdet predict: error: nothing could be read: 2 source(s)") and "old.json" in err
+    assert len(err.strip().splitlines()) == 1
+    assert old.read_text() == '[{"image_id": 1}]' and not out.exists()
+
+
+def test_camera_index_is_ascii_digits_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture, weights: Path) -> None:
+    """'²' and '٣' pass str.isdigit() but are no camera index (int('²') fails): they are paths."""
+    monkeypatch.chdir(tmp_path)
+    assert stream_source("²") is None and stream_source("٣") is None and stream_source("12").target == 12
+    assert effdet(["predict", "--weights", str(weights), "²", "--quiet", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "'²' is not an existing file or folder" in err and len(err.strip().splitlines()) == 1

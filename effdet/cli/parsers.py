@@ -336,6 +336,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slice-overlap", type=float_in(0.0, 0.9), default=0.2, metavar="F",
                         help="fraction of --slice that neighbouring tiles share, in [0, 0.9]; objects up to "
                              "F x PX pixels lie whole in some tile (default: 0.2)")
+    parser.add_argument("--max-tiles", type=POSITIVE, default=1024, metavar="N",
+                        help="refuse, before any work, an image or frame that --slice would cut into more than N "
+                             "tiles (default: 1024)")
     parser.add_argument("--max-frames", type=POSITIVE, default=None, metavar="N",
                         help="read at most N frames of each video, camera or stream (default: all; a camera "
                              "runs until Ctrl-C)")

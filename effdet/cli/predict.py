@@ -7,22 +7,29 @@ import argparse
 import time
 
 from effdet.cli.common import check_device, postprocess_settings
-from effdet.inference.run import InferenceSummary, load_predictor, run_inference
+from effdet.inference.run import (InferenceSummary, check_weights_path, load_predictor, prepare_inference,
+                                  read_class_names, run_plan)
+from effdet.inference.slicing import MAX_TILES
 
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    predictor = load_predictor(args.weights, args.model, args.class_names, check_device(args.device),
-                               args.image_size, args.batch_size, postprocess_settings(args), optimize=args.optimize,
-                               backend=args.backend)
+    device = check_device(args.device)
+    # every input and output is checked before the model is loaded and timed
+    check_weights_path(args.weights)
+    class_names = read_class_names(args.class_names) if args.class_names is not None else None
+    plan = prepare_inference(args.sources, None if args.no_images else args.output, args.json, args.ann,
+                             frames_dir=args.output, slice=args.slice, slice_overlap=args.slice_overlap,
+                             max_tiles=getattr(args, "max_tiles", MAX_TILES),
+                             inputs=[("--weights", args.weights), ("--class-names", args.class_names)])
+    predictor = load_predictor(args.weights, args.model, class_names, device, args.image_size, args.batch_size,
+                               postprocess_settings(args), optimize=args.optimize, backend=args.backend)
     if predictor.timings:
         timed = ", ".join(f"{name} {ms:.1f} ms" for name, ms in predictor.timings.items())
         print(f"network: {predictor.network} (timed at start-up: {timed})")
     elif predictor.network == "exported":
         print(f"network: {predictor.model.path} on {predictor.model.backend} ({predictor.model.precision})")
-    summary = run_inference(predictor, args.sources, None if args.no_images else args.output, args.json,
-                            args.ann, progress=not args.quiet, frames_dir=args.output, slice=args.slice,
-                            slice_overlap=args.slice_overlap, max_frames=args.max_frames)
+    summary = run_plan(predictor, plan, progress=not args.quiet, max_frames=args.max_frames)
     print_summary(summary, time.perf_counter() - start)
     return 0
 

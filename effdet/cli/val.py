@@ -21,8 +21,9 @@ from effdet.engine.evaluate import (SUMMARY_NAMES, checkpoint_category_ids, coco
                                     format_ap, format_per_class, format_summary)
 from effdet.engine.plots import write_eval_plots
 from effdet.inference.backends import ExportedNetwork, load_network
-from effdet.fileio import check_output_file
-from effdet.inference.run import InferenceError
+from effdet.data.images import IMAGE_EXTENSIONS
+from effdet.fileio import check_output_file, check_output_spares_inputs
+from effdet.inference.run import InferenceError, check_finite_weights, check_weights_path
 
 
 def default_output(args: argparse.Namespace) -> Path:
@@ -33,21 +34,31 @@ def default_output(args: argparse.Namespace) -> Path:
     return Path("runs/eval") / name
 
 
-def evaluate_weights(args: argparse.Namespace, details: dict[str, Any]) -> dict[str, Any]:
+def open_dataset(args: argparse.Namespace) -> CocoDetection:
+    """The annotation file and image folder, checked (every listed image file exists with
+    ``--weights``) before any model is loaded; its transform is set once the model's size is known."""
+    if args.weights:
+        check_weights_path(args.weights)
+    dataset = CocoDetection(args.ann, args.images or Path(args.ann).parent, check_files=bool(args.weights))
+    if len(dataset) == 0:
+        raise InferenceError(f"{args.ann} lists no images: nothing to evaluate")
+    return dataset
+
+
+def evaluate_weights(args: argparse.Namespace, details: dict[str, Any], dataset: CocoDetection) -> dict[str, Any]:
     device = check_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     model, info = load_network(args.weights, model=args.model, device=device, backend=args.backend,
                                image_size=args.image_size)
+    check_finite_weights(model, args.weights)
     size = model.config.image_size
     if args.image_size:
         size = resolve(model.config, image_size=args.image_size).image_size
     if isinstance(model, ExportedNetwork):
         print(f"network: {args.weights} on {model.backend} ({model.precision})")
-    dataset = CocoDetection(args.ann, args.images, transform=eval_transform(size))
-    if len(dataset) == 0:
-        raise InferenceError(f"{args.ann} lists no images: nothing to evaluate")
+    dataset.transform = eval_transform(size)
     try:
         category_ids = checkpoint_category_ids(info.get("class_names"), info.get("category_ids"),
                                                model.config.num_classes, dataset, str(args.weights))
@@ -64,10 +75,7 @@ def evaluate_weights(args: argparse.Namespace, details: dict[str, Any]) -> dict[
     return metrics
 
 
-def evaluate_results(args: argparse.Namespace, details: dict[str, Any]) -> dict[str, Any]:
-    dataset = CocoDetection(args.ann, args.images or Path(args.ann).parent, check_files=False)
-    if len(dataset) == 0:
-        raise InferenceError(f"{args.ann} lists no images: nothing to evaluate")
+def evaluate_results(args: argparse.Namespace, details: dict[str, Any], dataset: CocoDetection) -> dict[str, Any]:
     results = read_results(args.results)
     coco_gt = dataset.coco_api()
     try:
@@ -80,24 +88,42 @@ def evaluate_results(args: argparse.Namespace, details: dict[str, Any]) -> dict[
     return metrics
 
 
-def check_outputs(args: argparse.Namespace) -> None:
-    """The metrics and detections files must not be an input (the annotation file, the results
-    file, the checkpoint) or each other: writing them would destroy it."""
-    inputs = {Path(p).resolve(): flag for flag, p in (("--ann", args.ann), ("--results", args.results),
-                                                     ("--weights", args.weights)) if p}
+def output_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(flag, path) of every file the evaluation writes: metrics, detections, pictures."""
     metrics_json = args.output_json or default_output(args)
     pictures = [] if args.no_plots else [("the metrics file's picture", p) for p in plot_paths(metrics_json)]
-    outputs = [(flag, p) for flag, p in (("--output-json", metrics_json),
-                                         ("--detections-json", args.detections_json), *pictures) if p]
+    return [(flag, Path(p)) for flag, p in (("--output-json", metrics_json),
+                                            ("--detections-json", args.detections_json), *pictures) if p]
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: no output (metrics, detections, pictures) is an input (the annotation file,
+    the results file, the checkpoint), an image file in ``--images`` (or a new one there with an
+    image suffix), or another output: writing it would destroy it. Never relaxed."""
+    inputs = [("--ann", args.ann), ("--results", args.results), ("--weights", args.weights),
+              ("--images", args.images)]
+    files = {Path(p).resolve(): flag for flag, p in inputs[:3] if p}
+    outputs = output_files(args)
     for flag, path in outputs:
-        resolved = Path(path).resolve()
-        if resolved in inputs:
-            raise InferenceError(f"{flag} {path} is the {inputs[resolved]} input file; writing there would destroy "
-                                 "it: choose another file name")
+        if path.resolve() in files:
+            raise InferenceError(f"{flag} {path} is the {files[path.resolve()]} input file; writing there would "
+                                 "destroy it: choose another file name")
+        check_output_spares_inputs(path, flag, inputs, IMAGE_EXTENSIONS)  # also through links, or in --images
         check_output_file(path, flag)  # not a folder, in a writable folder
-    if args.detections_json and Path(args.detections_json).resolve() == Path(metrics_json).resolve():
-        raise InferenceError(f"--output-json and --detections-json are the same file {metrics_json}; "
+    if args.detections_json and Path(args.detections_json).resolve() == outputs[0][1].resolve():
+        raise InferenceError(f"--output-json and --detections-json are the same file {outputs[0][1]}; "
                              "give them different names")
+
+
+def check_outputs_spare_listed(args: argparse.Namespace, dataset: CocoDetection) -> None:
+    """No output is one of the files the annotation file lists in the image folder (whatever its suffix)."""
+    folder = Path(dataset.image_dir).resolve()
+    listed = {str(name).replace("\\", "/") for name in dataset._file_names}
+    for flag, path in output_files(args):
+        resolved = path.resolve()
+        if resolved.is_relative_to(folder) and resolved.relative_to(folder).as_posix() in listed:
+            raise InferenceError(f"{flag} {path} is an image that {args.ann} lists in {dataset.image_dir}; writing "
+                                 "there would destroy it: choose an output outside the image folder")
 
 
 def plot_paths(output_json: str | Path) -> tuple[Path, Path]:
@@ -123,9 +149,12 @@ def draw_pictures(args: argparse.Namespace, details: dict[str, Any], output: Pat
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    check_outputs(args)
+    check_outputs(args)  # every input and output is checked before the model is loaded
+    dataset = open_dataset(args)
+    check_outputs_spare_listed(args, dataset)
     details: dict[str, Any] = {}
-    metrics = evaluate_weights(args, details) if args.weights else evaluate_results(args, details)
+    metrics = (evaluate_weights(args, details, dataset) if args.weights
+               else evaluate_results(args, details, dataset))
     if metrics["num_images"] == 0:
         raise InferenceError(f"none of the {metrics['num_skipped']} image(s) of {args.ann} in {args.images} could be "
                              "read (see the warnings): nothing was evaluated")

@@ -98,7 +98,7 @@ def find_images(sources: Iterable[str | Path]) -> list[Path]:
         elif path.is_dir():
             candidates = [p for p in path.rglob("*") if _is_image_file(p) and not in_output_folder(p, path)]
         else:
-            matches = [Path(p) for p in glob.glob(source, recursive=True)]
+            matches = expand_glob(source)
             candidates = [p for p in matches if _is_image_file(p) and not in_output_folder(p, glob_base(source))]
             if not matches:
                 raise FileNotFoundError(
@@ -107,6 +107,21 @@ def find_images(sources: Iterable[str | Path]) -> list[Path]:
         for candidate in candidates:
             found.setdefault(candidate.resolve(), candidate)
     return sorted(found.values(), key=str)
+
+
+def expand_glob(pattern: str) -> list[Path]:
+    """The paths a glob pattern matches (``**``: any depth), walked as a folder source is
+    (``Path.rglob``): a symbolic link to a folder is not descended into by ``**``, so a link loop
+    (``sl/loop -> sl``) ends instead of being followed for ever (``glob.glob`` follows it).
+    Unlike ``glob.glob``, ``*`` also matches names that start with a dot, as in a folder source."""
+    if not glob.has_magic(pattern):
+        return [Path(pattern)] if Path(pattern).exists() else []
+    base = glob_base(pattern)
+    rest = [part.replace("**", "*") if "**" in part and part != "**" else part
+            for part in Path(pattern).parts[len(base.parts):]]
+    if rest[-1] == "**":
+        rest.append("*")  # glob.glob's "x/**" lists files too; Path.glob's only folders
+    return list(base.glob("/".join(rest)))
 
 
 def glob_base(pattern: str) -> Path:

@@ -12,25 +12,35 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
+import torch
 from PIL import Image
 from tqdm import tqdm
 
 from effdet.config import resolve
-from effdet.data.images import OUTPUT_MARKER, ImageReadError, find_images, read_image
+from effdet.data.coco import MAX_ANNOTATION_BYTES
+from effdet.data.images import (IMAGE_EXTENSIONS, OUTPUT_MARKER, ImageReadError, find_images, glob_base,
+                                read_image)
 from effdet.data.results import detections_to_coco, write_results
-from effdet.fileio import atomic_write, check_output_file, check_output_folder
+from effdet.fileio import (ReadError, atomic_write, check_output_file, check_output_folder,
+                           check_output_spares_inputs, read_text_bounded)
 from effdet.inference.backends import load_network
 from effdet.inference.draw import draw_detections
 from effdet.inference.predictor import Predictor
-from effdet.inference.slicing import sliced_detector
-from effdet.inference.video import (VIDEO_EXTENSIONS, VideoReadError, VideoResult, VideoSource, run_video,
-                                    split_sources, stream_name, video_codec)
+from effdet.inference.slicing import MAX_TILES, TileLimitError, check_tile_count, sliced_detector
+from effdet.inference.video import (VIDEO_EXTENSIONS, VideoReadError, VideoResult, VideoSource, frame_size,
+                                    run_video, split_sources, stream_name, video_codec)
 from effdet.modeling.postprocess import PostprocessSettings
+from effdet.weights.reference import is_reference_weights_name
+
+SOURCE_SUFFIXES: frozenset[str] = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+"""What a search of a source folder or glob pattern reads: an output there with one of these
+suffixes could replace an input (or be read back as one)."""
 
 
 class InferenceError(ValueError):
@@ -64,16 +74,14 @@ class InferenceSummary:
 def read_class_names(path: str | Path) -> list[str]:
     """Class names from a text file (one per line, blank lines ignored) or a JSON list of strings."""
     path = Path(path)
-    if not path.is_file():
-        raise InferenceError(f"class-names file {path} does not exist; check the path")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InferenceError(f"class-names file {path} is not UTF-8 text") from None
+        text = read_text_bounded(path, "class-names file")
+    except ReadError as error:
+        raise InferenceError(f"{error}; check the --class-names path") from None
     if text.lstrip().startswith("["):
         try:
             names = json.loads(text)
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, RecursionError, ValueError) as error:
             raise InferenceError(f"class-names file {path} looks like JSON but is not valid: {error}") from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise InferenceError(f"class-names file {path} must hold a JSON list of strings")
@@ -101,6 +109,7 @@ def load_predictor(weights: str | Path, model: str | None = None, class_names: s
             in OpenVINO), ``torch``, ``onnxruntime`` or ``openvino`` (:mod:`effdet.inference.backends`).
     """
     net, info = load_network(weights, model=model, device=device, backend=backend, image_size=image_size)
+    check_finite_weights(net, weights)
     cfg = net.config
     size = resolve(cfg, image_size=image_size).image_size if image_size is not None else cfg.image_size
     names = info.get("class_names")
@@ -171,14 +180,14 @@ def annotation_image_ids(ann_file: str | Path, names: Sequence[Path]) -> list[in
     """COCO image id of each relative image name, matched by ``file_name`` (then by unique base
     name); None where the annotation file does not list the image (warned once)."""
     ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise InferenceError(f"annotation file {ann_file} does not exist; check the path")
     try:
-        images = json.loads(ann_file.read_text(encoding="utf-8"))["images"]
+        images = json.loads(read_text_bounded(ann_file, "annotation file", MAX_ANNOTATION_BYTES))["images"]
         by_path = {str(im["file_name"]).replace("\\", "/"): int(im["id"]) for im in images}
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+    except ReadError as error:
+        raise InferenceError(f"{error}; check the --ann path") from None
+    except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError) as error:
         raise InferenceError(f"{ann_file} is not a COCO annotation file with 'images' entries "
-                             f"(id, file_name): {error}") from None
+                             f"(id, file_name): {str(error)[:200]}") from None
     by_base: dict[str, int | None] = {}
     for file_name, image_id in by_path.items():
         base = file_name.rsplit("/", 1)[-1]
@@ -194,6 +203,15 @@ def annotation_image_ids(ann_file: str | Path, names: Sequence[Path]) -> list[in
     return ids
 
 
+def picture_names(names: Sequence[Path]) -> list[Path]:
+    """The relative file each image's annotated copy is written to: its name when Pillow can write
+    that suffix, else the name with ``.png`` added (``scan.dat`` -> ``scan.dat.png``, so that it
+    cannot take the place of ``scan.png``); any remaining repeat gets ``_1``, ``_2``..."""
+    writable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    return unique_names([name if name.suffix.lower() in writable else name.with_name(name.name + ".png")
+                         for name in names])
+
+
 def save_image_atomic(image: Image.Image, path: Path) -> Path:
     """Save ``image`` in the format of ``path``'s suffix (PNG for unknown suffixes), atomically."""
     fmt = Image.registered_extensions().get(path.suffix.lower())
@@ -204,76 +222,60 @@ def save_image_atomic(image: Image.Image, path: Path) -> Path:
     return path
 
 
-def check_outputs(paths: Sequence[Path], names: Sequence[Path], output_dir: str | Path | None,
-                  json_path: str | Path | None, ann_file: str | Path | None,
-                  frame_files: Sequence[Path] = ()) -> None:
-    """Refuse outputs that would replace an input, before any work: an annotated copy landing on
-    an input image or video (``--output`` is the inputs' own folder), a results JSON that is an
-    input or the annotation file, or a videos' JSON lines file (``frame_files``) that is an input.
-    Raises :class:`InferenceError` naming both files."""
-    inputs = {path.resolve(): path for path in paths}
-    if ann_file is not None:
-        inputs[Path(ann_file).resolve()] = Path(ann_file)
-    for frame_file in frame_files:
-        if frame_file.resolve() in inputs:
-            raise InferenceError(f"--output would replace the input {inputs[frame_file.resolve()]} with the JSON "
-                                 "lines of a video; choose an output folder that holds none of the inputs")
-    if output_dir is not None:
-        output_dir = Path(output_dir)
-        if output_dir.is_file():
-            raise InferenceError(f"--output {output_dir} is a file; annotated images go to a folder: choose a folder "
-                                 "name (or --no-images)")
-        for path, name in zip(paths, names):
-            target = (output_dir / name).resolve()
-            if target in inputs or target.with_suffix(".png") in inputs:
-                raise InferenceError(f"--output {output_dir} would replace the input {path} with its "
-                                     "annotated copy; choose an output folder that holds none of the inputs")
-    if json_path is not None:
-        json_path = Path(json_path)
-        if json_path.resolve() in inputs:
-            raise InferenceError(f"--json {json_path} is an input file ({inputs[json_path.resolve()]}); writing the "
-                                 "results there would destroy it: choose another file name")
-        if json_path.is_dir():
-            raise InferenceError(f"--json {json_path} is a folder; give a file name such as {json_path / 'detections.json'}")
-        check_output_file(json_path, "--json")
-    if output_dir is not None:
-        check_output_folder(output_dir, "--output")
+def check_weights_path(weights: str | Path) -> None:
+    """Before any work: ``--weights`` is an existing file or folder (the loader says what is wrong
+    with it) or the name of released reference weights; raises :class:`InferenceError`."""
+    if not is_reference_weights_name(str(weights)) and not Path(weights).exists():
+        raise InferenceError(f"--weights {weights} does not exist (check the path)")
 
 
-def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_dir: str | Path | None = "runs/predict",
-                  json_path: str | Path | None = None, ann_file: str | Path | None = None,
-                  progress: bool = True, frames_dir: str | Path | None = None, slice: int | None = None,
-                  slice_overlap: float = 0.2, max_frames: int | None = None) -> InferenceSummary:
-    """Detect objects in every image and video of ``sources`` and write the outputs.
+def check_finite_weights(network: torch.nn.Module, weights: str | Path) -> None:
+    """Refuse a network with NaN or infinite weights (a checkpoint saved after training diverged):
+    it would predict nothing and the run would look like one on empty images. Raises
+    :class:`InferenceError` naming ``weights`` and how many tensors are not finite."""
+    tensors = [(name, t) for name, t in network.state_dict().items() if t.is_floating_point()]
+    bad = [name for name, t in tensors if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise InferenceError(f"--weights {weights} holds NaN or infinite values in {len(bad)} of {len(tensors)} "
+                             f"tensors (e.g. {bad[0]}); the model would detect nothing. Use a checkpoint from "
+                             "before training diverged (e.g. an earlier epoch's)")
 
-    Args:
-        predictor: its settings (score threshold, NMS) decide what is drawn and written.
-        sources: files, folders (recursive) and glob patterns (``effdet.data.images.find_images``);
-            video files among them (by suffix, :data:`~effdet.inference.video.VIDEO_EXTENSIONS`),
-            camera indices (``0``) and stream URLs (``rtsp://...``) are read frame by frame
-            (:func:`effdet.inference.video.split_sources`).
-        output_dir: annotated copies go here, at each image's relative path, and annotated videos
-            (``NAME.mp4``, the source's frame rate and size) beside them (None: neither).
-        json_path: COCO results JSON of the images (``image_id``, ``file_name``,
-            ``category_id``, ``bbox`` xywh in original pixels, ``score``). Category ids are the
-            checkpoint's dataset ids when it has them, else the class indices.
-        ann_file: take ``image_id`` from this COCO annotation file (matched by file name);
-            otherwise images are numbered 1, 2, ... in sorted path order. Images the file does
-            not list are left out of the JSON (with a warning).
-        frames_dir: each video's per-frame JSON lines (``NAME.jsonl``, see
-            :func:`effdet.inference.video.frame_record`); default ``output_dir``.
-        slice, slice_overlap: sliced inference (:func:`effdet.inference.slicing.sliced_predict`)
-            with tiles of ``slice`` original pixels overlapping by ``slice_overlap``, plus a
-            full-image pass, for images and frames alike; None: one letterboxed pass.
-        max_frames: read at most this many frames of each video, camera or stream.
 
-    Unreadable files (images, videos that cannot be opened) are skipped with a warning and listed
-    in the summary; undecodable frames are skipped and counted. Outputs never replace an input:
-    an ``output_dir`` where an annotated copy would land on an input, or a ``json_path`` that is
-    an input (an image or ``ann_file``), is refused before any work starts. ``output_dir`` (and
-    ``frames_dir``) get the marker file :data:`~effdet.data.images.OUTPUT_MARKER`, so that a later
-    run over a folder that contains it does not read the annotated copies back as input.
-    """
+@dataclass
+class InferencePlan:
+    """What :func:`run_plan` will read and write, found and checked by :func:`prepare_inference`."""
+
+    paths: list[Path]
+    """Image files, sorted."""
+    names: list[Path]
+    """Each image's relative name (``file_name`` in the results JSON, matched against ``--ann``)."""
+    pictures: list[Path]
+    """Each image's annotated copy, relative to ``output_dir`` (:func:`picture_names`)."""
+    ids: list[int | None]
+    videos: list[VideoSource]
+    video_names: list[Path]
+    frame_files: list[Path]
+    output_dir: Path | None
+    frames_dir: Path | None
+    json_path: Path | None
+    slice: int | None = None
+    slice_overlap: float = 0.2
+    max_tiles: int = MAX_TILES
+
+
+def prepare_inference(sources: Sequence[str | Path], output_dir: str | Path | None = "runs/predict",
+                      json_path: str | Path | None = None, ann_file: str | Path | None = None,
+                      frames_dir: str | Path | None = None, slice: int | None = None, slice_overlap: float = 0.2,
+                      max_tiles: int = MAX_TILES, inputs: Iterable[tuple[str, str | Path | None]] = ()
+                      ) -> InferencePlan:
+    """Find the sources' images and videos and check every output against every input, before a
+    model is loaded (see :func:`run_inference` for the arguments; ``inputs``: further input files
+    as ``(flag, path)``, e.g. ``("--weights", ...)``, that no output may replace).
+
+    With ``slice``, each image's size is read from its header and an image that would be cut into
+    more than ``max_tiles`` tiles stops the run here (:func:`effdet.inference.slicing.check_tile_count`);
+    so does a video file's frame size. Raises :class:`InferenceError` or
+    :class:`effdet.fileio.WriteError`, naming the file and what to do."""
     image_sources, videos = split_sources(sources)
     try:
         paths = find_images(image_sources) if image_sources else []
@@ -291,43 +293,207 @@ def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_di
     video_names = video_output_names(videos, sources, video_codec()[1] if videos and output_dir is not None
                                      else ".mp4")
     frame_files = [frames_dir / name.with_suffix(".jsonl") for name in video_names] if frames_dir is not None else []
-    check_outputs([*paths, *(v.path for v in videos if v.path is not None)],
-                  [*names, *(n for v, n in zip(videos, video_names) if v.path is not None)],
-                  output_dir, json_path, ann_file, frame_files)
+    plan = InferencePlan(paths, names, picture_names(names), [], videos, video_names, frame_files,
+                         Path(output_dir) if output_dir is not None else None, frames_dir,
+                         Path(json_path) if json_path is not None else None, slice, slice_overlap, max_tiles)
+    named = [*inputs, ("--ann", ann_file)]
+    folders = [(f"source folder {source}" if Path(source).is_dir() else f"pattern {source}",
+                Path(source) if Path(source).is_dir() else glob_base(str(source)))
+               for source in image_sources if not Path(source).is_file()]
+    check_outputs(plan, named, folders)
     if videos:
         check_output_folder(frames_dir, "--output")
-    ids = annotation_image_ids(ann_file, names) if ann_file is not None and paths else list(range(1, len(paths) + 1))
-    summary = InferenceSummary(output_dir=Path(output_dir) if output_dir is not None else None)
-    for folder in {summary.output_dir, frames_dir if videos else None} - {None}:
-        with atomic_write(folder / OUTPUT_MARKER, "w", encoding="utf-8") as f:
-            f.write("annotated images written by effdet predict; folder searches for input images skip this folder\n")
-    detect = predictor if slice is None else sliced_detector(predictor, slice, slice_overlap,
-                                                             merge_iou=predictor.settings.nms_iou)
-    results = _predict_images(predictor, detect, paths, names, ids, summary, progress)
-    if json_path is not None:
-        if not paths:
-            warnings.warn(f"--json {json_path} holds image detections only, and there are no images; the videos' "
-                          "detections are in their JSON lines files", stacklevel=2)
-        summary.json_path = write_results(results, json_path)
-    categories = predictor.category_ids or list(range(predictor.config.num_classes))
-    for video, name, frame_file in zip(videos, video_names, frame_files):
+    plan.ids = annotation_image_ids(ann_file, names) if ann_file is not None and paths else \
+        list(range(1, len(paths) + 1))
+    if slice is not None:
+        check_tiles(plan)
+    return plan
+
+
+def check_outputs(plan: InferencePlan, named: Sequence[tuple[str, str | Path | None]],
+                  folders: Sequence[tuple[str, Path]] = ()) -> None:
+    """Refuse outputs that would replace an input, before any work (never relaxed): an annotated
+    copy, video or JSON lines file landing on an input image or video, or on a ``named`` input
+    (``--weights``, ``--class-names``, ``--ann``); a results JSON that is any input, or lies in a
+    source folder (or a pattern's base folder) with a suffix the search reads; two outputs of one
+    name. Raises :class:`InferenceError` or :class:`effdet.fileio.WriteError` naming both files."""
+    inputs = {path.resolve(): f"the input {path}" for path in [*plan.paths, *(v.path for v in plan.videos if v.path)]}
+    inputs.update({Path(p).resolve(): f"the {flag} input {p}" for flag, p in named if p is not None})
+    outputs: dict[Path, str] = {}
+
+    def claim(target: Path, what: str) -> None:
+        resolved = target.resolve()
+        if resolved in inputs:
+            raise InferenceError(f"{what} {target} would replace {inputs[resolved]}; choose an output folder that "
+                                 "holds none of the inputs")
+        if resolved in outputs:
+            raise InferenceError(f"{what} {target} is also {outputs[resolved]}; give them different names")
+        outputs[resolved] = f"{what} {target}"
+
+    for frame_file in plan.frame_files:
+        claim(frame_file, "--output: the video JSON lines")
+    if plan.output_dir is not None:
+        if plan.output_dir.is_file():
+            raise InferenceError(f"--output {plan.output_dir} is a file; annotated images go to a folder: choose a "
+                                 "folder name (or --no-images)")
+        for picture in plan.pictures:
+            claim(plan.output_dir / picture, "--output: the annotated copy")
+        for video, name in zip(plan.videos, plan.video_names):
+            claim(plan.output_dir / name, "--output: the annotated video")
+    if plan.json_path is not None:
+        if plan.json_path.is_dir():
+            raise InferenceError(f"--json {plan.json_path} is a folder; give a file name such as "
+                                 f"{plan.json_path / 'detections.json'}")
+        check_output_spares_inputs(plan.json_path, "--json", [*named, *folders], SOURCE_SUFFIXES)
+        taken = inputs.get(plan.json_path.resolve()) or outputs.get(plan.json_path.resolve())
+        if taken is not None:
+            raise InferenceError(f"--json {plan.json_path} is {taken}; writing the results there would destroy it: "
+                                 "choose another file name")
+        check_output_file(plan.json_path, "--json")
+    if plan.output_dir is not None:
+        check_output_folder(plan.output_dir, "--output")
+
+
+def check_tiles(plan: InferencePlan) -> None:
+    """Sliced inference: refuse, before any work, an image (size from its header) or video file
+    (its frame size) that ``plan.slice`` would cut into more than ``plan.max_tiles`` tiles. Files
+    whose size cannot be read are left to the run, which skips them as unreadable."""
+    assert plan.slice is not None
+    for path in plan.paths:
         try:
-            summary.videos.append(run_video(detect, video, summary.output_dir / name if summary.output_dir else None,
-                                            frame_file, categories, predictor.class_names, predictor.batch_size,
-                                            max_frames, progress))
-        except VideoReadError as error:
-            warnings.warn(f"skipped: {error}", stacklevel=2)
-            summary.skipped.append(str(error))
+            with Image.open(path) as image:
+                width, height = image.size
+        except Exception:  # noqa: BLE001 - unreadable: skipped and counted by the run
             continue
-        summary.num_detections += summary.videos[-1].detections
+        _check_tiles(plan, height, width, f"image {path}")
+    for video in plan.videos:
+        size = frame_size(video) if not video.live else None
+        if size is not None:
+            _check_tiles(plan, *size, f"video {video.label}")
+
+
+def _check_tiles(plan: InferencePlan, height: int, width: int, what: str) -> None:
+    try:
+        check_tile_count(height, width, plan.slice, plan.slice_overlap, plan.max_tiles, what)
+    except TileLimitError as error:
+        raise InferenceError(str(error)) from None
+
+
+def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_dir: str | Path | None = "runs/predict",
+                  json_path: str | Path | None = None, ann_file: str | Path | None = None,
+                  progress: bool = True, frames_dir: str | Path | None = None, slice: int | None = None,
+                  slice_overlap: float = 0.2, max_frames: int | None = None, max_tiles: int = MAX_TILES,
+                  inputs: Iterable[tuple[str, str | Path | None]] = ()) -> InferenceSummary:
+    """Detect objects in every image and video of ``sources`` and write the outputs:
+    :func:`prepare_inference` then :func:`run_plan`.
+
+    Args:
+        predictor: its settings (score threshold, NMS) decide what is drawn and written.
+        sources: files, folders (recursive) and glob patterns (``effdet.data.images.find_images``);
+            video files among them (by suffix, :data:`~effdet.inference.video.VIDEO_EXTENSIONS`),
+            camera indices (``0``) and stream URLs (``rtsp://...``) are read frame by frame
+            (:func:`effdet.inference.video.split_sources`).
+        output_dir: annotated copies go here, at each image's relative path (:func:`picture_names`),
+            and annotated videos (``NAME.mp4``, the source's frame rate and size) beside them
+            (None: neither).
+        json_path: COCO results JSON of the images (``image_id``, ``file_name``,
+            ``category_id``, ``bbox`` xywh in original pixels, ``score``). Category ids are the
+            checkpoint's dataset ids when it has them, else the class indices.
+        ann_file: take ``image_id`` from this COCO annotation file (matched by file name);
+            otherwise images are numbered 1, 2, ... in sorted path order. Images the file does
+            not list are left out of the JSON (with a warning).
+        frames_dir: each video's per-frame JSON lines (``NAME.jsonl``, see
+            :func:`effdet.inference.video.frame_record`); default ``output_dir``.
+        slice, slice_overlap: sliced inference (:func:`effdet.inference.slicing.sliced_predict`)
+            with tiles of ``slice`` original pixels overlapping by ``slice_overlap``, plus a
+            full-image pass, for images and frames alike; None: one letterboxed pass.
+        max_frames: read at most this many frames of each video, camera or stream.
+        max_tiles: the most tiles sliced inference cuts one image or frame into.
+        inputs: further input files, ``(flag, path)``, that no output may replace (the weights,
+            the class-names file).
+
+    Unreadable files (images, videos that cannot be opened) are skipped with a warning and listed
+    in the summary; undecodable frames are skipped and counted. When nothing at all could be read,
+    the run is an :class:`InferenceError` and ``json_path`` is left as it was. Outputs never
+    replace an input (:func:`check_outputs`). ``output_dir`` (and ``frames_dir``) get the marker
+    file :data:`~effdet.data.images.OUTPUT_MARKER`, so that a later run over a folder that contains
+    it does not read the annotated copies back as input.
+    """
+    plan = prepare_inference(sources, output_dir, json_path, ann_file, frames_dir, slice, slice_overlap, max_tiles,
+                             inputs)
+    return run_plan(predictor, plan, progress, max_frames)
+
+
+def run_plan(predictor: Predictor, plan: InferencePlan, progress: bool = True,
+             max_frames: int | None = None) -> InferenceSummary:
+    """Read, detect and write what :func:`prepare_inference` found (see :func:`run_inference`)."""
+    summary = InferenceSummary(output_dir=plan.output_dir)
+    created = _mark_output_folders({plan.output_dir, plan.frames_dir if plan.videos else None} - {None})
+    detect = predictor if plan.slice is None else sliced_detector(
+        predictor, plan.slice, plan.slice_overlap, merge_iou=predictor.settings.nms_iou, max_tiles=plan.max_tiles)
+    try:
+        results = _predict_images(predictor, detect, plan, summary, progress)
+        categories = predictor.category_ids or list(range(predictor.config.num_classes))
+        for video, name, frame_file in zip(plan.videos, plan.video_names, plan.frame_files):
+            try:
+                summary.videos.append(run_video(detect, video, plan.output_dir / name if plan.output_dir else None,
+                                                frame_file, categories, predictor.class_names, predictor.batch_size,
+                                                max_frames, progress))
+            except VideoReadError as error:
+                warnings.warn(f"skipped: {error}", stacklevel=2)
+                summary.skipped.append(str(error))
+                continue
+            summary.num_detections += summary.videos[-1].detections
+    except TileLimitError as error:  # a frame, or an image whose header told another size
+        raise InferenceError(str(error)) from None
+    if summary.num_images == 0 and not summary.num_frames:
+        _unmark(created)
+        kept = f"; --json {plan.json_path} was not written" if plan.json_path is not None else ""
+        raise InferenceError(f"nothing could be read: {len(summary.skipped)} source(s) skipped as unreadable (see the "
+                             f"warnings){kept}. Check the sources (files, camera index, stream URL)")
+    if plan.json_path is not None:
+        if not plan.paths:
+            warnings.warn(f"--json {plan.json_path} holds image detections only, and there are no images; the "
+                          "videos' detections are in their JSON lines files", stacklevel=2)
+        summary.json_path = write_results(results, plan.json_path)
     return summary
 
 
-def _predict_images(predictor: Predictor, detect: Callable[[list[Any]], list[dict[str, Any]]], paths: Sequence[Path],
-                    names: Sequence[Path], ids: Sequence[int | None], summary: InferenceSummary,
-                    progress: bool) -> list[dict[str, Any]]:
+def _mark_output_folders(folders: Iterable[Path]) -> list[tuple[Path, Path]]:
+    """Write :data:`OUTPUT_MARKER` into each folder; returns (folder, first folder this made) for
+    the folders that did not exist, for :func:`_unmark`."""
+    created = []
+    for folder in folders:
+        first = None
+        for parent in [folder, *folder.parents]:
+            if parent.exists():
+                break
+            first = parent
+        with atomic_write(folder / OUTPUT_MARKER, "w", encoding="utf-8") as f:
+            f.write("annotated images written by effdet predict; folder searches for input images skip this folder\n")
+        if first is not None:
+            created.append((folder, first))
+    return created
+
+
+def _unmark(created: Sequence[tuple[Path, Path]]) -> None:
+    """Remove the markers and the (still empty) folders that a run which read nothing made."""
+    for folder, first in created:
+        (folder / OUTPUT_MARKER).unlink(missing_ok=True)
+        for parent in [folder, *folder.parents]:
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+            if parent == first:
+                break
+
+
+def _predict_images(predictor: Predictor, detect: Callable[[list[Any]], list[dict[str, Any]]], plan: InferencePlan,
+                    summary: InferenceSummary, progress: bool) -> list[dict[str, Any]]:
     """Read, detect (in batches of ``predictor.batch_size``), draw and write the images; returns
     their COCO results entries and counts them (and the unreadable files) in ``summary``."""
+    paths, names, ids = plan.paths, plan.names, plan.ids
     if not paths:
         return []
     categories = predictor.category_ids or list(range(predictor.config.num_classes))
@@ -353,6 +519,6 @@ def _predict_images(predictor: Predictor, detect: Callable[[list[Any]], list[dic
             if summary.output_dir is not None:
                 drawn = draw_detections(Image.fromarray(image), det["boxes"], det["labels"], det["scores"],
                                         predictor.class_names)
-                save_image_atomic(drawn, summary.output_dir / names[index])
+                save_image_atomic(drawn, summary.output_dir / plan.pictures[index])
     bar.close()
     return results

@@ -35,7 +35,7 @@ full image's pixels.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,15 @@ Detections = dict[str, Any]
 EDGE_MARGIN = 0.01
 """A box edge within this fraction of the tile side of a tile edge touches it (2.56 px for 256 px tiles)."""
 
+MAX_TILES = 1024
+"""The most tiles one image (or frame) is cut into unless the caller allows more (``effdet predict
+--max-tiles``). A 4000 x 3000 photo at 256 px tiles takes 300 (overlap 0.2) or 713 (0.5); ``--slice 32
+--slice-overlap 0.9`` would cut a 1000 x 1000 image into 104,976, which no run finishes."""
+
+
+class TileLimitError(ValueError):
+    """An image would be cut into more tiles than allowed; the message gives the count and what to do."""
+
 
 def tile_starts(length: int, side: int, overlap: float) -> list[int]:
     """Start offsets of tiles of ``side`` pixels covering ``[0, length)`` along one axis.
@@ -60,10 +69,47 @@ def tile_starts(length: int, side: int, overlap: float) -> list[int]:
     """
     if length <= side:
         return [0]
-    max_stride = max(1, side - math.ceil(overlap * side))
-    count = math.ceil((length - side) / max_stride) + 1
+    count = _axis_count(length, side, overlap)
     span = length - side
     return [round(i * span / (count - 1)) for i in range(count)]
+
+
+def tile_count(height: int, width: int, slice: int, overlap: float) -> int:
+    """How many tiles :func:`tile_boxes` cuts a ``height`` x ``width`` image into (computed, not listed)."""
+    return _axis_count(height, slice, overlap) * _axis_count(width, slice, overlap)
+
+
+def _axis_count(length: int, side: int, overlap: float) -> int:
+    """How many tiles :func:`tile_starts` places along one axis."""
+    if length <= side:
+        return 1
+    return math.ceil((length - side) / max(1, side - math.ceil(overlap * side))) + 1
+
+
+def check_tile_count(height: int, width: int, slice: int, overlap: float, max_tiles: int = MAX_TILES,
+                     what: str = "an image") -> int:
+    """The tile count of an image, or :class:`TileLimitError` when it is over ``max_tiles``: the
+    message names ``what``, its size and the count, and suggests the smallest ``--slice`` (at
+    this overlap) and the largest overlap (at this slice) that stay within the limit."""
+    count = tile_count(height, width, slice, overlap)
+    if count <= max_tiles:
+        return count
+    larger = next(side for side in _sides_from(slice, max(height, width))
+                  if tile_count(height, width, side, overlap) <= max_tiles)
+    fits = [o / 20 for o in range(0, 19) if tile_count(height, width, slice, o / 20) <= max_tiles]
+    smaller = f" or --slice-overlap {max(fits):g}" if fits else ""
+    raise TileLimitError(f"--slice {slice} --slice-overlap {overlap:g} cuts {what} ({width}x{height}) into "
+                         f"{count:,} tiles, over the limit of {max_tiles:,} per image (--max-tiles); use "
+                         f"--slice {larger}{smaller}, or raise --max-tiles")
+
+
+def _sides_from(slice: int, longest: int) -> Iterator[int]:
+    """Tile sides above ``slice`` in steps of about 5%, ending at ``longest`` (one tile)."""
+    side = slice
+    while side < longest:
+        side = min(longest, max(side + 1, math.ceil(side * 1.05)))
+        yield side
+    yield longest
 
 
 def tile_boxes(height: int, width: int, slice: int, overlap: float = 0.2) -> list[tuple[int, int, int, int]]:
@@ -158,7 +204,7 @@ def merge_detections(parts: Sequence[Detections], offsets: Sequence[tuple[int, i
 
 
 def sliced_predict(predictor: Any, image: Any, slice: int, overlap: float = 0.2, full_pass: bool = True,
-                   merge_iou: float = 0.5, drop_partial: bool = True) -> Detections:
+                   merge_iou: float = 0.5, drop_partial: bool = True, max_tiles: int = MAX_TILES) -> Detections:
     """Detections of one (large) image from overlapping tiles plus a full-image pass.
 
     Args:
@@ -176,14 +222,19 @@ def sliced_predict(predictor: Any, image: Any, slice: int, overlap: float = 0.2,
         merge_iou: class-wise NMS IoU threshold of the merge (:func:`merge_detections`).
         drop_partial: leave out cut copies that a neighbouring tile sees more of
             (:func:`partial_duplicates`, margin 1% of ``slice``) before the merge.
+        max_tiles: the most tiles the image may be cut into.
 
     Returns:
         The same dict as ``predictor(image)``: ``boxes`` (K, 4) float32 xyxy in the image's
         pixels, ``scores`` (K,), ``labels`` (K,) int64, and ``names`` when the predictor has
         class names.
+
+    Raises:
+        TileLimitError: the image would be cut into more than ``max_tiles`` tiles (nothing is run).
     """
     rgb = to_rgb_array(image)
     height, width = rgb.shape[:2]
+    check_tile_count(height, width, slice, overlap, max_tiles)
     tiles = tile_boxes(height, width, slice, overlap)
     crops = [np.ascontiguousarray(rgb[y0:y1, x0:x1]) for x0, y0, x1, y1 in tiles]
     offsets = [(x0, y0) for x0, y0, _, _ in tiles]
@@ -201,14 +252,15 @@ def sliced_predict(predictor: Any, image: Any, slice: int, overlap: float = 0.2,
 
 
 def sliced_detector(predictor: Any, slice: int, overlap: float = 0.2, full_pass: bool = True, merge_iou: float = 0.5,
-                    drop_partial: bool = True) -> Callable[[Sequence[np.ndarray]], list[Detections]]:
+                    drop_partial: bool = True, max_tiles: int = MAX_TILES
+                    ) -> Callable[[Sequence[np.ndarray]], list[Detections]]:
     """A function ``detect(images) -> detections`` that runs :func:`sliced_predict` on each
     image of a list, for code that takes the predictor's list-in, list-out call."""
     def detect(images: Sequence[np.ndarray]) -> list[Detections]:
-        return [sliced_predict(predictor, image, slice, overlap, full_pass, merge_iou, drop_partial)
+        return [sliced_predict(predictor, image, slice, overlap, full_pass, merge_iou, drop_partial, max_tiles)
                 for image in images]
     return detect
 
 
-__all__ = ["EDGE_MARGIN", "merge_detections", "neighbour_edges", "partial_duplicates", "sliced_detector",
-           "sliced_predict", "tile_boxes", "tile_starts"]
+__all__ = ["EDGE_MARGIN", "MAX_TILES", "TileLimitError", "check_tile_count", "merge_detections", "neighbour_edges",
+           "partial_duplicates", "sliced_detector", "sliced_predict", "tile_boxes", "tile_count", "tile_starts"]

@@ -13,7 +13,6 @@ in batches by any ``detect(list of H x W x 3 uint8 RGB arrays) -> list of detect
 from __future__ import annotations
 
 import functools
-import glob
 import itertools
 import json
 import math
@@ -29,7 +28,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from effdet.data.images import glob_base, in_output_folder
+from effdet.data.images import expand_glob, glob_base, in_output_folder
 from effdet.data.results import detections_to_coco
 from effdet.fileio import WriteError, atomic_path, atomic_write
 from effdet.inference.draw import draw_detections
@@ -50,6 +49,10 @@ DEFAULT_FPS = 30.0
 
 MAX_FAILED_READS = 5
 """A video file whose next this-many frames in a row fail to decode is taken to end there."""
+
+CAMERA_INDEX = re.compile(r"[0-9]+")
+"""A source spelled like this (and naming no file) is a camera index; ``str.isdigit`` would also
+accept ``²``, which ``int`` then rejects."""
 
 Detect = Callable[[Sequence[np.ndarray]], list[dict[str, Any]]]
 
@@ -86,11 +89,11 @@ class VideoResult:
 
 
 def stream_source(text: str) -> VideoSource | None:
-    """A camera (``0``, ``1``, ...) or URL source, or None when ``text`` is neither (or names an
-    existing file or folder, which wins)."""
+    """A camera (``0``, ``1``, ...: ASCII digits only, so ``²`` or ``٣`` is a path) or URL source, or
+    None when ``text`` is neither (or names an existing file or folder, which wins)."""
     if Path(text).exists():
         return None
-    if text.isdigit():
+    if CAMERA_INDEX.fullmatch(text):
         return VideoSource(int(text), f"camera {int(text)}", live=True)
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
     if scheme in STREAM_SCHEMES:
@@ -127,7 +130,7 @@ def split_sources(sources: Sequence[str | Path]) -> tuple[list[str], list[VideoS
             if path.is_dir():
                 root, found = path, [p for p in path.rglob("*") if is_video_file(p)]
             else:
-                root, found = glob_base(source), [Path(p) for p in glob.glob(source, recursive=True)]
+                root, found = glob_base(source), expand_glob(source)  # never follows a link loop
             for video in found:
                 if is_video_file(video) and not in_output_folder(video, root):
                     videos.setdefault(video.resolve(), video)
@@ -177,6 +180,22 @@ def open_capture(source: VideoSource) -> cv2.VideoCapture:
         raise VideoReadError(f"cannot open {what}: OpenCV could not read it (not a video, corrupt, an unsupported "
                              "codec, or not reachable)")
     return capture
+
+
+def frame_size(source: VideoSource) -> tuple[int, int] | None:
+    """(height, width) of a video file's frames from its header, or None when it does not open or
+    does not say (cameras and streams are not opened here)."""
+    if source.live:
+        return None
+    try:
+        capture = open_capture(source)
+    except VideoReadError:
+        return None
+    try:
+        height, width = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    finally:
+        capture.release()
+    return (height, width) if height > 0 and width > 0 else None
 
 
 def read_frames(capture: cv2.VideoCapture, source: VideoSource, total: int | None, failed: list[int]
@@ -331,6 +350,6 @@ def _write_frame(index: int, seconds: float, frame: np.ndarray, det: dict[str, A
         writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
 
 
-__all__ = ["CODECS", "VIDEO_EXTENSIONS", "VideoReadError", "VideoResult", "VideoSource", "frame_record",
-           "is_video_file", "open_capture", "read_frames", "run_video", "split_sources", "stream_name",
+__all__ = ["CAMERA_INDEX", "CODECS", "VIDEO_EXTENSIONS", "VideoReadError", "VideoResult", "VideoSource", "frame_record",
+           "frame_size", "is_video_file", "open_capture", "read_frames", "run_video", "split_sources", "stream_name",
            "stream_source", "video_codec"]
