@@ -546,3 +546,10 @@ def test_check_refuses_images_listed_twice(tmp_path: Path, capsys: pytest.Captur
     assert effdet_main(["data", "check", str(ann), str(images)]) == 2
     assert one_error_line(capsys) == (f"{ann}: image ids 1 and 3 both have file_name 'a.png'; list each image file "
                                       "once, with all its annotations")
+
+
+def test_voc_file_in_a_declared_non_utf8_encoding_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "a.xml"
+    text = voc_xml("a.jpg", [("d\u00f6g", 1, 1, 10, 20, 0)])
+    path.write_bytes(('<?xml version="1.0" encoding="ISO-8859-1"?>\n' + text).encode("latin-1"))
+    assert [obj.name for obj in read_voc(path).objects] == ["d\u00f6g"]

@@ -215,8 +215,19 @@ def _read_voc_object(element: ET.Element, path: Path, lines: dict[int, int]) -> 
 
 def _parse_xml(path: Path) -> tuple[ET.Element, dict[int, int]]:
     """The ElementTree of ``path`` and the line of each element (keyed by ``id(element)``), parsed
-    by expat (as ``ET.parse`` is) so that elements keep their line numbers."""
-    data = _read_text(path, "VOC annotation file")  # a str: expat parses it as UTF-8
+    by expat (as ``ET.parse`` is) so that elements keep their line numbers. Read as bounded text
+    (:func:`effdet.fileio.read_text_bounded`); a regular file within the bound that is not UTF-8
+    (``encoding="ISO-8859-1"``) is then read as bytes, for expat to decode as it declares."""
+    data: str | bytes
+    try:
+        data = read_text_bounded(path, "VOC annotation file")
+    except ReadError as error:
+        if not isinstance(error.__context__, UnicodeDecodeError):
+            raise DatasetError(str(error)) from None
+        try:
+            data = path.read_bytes()
+        except OSError as read_error:
+            raise DatasetError(f"cannot read {path}: {read_error.strerror or read_error}") from None
     builder, lines = ET.TreeBuilder(), {}
     parser = expat.ParserCreate()
 
