@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is an optional extra: pip
 
 from effdet.cli import main as cli  # noqa: E402
 from effdet.cli import parsers  # noqa: E402
-from effdet.export.onnx import (DetectionGraph, NetworkGraph, box_tolerance, export_onnx,  # noqa: E402
+from effdet.export.onnx import (DetectionGraph, NetworkGraph, _match, box_tolerance, export_onnx,  # noqa: E402
                                 read_metadata)
 from effdet.inference import backends  # noqa: E402
 from effdet.inference.backends import BackendError, ExportedNetwork, backend_for, load_exported  # noqa: E402
@@ -70,14 +70,93 @@ def test_network_metadata_holds_what_the_runtime_needs(network_onnx: tuple[torch
 
 
 def test_onnxruntime_backend_gives_pytorchs_detections(network_onnx: tuple[torch.nn.Module, Path]) -> None:
+    """The README's usage: ``net = load_exported(path)``; ``Predictor(net)`` names the detections."""
     model, path = network_onnx
     images = _images()
     expected = Predictor(model, score_threshold=0.05)(images)
-    net, info = load_exported(path)
-    assert net.backend == "onnxruntime" and info["class_names"] == NAMES
-    got = Predictor(net, class_names=info["class_names"], score_threshold=0.05)(images)
+    net = load_exported(path)
+    assert isinstance(net, ExportedNetwork) and net.backend == "onnxruntime"
+    assert net.class_names == NAMES and net.image_size == (128, 128) and net.metadata["class_names"] == NAMES
+    got = Predictor(net, score_threshold=0.05)(images)
     _assert_same_detections(expected, got, box_tolerance((128, 128)))
     assert got[0]["names"] == [NAMES[i] for i in got[0]["labels"].tolist()]
+    assert Predictor(net, class_names=["x", "y", "z"]).class_names == ["x", "y", "z"]  # given names win
+
+
+@pytest.fixture(scope="module")
+def nms_onnx(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quick start's export: ``effdet export --weights best.pt --output model.onnx --nms``."""
+    path = tmp_path_factory.mktemp("nms") / "model.onnx"
+    assert cli.main(["export", "--weights", str(checkpoint), "--output", str(path), "--nms", "--threads", "1"]) == 0
+    return path
+
+
+def test_graph_with_nms_gives_pytorchs_detections(checkpoint: Path, nms_onnx: Path) -> None:
+    """A graph with NMS inside is a complete detector: the predictor runs it (names from the file) and
+    gets PyTorch's detections within the export check's tolerance, at its threshold and at a higher one."""
+    images = _images()
+    net = load_exported(nms_onnx)
+    assert net.has_nms and net.class_names == NAMES and net.category_ids == [1, 2, 3]
+    for threshold in (0.05, 0.3):
+        expected = Predictor.from_checkpoint(checkpoint, score_threshold=threshold)(images)
+        got = Predictor(net, score_threshold=threshold)(images)
+        _assert_same_detections(expected, got, box_tolerance((128, 128)))
+        assert got[0]["names"] == [NAMES[i] for i in got[0]["labels"].tolist()]
+    fewer = Predictor(net, score_threshold=0.05, max_detections=2)(images)
+    assert all(len(d["scores"]) <= 2 for d in fewer) and max(len(d["scores"]) for d in fewer) == 2
+    with pytest.raises(BackendError, match="--flip needs the network alone"):
+        Predictor(net, flip=True)(images)
+    with pytest.raises(BackendError, match="soft-NMS needs the network alone"):
+        Predictor(net, soft_nms=True)(images)
+    with pytest.warns(UserWarning, match="score threshold 0.05 \\(asked: 0.001\\)"):
+        Predictor(net, score_threshold=0.001)(images)
+
+
+def test_predict_and_val_run_the_quick_start_export(checkpoint: Path, nms_onnx: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """effdet predict and val run the .onnx that effdet export --nms wrote (backend from the suffix, and
+    named): the same detections and mAP as the checkpoint."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images, annotations = [], []
+    for i, image in enumerate(_images(3, seed=4)):
+        Image.fromarray(image).save(folder / f"{i}.png")
+        h, w = image.shape[:2]
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": h, "width": w})
+        annotations += [{"id": 2 * i + k + 1, "image_id": i + 1, "category_id": k + 1, "iscrowd": 0,
+                         "bbox": [5 + 10 * k, 8, w / 2, h / 3], "area": w * h / 6} for k in range(2)]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations,
+                               "categories": [{"id": i + 1, "name": name} for i, name in enumerate(NAMES)]}))
+    runs = {}
+    for name, weights, backend in (("torch", checkpoint, []), ("auto", nms_onnx, []),
+                                   ("ort", nms_onnx, ["--backend", "onnxruntime"])):
+        out = tmp_path / name
+        assert cli.main(["predict", "--weights", str(weights), str(folder), "--json", str(out / "d.json"),
+                         "--output", str(out / "pics"), "--score-threshold", "0.05", "--threads", "1",
+                         *backend]) == 0
+        assert cli.main(["val", "--weights", str(weights), "--ann", str(ann), "--images", str(folder),
+                         "--score-threshold", "0.05", "--output-json", str(out / "m.json"), "--no-plots",
+                         "--threads", "1", "--quiet", *backend]) == 0
+        runs[name] = (json.loads((out / "d.json").read_text()), json.loads((out / "m.json").read_text()))
+    err = capsys.readouterr().err
+    assert "score threshold 0.05 (asked: 0.05)" not in err
+
+    def per_image(detections: list[dict], file_name: str) -> list[np.ndarray]:
+        mine = [d for d in detections if d["file_name"] == file_name]
+        return [np.array([d["bbox"] for d in mine]).reshape(-1, 4), np.array([d["score"] for d in mine]),
+                np.array([d["category_id"] for d in mine])]
+
+    expected, metrics = runs["torch"]
+    assert len(expected) > 0
+    for name in ("auto", "ort"):
+        got, got_metrics = runs[name]
+        assert len(got) == len(expected)
+        for image in images:  # matched one to one as the export check does (JSON rounds to 1e-3 px)
+            unmatched, box_diff, _ = _match(*per_image(expected, image["file_name"]),
+                                            *per_image(got, image["file_name"]), full=False, box_tolerance=3e-3)
+            assert unmatched == 0, (name, image["file_name"], box_diff)
+        assert got_metrics["map"] == pytest.approx(metrics["map"], abs=1e-3) and metrics["map"] >= 0
 
 
 def test_openvino_reads_the_onnx_network_too(network_onnx: tuple[torch.nn.Module, Path]) -> None:
@@ -115,7 +194,7 @@ def test_export_openvino_fp32_and_int8_then_predict(checkpoint: Path, calib_fold
     assert xml.with_suffix(".bin").is_file() and not list(tmp_path.glob(".*"))  # no temporaries left
     images = _images()
     reference = Predictor.from_checkpoint(checkpoint, score_threshold=0.05)(images)
-    fp32, _ = load_exported(xml)
+    fp32 = load_exported(xml)
     assert fp32.backend == "openvino" and fp32.precision == "fp32"
     _assert_same_detections(reference, Predictor(fp32, score_threshold=0.05)(images), box_tolerance((128, 128)))
 
@@ -149,8 +228,8 @@ with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(
     warnings.simplefilter("always")
     assert cli.main(["export", "--weights", a["checkpoint"], "--output", str(int8_xml), "--int8",
                      "--calib-images", a["calib"], "--calib-count", "10"]) == 0
-int8, info = load_exported(int8_xml)
-fp32, _ = load_exported(a["fp32_xml"])
+int8 = load_exported(int8_xml)
+fp32 = load_exported(a["fp32_xml"])
 x = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(im).resize((128, 128)))).permute(2, 0, 1)
                  for im in _images(2, seed=2)])
 l32 = torch.cat([c.flatten() for c in fp32(x)[0]]); l8 = torch.cat([c.flatten() for c in int8(x)[0]])
@@ -160,7 +239,7 @@ with contextlib.redirect_stdout(predicted):
                      str(folder / "pred"), "--json", str(folder / "dets.json"), "--score-threshold", "0.05"]) == 0
 print(json.dumps(dict(
     out=out.getvalue(), warned=any("1 unreadable calibration image" in str(w.message) for w in caught),
-    precision=int8.precision, calibration_images=info["metadata"]["calibration_images"],
+    precision=int8.precision, calibration_images=int8.metadata["calibration_images"],
     bin_ratio=int8_xml.with_suffix(".bin").stat().st_size / Path(a["fp32_xml"]).with_suffix(".bin").stat().st_size,
     equal=bool(torch.equal(l32, l8)), correlation=float(np.corrcoef(l32.numpy(), l8.numpy())[0, 1]),
     predict_out=predicted.getvalue(), detections=len(json.loads((folder / "dets.json").read_text())))))
@@ -188,11 +267,11 @@ def test_backend_errors_say_what_to_do(network_onnx: tuple[torch.nn.Module, Path
     bad.write_bytes(b"\x00garbage")
     with pytest.raises(BackendError, match="not a readable exported model"):
         load_exported(bad)
-    nms = tmp_path / "nms.onnx"
-    export_onnx(DetectionGraph(model, nms=True), nms, verify=False)
-    with pytest.raises(BackendError, match="graph with NMS .* export it with effdet export --network"):
-        load_exported(nms)
-    net, _ = load_exported(path)
+    candidates = tmp_path / "candidates.onnx"
+    export_onnx(DetectionGraph(model, nms=False), candidates, verify=False)
+    with pytest.raises(BackendError, match="top-k candidates .* export it with effdet export --nms"):
+        load_exported(candidates)
+    net = load_exported(path)
     with pytest.raises(BackendError, match="exported for 128x128 inputs, got 256x256"):
         net(torch.zeros(1, 3, 256, 256, dtype=torch.uint8))
 
@@ -201,18 +280,18 @@ def test_cli_backend_flags(checkpoint: Path, network_onnx: tuple[torch.nn.Module
                            capsys: pytest.CaptureFixture) -> None:
     assert parsers.BACKENDS == backends.BACKENDS
     _, path = network_onnx
-    assert cli.main(["predict", "--weights", str(path), "--image-size", "256", str(tmp_path)]) == 2
+    image = tmp_path / "one.jpg"
+    Image.fromarray(_images(1)[0]).save(image)
+    assert cli.main(["predict", "--weights", str(path), "--image-size", "256", str(image)]) == 2
     assert "exported for 128x128 inputs" in capsys.readouterr().err
     # exported at another size than the model was built for: runs at its export size by default
     net256 = tmp_path / "net256.onnx"
     assert cli.main(["export", "--weights", str(checkpoint), "--network", "--image-size", "256",
                      "--output", str(net256)]) == 0
-    image = tmp_path / "one.jpg"
-    Image.fromarray(_images(1)[0]).save(image)
     assert cli.main(["predict", "--weights", str(net256), str(image), "--output", str(tmp_path / "p"),
                      "--json", str(tmp_path / "d.json"), "--score-threshold", "0.05"]) == 0
     assert len(json.loads((tmp_path / "d.json").read_text())) > 0
-    assert load_exported(net256)[0].config.image_size == (256, 256)
+    assert load_exported(net256).config.image_size == (256, 256)
     for argv, message in (
             (["--output", "m.onnx", "--int8", "--calib-images", "x"], "--int8 writes OpenVINO IR"),
             (["--output", "m.xml", "--int8"], "--int8 needs --calib-images"),

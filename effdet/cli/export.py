@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{runtime} check {'passed' if check.ok else 'FAILED'}: {check.message}")
     elif not args.no_verify:
         print('not checked with ONNX Runtime (not installed: pip install -e ".[export]")')
-    if args.network:
+    if args.network or args.nms:
         print(f"run it: effdet predict --weights {args.output} IMAGES   |   effdet val --weights {args.output} "
               "--ann ANN --images DIR")
     return 0

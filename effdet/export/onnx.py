@@ -23,6 +23,7 @@ letterbox scale for original-image pixels):
   network alone, ``images`` in, per pyramid level ``class_p3`` .. (N, A*C, H_l, W_l) logits and
   ``box_p3`` .. (N, A*4, H_l, W_l) regressions out. ``effdet predict`` / ``effdet val`` run such
   a file (:mod:`effdet.inference.backends`) and decode it with this project's one post-processing.
+  They run an ``nms=True`` graph too: a complete detector, with its settings fixed at export.
 
 The exporter is torch's TorchScript-based one (``torch.onnx.export(..., dynamo=False)``):
 torchvision's ``nms`` maps to ONNX ``NonMaxSuppression`` there. ``export_onnx`` checks the file
@@ -230,15 +231,17 @@ def export_onnx(graph: Graph, path: str | Path, opset: int = DEFAULT_OPSET, batc
 
 
 def graph_metadata(graph: Graph) -> dict[str, Any]:
-    """What a user of the ONNX file needs to know: input size/format, outputs, post-processing (a
-    network graph: the model's whole config instead, which its anchors and decoding need)."""
+    """What a user of the ONNX file needs to know: input size/format, outputs, the model's whole config
+    (which :mod:`effdet.inference.backends` needs to run the file), and a graph with decoding its
+    post-processing settings."""
     if isinstance(graph, NetworkGraph):
         return dict(graph="network", image_size=list(graph.image_size), input_format=graph.input_format,
                     num_classes=graph.num_classes, precision="fp32", config=graph.config.to_dict(), **describe(graph))
     s = graph.settings
     return dict(graph=graph.kind, image_size=list(graph.image_size), input_format=graph.input_format, nms=graph.nms,
                 score_threshold=s.score_threshold, nms_iou=s.nms_iou, max_detections=s.max_detections,
-                max_candidates=s.max_candidates, num_classes=graph.num_classes, **describe(graph))
+                max_candidates=s.max_candidates, num_classes=graph.num_classes, config=graph.model.config.to_dict(),
+                **describe(graph))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

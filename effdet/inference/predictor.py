@@ -72,9 +72,14 @@ def detect_batch(model: EfficientDet, images: torch.Tensor, valid_sizes: torch.T
     negating its dx regressions (:func:`mirror_outputs`), and the candidates of both views are
     pooled *before* top-k and NMS (2M anchors), so NMS merges duplicates and a box found in only
     one view keeps its score.
+
+    An exported graph with NMS inside (:class:`effdet.inference.backends.ExportedNetwork` with
+    ``has_nms``) returns its own detections (:meth:`~effdet.inference.backends.ExportedNetwork.detect`).
     """
     takes_uint8 = getattr(model, "takes_uint8", False)  # an exported network that normalises itself
     x = normalize(images, *input_statistics(model)) if images.dtype == torch.uint8 and not takes_uint8 else images
+    if getattr(model, "has_nms", False):
+        return model.detect(x, valid_sizes, scales, settings, flip)
     anchors = model.anchors(tuple(x.shape[-2:]), x.device)
     class_logits, box_regressions = model(x)
     if flip:
@@ -132,7 +137,9 @@ class Predictor:
     not faster everywhere (seen: on CUDA at batch 32, and on a CPU busy with other work).
     ``network`` says which one runs, ``timings`` holds the medians (ms).
     The model passed in is not modified. ``model`` may also be an exported network
-    (:class:`effdet.inference.backends.ExportedNetwork`), run as it is. Settings default to
+    (:class:`effdet.inference.backends.ExportedNetwork`, from ``load_exported``; a network alone or a
+    graph with NMS inside), run as it is, with the class names and category ids stored in its file
+    unless ``class_names`` / ``category_ids`` are given. Settings default to
     :class:`~effdet.modeling.postprocess.PostprocessSettings` (score threshold 0.05).
     """
 
@@ -158,6 +165,8 @@ class Predictor:
             example = torch.zeros(batch, 3, *self.image_size, dtype=torch.uint8, device=self.device)
             self.network, self.timings = faster_network({"fused": fused, "plain": self.model}, example)
             self.model = fused if self.network == "fused" else self.model
+        class_names = class_names if class_names is not None else getattr(model, "class_names", None)
+        category_ids = category_ids if category_ids is not None else getattr(model, "category_ids", None)
         self.class_names = list(class_names) if class_names is not None else None
         self.category_ids = list(category_ids) if category_ids is not None else None
         self.batch_size = batch_size
