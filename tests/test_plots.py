@@ -19,8 +19,8 @@ from effdet.config import ConfigError
 from effdet.data import make_synthetic_coco
 from effdet.engine.evaluate import coco_stats
 from effdet.engine.anchor_fit import anchor_coverage, anchor_sizes, dataset_box_sizes
-from effdet.engine.plots import (confusion_matrix, confusion_matrix_coco, plot_batch_mosaic, plot_confusion_matrix,
-                                 plot_labels, plot_results, write_eval_plots)
+from effdet.engine.plots import (ConfusionCounts, confusion_counts, confusion_matrix, confusion_matrix_coco,
+                                 plot_batch_mosaic, plot_confusion_matrix, plot_labels, plot_results, write_eval_plots)
 from effdet.engine.train_config import load_run_config
 from effdet.engine.trainer import Trainer
 from effdet.modeling.anchors import AnchorGenerator
@@ -68,6 +68,58 @@ def test_confusion_matrix_tensors_and_empty_images() -> None:
     np.testing.assert_array_equal(confusion_matrix(det, gt, 2), [[0, 0, 0], [0, 0, 0], [0, 1, 0]])
     np.testing.assert_array_equal(confusion_matrix(DETECTIONS[:1], [dict(boxes=[], labels=[])], 2),
                                   [[0, 0, 1], [0, 0, 1], [0, 0, 0]])
+
+
+def test_confusion_counts_hold_only_non_zero_cells() -> None:
+    counts = confusion_counts(DETECTIONS, GT, num_classes=2)
+    np.testing.assert_array_equal(counts.dense(), EXPECTED)
+    assert len(counts.count) == np.count_nonzero(EXPECTED) and (counts.count > 0).all()
+    np.testing.assert_array_equal(ConfusionCounts.from_dense(EXPECTED).dense(), EXPECTED)
+
+
+def test_most_confused_classes_and_the_others_summed() -> None:
+    """150 classes, each detected right once; 7 is taken for 120 three times, 33 missed twice."""
+    c = 150
+    pred, true = list(range(c)), list(range(c))
+    pred += [7, 7, 7, c, c]
+    true += [120, 120, 120, 33, 33]
+    counts = ConfusionCounts.from_pairs(c, np.array(pred), np.array(true))
+    shown = counts.most_confused(3)
+    np.testing.assert_array_equal(shown, [7, 33, 120])
+    grouped = counts.grouped(shown)  # 7, 33, 120, other, background
+    assert grouped.shape == (5, 5) and grouped.sum() == counts.count.sum()
+    assert grouped[0, 2] == 3 and grouped[4, 1] == 2 and grouped[3, 3] == c - 3
+
+
+def test_confusion_matrix_of_10000_classes_draws_the_most_confused_quickly(tmp_path: Path) -> None:
+    """At 10,000 classes the dense matrix alone is 800 MB and the picture 100 million cells: the
+    picture shows 100 classes (warning so), and nothing of classes squared is ever allocated."""
+    import time
+    import tracemalloc
+
+    c, rng = 10_000, np.random.default_rng(0)
+    gt, det = [], []
+    for _ in range(50):
+        boxes = np.arange(20)[:, None] * [40.0, 0, 40, 0] + [0, 0, 30, 30]  # apart: each detection on its box
+        labels = rng.integers(0, c, 20)
+        gt.append(dict(boxes=boxes, labels=labels))
+        wrong = rng.uniform(size=20) < 0.3
+        det.append(dict(boxes=boxes, scores=np.full(20, 0.9), labels=np.where(wrong, rng.integers(0, c, 20), labels)))
+    tracemalloc.start()
+    try:
+        counts = confusion_counts(det, gt, c)
+        shown = counts.grouped(counts.most_confused(100))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6, f"{peak / 1e6:.0f} MB"  # the dense int64 matrix alone would be 800 MB
+    assert shown.shape == (102, 102) and shown.sum() == counts.count.sum()
+    start = time.perf_counter()
+    with pytest.warns(UserWarning, match="10000 classes are too many .* shows the 100 most confused"):
+        path = plot_confusion_matrix(counts, [f"class {i}" for i in range(c)], tmp_path / "cm.png")
+    assert time.perf_counter() - start < 60  # a few seconds; 10,000 classes ran for over 10 minutes
+    assert_picture(path)
+    assert counts.count.sum() == 1000  # every detection counted: all match their box, right class or not
 
 
 def coco_case(tmp_path: Path):

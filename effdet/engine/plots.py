@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
@@ -111,33 +114,93 @@ def _array(value: Any, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return np.asarray(value if value is not None else np.zeros((0,) + shape[1:]), dtype=dtype).reshape(shape)
 
 
-def confusion_matrix(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Mapping[str, Any]],
-                     num_classes: int, iou_threshold: float = 0.5, score_threshold: float = 0.25) -> np.ndarray:
-    """Detection confusion matrix over images: int64 (C+1) x (C+1), rows predicted, columns true.
+MAX_DRAWN_CLASSES = 100
+"""The most classes a confusion-matrix picture shows one by one (:func:`plot_confusion_matrix`); with
+more, it shows the most confused ones and sums the others."""
 
-    Args:
-        detections: per image, ``boxes`` (N, 4) xyxy pixels, ``scores`` (N,), ``labels`` (N,) class
-            indices 0..C-1 (arrays, tensors or lists).
-        ground_truth: per image (same order), ``boxes`` (G, 4) xyxy in the same frame, ``labels``
-            (G,), optional ``iscrowd`` (G,) bool.
-        num_classes: C. iou_threshold: a detection and a box match at IoU >= this.
-        score_threshold: detections with a score below this are left out.
 
-    Returns:
-        ``m[p, t]``: ``m[p, t]`` (p, t < C) counts detections of class p matched to a box of class
-        t; ``m[p, C]`` detections of class p that match nothing (false positives, background
-        column); ``m[C, t]`` boxes of class t that no detection matched (missed, background row).
+@dataclass(frozen=True)
+class ConfusionCounts:
+    """A detection confusion matrix, (C+1) x (C+1), held as its non-zero cells.
 
-    Rule, per image: the detections with score >= ``score_threshold``, highest score first, are
-    matched greedily and class-agnostically, each to the still-unmatched non-crowd box of highest
-    IoU, if that IoU >= ``iou_threshold``. A detection that matches no box but covers a crowd box
-    (``iscrowd``) with intersection / detection area >= ``iou_threshold`` (COCO's crowd rule) is
-    ignored: neither counted nor a false positive. Crowd boxes are never counted as missed.
+    Rows are predicted classes, columns true classes; index C is background (see
+    :func:`confusion_matrix`). Memory grows with the number of distinct cells, never with C^2:
+    10,000 classes do not need a 100-million-cell array.
+
+    Attributes:
+        num_classes: C.
+        pred, true: (K,) int64 row and column of each non-zero cell, in 0..C, each pair once.
+        count: (K,) int64 counts, all > 0.
     """
+
+    num_classes: int
+    pred: np.ndarray
+    true: np.ndarray
+    count: np.ndarray
+
+    @classmethod
+    def from_pairs(cls, num_classes: int, pred: np.ndarray, true: np.ndarray,
+                   count: np.ndarray | None = None) -> "ConfusionCounts":
+        """Sum (pred, true[, count]) events (arrays of equal length) into cells."""
+        side = int(num_classes) + 1
+        pred, true = np.asarray(pred, dtype=np.int64).ravel(), np.asarray(true, dtype=np.int64).ravel()
+        weight = np.ones(len(pred), dtype=np.int64) if count is None else np.asarray(count, dtype=np.int64).ravel()
+        cells, inverse = np.unique(pred * side + true, return_inverse=True)
+        sums = np.bincount(inverse.ravel(), weights=weight, minlength=len(cells)).astype(np.int64)
+        nonzero = sums > 0
+        return cls(int(num_classes), cells[nonzero] // side, cells[nonzero] % side, sums[nonzero])
+
+    @classmethod
+    def from_dense(cls, matrix: np.ndarray) -> "ConfusionCounts":
+        """The non-zero cells of a (C+1) x (C+1) matrix."""
+        matrix = np.asarray(matrix)
+        pred, true = np.nonzero(matrix)
+        return cls(matrix.shape[0] - 1, pred.astype(np.int64), true.astype(np.int64),
+                   matrix[pred, true].astype(np.int64))
+
+    def dense(self) -> np.ndarray:
+        """The (C+1) x (C+1) int64 matrix (C+1 squared cells: for a few hundred classes at most)."""
+        matrix = np.zeros((self.num_classes + 1, self.num_classes + 1), dtype=np.int64)
+        matrix[self.pred, self.true] = self.count
+        return matrix
+
+    def most_confused(self, n: int) -> np.ndarray:
+        """The ``n`` classes (sorted class indices) with the most errors: detections of the class
+        counted as another class or as background, plus boxes of the class detected as another class
+        or missed; ties go to the class with more counts in all, then the lower index."""
+        c = self.num_classes
+        wrong = self.pred != self.true
+        errors = np.zeros(c + 1, dtype=np.int64)
+        np.add.at(errors, self.pred[wrong], self.count[wrong])
+        np.add.at(errors, self.true[wrong], self.count[wrong])
+        total = np.zeros(c + 1, dtype=np.int64)
+        np.add.at(total, self.pred, self.count)
+        np.add.at(total, self.true, self.count)
+        order = np.lexsort((np.arange(c), -total[:c], -errors[:c]))  # last key first
+        return np.sort(order[:n])
+
+    def grouped(self, classes: Sequence[int]) -> np.ndarray:
+        """(n+2) x (n+2) int64 matrix of the given ``classes`` (n of them), then all other classes
+        summed into one row and column, then background: every count kept, only regrouped."""
+        classes = np.asarray(classes, dtype=np.int64)
+        n = len(classes)
+        slot = np.full(self.num_classes + 1, n, dtype=np.int64)  # other classes
+        slot[classes] = np.arange(n)
+        slot[self.num_classes] = n + 1  # background
+        matrix = np.zeros((n + 2, n + 2), dtype=np.int64)
+        np.add.at(matrix, (slot[self.pred], slot[self.true]), self.count)
+        return matrix
+
+
+def confusion_counts(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Mapping[str, Any]],
+                     num_classes: int, iou_threshold: float = 0.5, score_threshold: float = 0.25) -> ConfusionCounts:
+    """:func:`confusion_matrix` as :class:`ConfusionCounts`: memory grows with the detections and
+    boxes, not with the number of classes squared. Same arguments and rule."""
     if len(detections) != len(ground_truth):
         raise ValueError(f"confusion_matrix got {len(detections)} detection lists for {len(ground_truth)} images")
     c = int(num_classes)
-    matrix = np.zeros((c + 1, c + 1), dtype=np.int64)
+    preds: list[np.ndarray] = []
+    trues: list[np.ndarray] = []
     for det, gt in zip(detections, ground_truth):
         d_boxes = _array(det.get("boxes"), (-1, 4), np.float64)
         d_scores = _array(det.get("scores"), (-1,), np.float64)
@@ -154,22 +217,60 @@ def confusion_matrix(detections: Sequence[Mapping[str, Any]], ground_truth: Sequ
         on_crowd = (_ioa(d_boxes, crowd_boxes) >= iou_threshold).any(1) if len(crowd_boxes) else \
             np.zeros(len(d_boxes), dtype=bool)
         matched = np.zeros(len(real), dtype=bool)
+        true_of = np.full(len(d_boxes), -1, dtype=np.int64)  # -1: ignored (on a crowd region)
         for i in range(len(d_boxes)):
             candidates = np.where(matched, -1.0, ious[i]) if len(real) else np.zeros(0)
             j = int(np.argmax(candidates)) if len(candidates) else -1
             if j >= 0 and candidates[j] >= iou_threshold:
                 matched[j] = True
-                matrix[d_labels[i], real_labels[j]] += 1
+                true_of[i] = real_labels[j]
             elif not on_crowd[i]:
-                matrix[d_labels[i], c] += 1
-        np.add.at(matrix[c], real_labels[~matched], 1)
-    return matrix
+                true_of[i] = c
+        counted = true_of >= 0
+        preds += [d_labels[counted], np.full(int((~matched).sum()), c, dtype=np.int64)]
+        trues += [true_of[counted], real_labels[~matched]]
+    return ConfusionCounts.from_pairs(c, np.concatenate(preds or [np.zeros(0)]), np.concatenate(trues or [np.zeros(0)]))
+
+
+def confusion_matrix(detections: Sequence[Mapping[str, Any]], ground_truth: Sequence[Mapping[str, Any]],
+                     num_classes: int, iou_threshold: float = 0.5, score_threshold: float = 0.25) -> np.ndarray:
+    """Detection confusion matrix over images: int64 (C+1) x (C+1), rows predicted, columns true.
+
+    Args:
+        detections: per image, ``boxes`` (N, 4) xyxy pixels, ``scores`` (N,), ``labels`` (N,) class
+            indices 0..C-1 (arrays, tensors or lists).
+        ground_truth: per image (same order), ``boxes`` (G, 4) xyxy in the same frame, ``labels``
+            (G,), optional ``iscrowd`` (G,) bool.
+        num_classes: C. iou_threshold: a detection and a box match at IoU >= this.
+        score_threshold: detections with a score below this are left out.
+
+    Returns:
+        ``m[p, t]``: ``m[p, t]`` (p, t < C) counts detections of class p matched to a box of class
+        t; ``m[p, C]`` detections of class p that match nothing (false positives, background
+        column); ``m[C, t]`` boxes of class t that no detection matched (missed, background row).
+        For many classes use :func:`confusion_counts`, which holds only the non-zero cells.
+
+    Rule, per image: the detections with score >= ``score_threshold``, highest score first, are
+    matched greedily and class-agnostically, each to the still-unmatched non-crowd box of highest
+    IoU, if that IoU >= ``iou_threshold``. A detection that matches no box but covers a crowd box
+    (``iscrowd``) with intersection / detection area >= ``iou_threshold`` (COCO's crowd rule) is
+    ignored: neither counted nor a false positive. Crowd boxes are never counted as missed.
+    """
+    return confusion_counts(detections, ground_truth, num_classes, iou_threshold, score_threshold).dense()
 
 
 def confusion_matrix_coco(coco_gt: Any, results: Sequence[Mapping[str, Any]],
                           category_ids: Sequence[int] | Mapping[int, int], image_ids: Sequence[int] | None = None,
                           iou_threshold: float = 0.5, score_threshold: float = 0.25) -> np.ndarray:
-    """:func:`confusion_matrix` of a COCO results list against a pycocotools ``COCO`` ground truth.
+    """:func:`confusion_matrix` of a COCO results list against a pycocotools ``COCO`` ground truth, as
+    a dense array (arguments of :func:`confusion_counts_coco`)."""
+    return confusion_counts_coco(coco_gt, results, category_ids, image_ids, iou_threshold, score_threshold).dense()
+
+
+def confusion_counts_coco(coco_gt: Any, results: Sequence[Mapping[str, Any]],
+                          category_ids: Sequence[int] | Mapping[int, int], image_ids: Sequence[int] | None = None,
+                          iou_threshold: float = 0.5, score_threshold: float = 0.25) -> ConfusionCounts:
+    """:func:`confusion_counts` of a COCO results list against a pycocotools ``COCO`` ground truth.
 
     Args:
         coco_gt: ``pycocotools.coco.COCO`` index of the annotation file.
@@ -196,7 +297,7 @@ def confusion_matrix_coco(coco_gt: Any, results: Sequence[Mapping[str, Any]],
         ground_truth.append(dict(boxes=_xyxy([a["bbox"] for a in anns]),
                                  labels=[label_of[int(a["category_id"])] for a in anns],
                                  iscrowd=[bool(a.get("iscrowd", 0)) for a in anns]))
-    return confusion_matrix(detections, ground_truth, num_classes, iou_threshold, score_threshold)
+    return confusion_counts(detections, ground_truth, num_classes, iou_threshold, score_threshold)
 
 
 def _xyxy(xywh: Sequence[Sequence[float]]) -> np.ndarray:
@@ -205,19 +306,39 @@ def _xyxy(xywh: Sequence[Sequence[float]]) -> np.ndarray:
     return boxes
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str | Path,
-                          title: str | None = None) -> Path:
+def plot_confusion_matrix(matrix: np.ndarray | ConfusionCounts, class_names: Sequence[str], path: str | Path,
+                          title: str | None = None, max_classes: int = MAX_DRAWN_CLASSES) -> Path:
     """``confusion_matrix.png``: counts of :func:`confusion_matrix`, coloured by share of each true class.
 
     Each column (true class, or background = false positives) is coloured by its fraction of the
-    column total; cells show the counts when there are at most 30 classes.
+    column total; cells show the counts when there are at most 30 classes. With more than
+    ``max_classes`` classes (10,000 would be an unreadable picture of 100 million cells) it warns
+    and shows the ``max_classes`` most confused ones (:meth:`ConfusionCounts.most_confused`), the
+    other classes summed into one "other classes" row and column, so every count is still in it.
+
+    Args:
+        matrix: a dense (C+1) x (C+1) matrix or its :class:`ConfusionCounts`.
+        class_names: name of each class index (missing ones are "class i").
     """
-    matrix = np.asarray(matrix)
+    counts = matrix if isinstance(matrix, ConfusionCounts) else ConfusionCounts.from_dense(matrix)
+    c = counts.num_classes
+
+    def name(i: int) -> str:
+        return str(class_names[i]) if i < len(class_names) else f"class {i}"
+
+    if c > max_classes:
+        shown = counts.most_confused(max_classes)
+        matrix = counts.grouped(shown)
+        names = [name(int(i)) for i in shown] + [f"other {c - len(shown)} classes", "background"]
+        warnings.warn(f"{path}: {c} classes are too many for a readable confusion matrix; it shows the "
+                      f"{len(shown)} most confused classes and sums the other {c - len(shown)}", stacklevel=2)
+        title = f"{title or 'confusion matrix'}\n{len(shown)} most confused of {c} classes, the others summed"
+    else:
+        matrix = counts.dense()
+        names = [name(i) for i in range(c)] + ["background"]
     n = matrix.shape[0]
-    names = [str(x) for x in list(class_names)[: n - 1]] + [f"class {i}" for i in range(len(class_names), n - 1)]
-    names.append("background")
     share = matrix / np.maximum(matrix.sum(0, keepdims=True), 1)
-    side = min(4 + 0.5 * n, 30)
+    side = min(4 + 0.5 * n, 20)
     fig = Figure(figsize=(side + 1.5, side), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
@@ -256,15 +377,18 @@ def plot_pr_curves(coco_eval: Any, class_names: Sequence[str] | None, path: str 
         class_names = [str(coco_eval.cocoGt.cats[cid]["name"]) for cid in cat_ids]
     fig = Figure(figsize=(7, 6), layout="constrained")
     ax = fig.subplots()
-    curves = []
-    for k in range(precision.shape[2]):
-        p = precision[t, :, k, 0, -1]
-        if (p < 0).any():
-            continue
-        curves.append(p)
-        name = class_names[k] if k < len(class_names) else str(cat_ids[k])
-        ax.plot(recall, p, linewidth=1, color=np.asarray(class_color(k)) / 255,
-                label=f"{name} {p.mean():.3f}" if precision.shape[2] <= 10 else None)
+    per_class = precision[t, :, :, 0, -1].T  # K x R
+    with_gt = np.flatnonzero((per_class >= 0).all(1))
+    curves = list(per_class[with_gt])
+    if precision.shape[2] <= 10:
+        for k in with_gt:
+            name = class_names[k] if k < len(class_names) else str(cat_ids[k])
+            ax.plot(recall, per_class[k], linewidth=1, color=np.asarray(class_color(k)) / 255,
+                    label=f"{name} {per_class[k].mean():.3f}")
+    elif len(with_gt):  # one collection: 10,000 separate lines took half a minute to draw
+        lines = np.stack([np.broadcast_to(recall, per_class[with_gt].shape), per_class[with_gt]], -1)
+        ax.add_collection(LineCollection(lines, linewidths=0.5 if len(with_gt) > 100 else 1,
+                                         colors=[np.asarray(class_color(int(k))) / 255 for k in with_gt]))
     if curves:
         mean = np.mean(curves, axis=0)
         ax.plot(recall, mean, linewidth=3, color="black", label=f"mean {mean.mean():.3f}")
@@ -293,9 +417,9 @@ def write_eval_plots(coco_gt: Any, results: Sequence[Mapping[str, Any]], coco_ev
     pr_names = [name_of_cat.get(int(cid), str(coco_gt.cats[cid]["name"])) for cid in coco_eval.params.catIds]
     paths = [plot_pr_curves(coco_eval, pr_names, pr_path)]
     ids = image_ids if image_ids is not None else list(coco_eval.params.imgIds)
-    matrix = confusion_matrix_coco(coco_gt, results, mapping, ids, iou_threshold, score_threshold)
+    counts = confusion_counts_coco(coco_gt, results, mapping, ids, iou_threshold, score_threshold)
     paths.append(plot_confusion_matrix(
-        matrix, class_names, confusion_path,
+        counts, class_names, confusion_path,
         title=f"confusion matrix, {len(ids)} images, IoU >= {iou_threshold:g}, score >= {score_threshold:g}"))
     return paths
 
@@ -396,5 +520,6 @@ def plot_batch_mosaic(images_uint8: torch.Tensor | np.ndarray, targets: Sequence
     return path
 
 
-__all__ = ["RESULT_PANELS", "confusion_matrix", "confusion_matrix_coco", "plot_batch_mosaic", "plot_confusion_matrix", "plot_labels", "plot_pr_curves",
+__all__ = ["MAX_DRAWN_CLASSES", "RESULT_PANELS", "ConfusionCounts", "confusion_counts", "confusion_counts_coco",
+           "confusion_matrix", "confusion_matrix_coco", "plot_batch_mosaic", "plot_confusion_matrix", "plot_labels", "plot_pr_curves",
            "plot_results", "plot_training_labels", "write_eval_plots"]
