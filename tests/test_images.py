@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from effdet.data.images import ImageReadError, find_images, read_image
+from effdet.data.images import ImageReadError, find_images, read_image, read_image_reduced
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
@@ -113,3 +113,81 @@ def test_find_images(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         find_images([str(tmp_path / "nothing-here")])
     assert all(isinstance(p, Path) for p in found)
+
+
+def _claiming_jpeg(side: int) -> bytes:
+    """A few kilobytes of a progressive 64 x 64 JPEG whose header claims side x side pixels, its end
+    cut off. libjpeg holds a progressive image's coefficients whole: 13000 x 13000 took 0.5 GB here."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        buffer, "JPEG", progressive=True)
+    data = bytearray(buffer.getvalue())
+    frame = data.index(b"\xff\xc2")  # progressive frame header: length, precision, height, width
+    data[frame + 5:frame + 9] = side.to_bytes(2, "big") * 2
+    return bytes(data[:-2])
+
+
+BOMB_CHILD = """
+import sys
+from effdet.data.images import ImageReadError, read_image
+
+def peak_mb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # peak RSS restarts from the current RSS
+before = peak_mb()
+try:
+    read_image(sys.argv[1])
+    print("decoded")
+except ImageReadError as error:
+    print(error)
+print(peak_mb() - before)
+"""
+
+
+def test_header_over_the_pixel_budget_is_refused_before_decoding(tmp_path):
+    """A truncated JPEG claiming 13000 x 13000 (169 Mpx, under Pillow's own bomb limit) peaked at
+    3.6 GB: it is refused from its header, in a few milliseconds and without memory."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc/self/clear_refs to measure peak memory")
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(_claiming_jpeg(13000))
+    assert len(path.read_bytes()) < 5000
+    done = subprocess.run([sys.executable, "-c", BOMB_CHILD, str(path)], capture_output=True, text=True, timeout=120)
+    message, grown = done.stdout.strip().splitlines()
+    assert str(path) in message and "13000 x 13000" in message and "--max-pixels" in message
+    assert float(grown) < 50, f"peak memory grew by {grown} MB"
+
+
+def test_max_pixels(tmp_path):
+    Image.fromarray(RGB).save(tmp_path / "small.png")  # 12 x 16 = 192 px
+    with pytest.raises(ImageReadError, match="16 x 12 = 0.0 Mpx, over the budget"):
+        read_image(tmp_path / "small.png", max_pixels=191)
+    assert read_image(tmp_path / "small.png", max_pixels=192).shape == (12, 16, 3)
+    assert read_image(tmp_path / "small.png", max_pixels=None).shape == (12, 16, 3)
+    with pytest.raises(ImageReadError, match="over the budget"):
+        read_image_reduced(tmp_path / "small.png", (8, 8), max_pixels=100)
+
+
+def test_large_jpeg_decodes_reduced_for_a_small_network_input(tmp_path):
+    pixels = np.zeros((1000, 2000, 3), dtype=np.uint8)
+    pixels[:, :1000] = (200, 40, 90)
+    Image.fromarray(pixels).save(tmp_path / "big.jpg", quality=95)
+    reduced, factor = read_image_reduced(tmp_path / "big.jpg", (256, 256))  # content 128 x 256: 1/4 leaves 250 x 500
+    assert factor == 4 and reduced.shape == (250, 500, 3)
+    np.testing.assert_allclose(reduced[100, 100], (200, 40, 90), atol=8)  # x * factor: the same place
+    assert reduced[100, 400].max() < 10
+    whole, factor = read_image_reduced(tmp_path / "big.jpg", (1024, 1024))  # content 512 x 1024: more than half
+    assert factor == 1 and whole.shape == (1000, 2000, 3)
+    Image.fromarray(pixels).save(tmp_path / "big.png")  # not a JPEG: read whole
+    assert read_image_reduced(tmp_path / "big.png", (256, 256))[1] == 1
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # shown rotated: 2000 x 1000 (h x w)
+    image.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    reduced, factor = read_image_reduced(tmp_path / "rotated.jpg", (256, 128))  # content 256 x 128: 1/4 is 500 x 250
+    assert factor == 4 and reduced.shape == (500, 250, 3)

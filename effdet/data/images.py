@@ -3,11 +3,19 @@
 ``read_image`` returns every readable image as an H x W x 3 uint8 RGB array, whatever its
 mode (greyscale, RGBA, palette, 16-bit, CMYK) and EXIF orientation, and raises
 ``ImageReadError`` naming the file and the cause for anything it cannot decode completely.
+
+Pixel budget: the size a file claims in its header is checked before anything is decoded, and an
+image of more than ``max_pixels`` pixels (default :data:`DEFAULT_MAX_PIXELS`, ``--max-pixels`` on
+the command line) is refused like a corrupt one. A few hundred bytes can claim 13000 x 13000 pixels
+(2.7 GB once decoded) while staying under Pillow's own decompression-bomb limit.
+``read_image_reduced`` decodes a JPEG larger than a given size at 1/2, 1/4 or 1/8 of its
+resolution (``PIL.Image.draft``), for callers that only need a letterboxed network input.
 """
 
 from __future__ import annotations
 
 import glob
+import math
 from pathlib import Path
 from typing import Iterable
 
@@ -22,6 +30,11 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 """Lower-case file suffixes that ``find_images`` collects from folders and glob patterns."""
 
 
+DEFAULT_MAX_PIXELS: int = 50_000_000
+"""Largest image (width x height, as its file claims) that ``read_image`` decodes: 50 Mpx, about
+150 MB as an RGB array, 20x the largest model input (1536 x 1536). ``--max-pixels`` changes it."""
+
+
 class ImageReadError(OSError):
     """An image file is missing, not an image, corrupt or truncated. ``path`` names it."""
 
@@ -30,7 +43,7 @@ class ImageReadError(OSError):
         self.path = Path(path)
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as RGB, applying its EXIF orientation.
 
     Supports JPEG, PNG, BMP, WebP and TIFF (anything Pillow decodes). Greyscale is replicated
@@ -39,21 +52,63 @@ def read_image(path: str | Path) -> np.ndarray:
 
     Args:
         path: image file.
+        max_pixels: refuse an image whose header claims more than this many pixels (width x
+            height), before decoding it; None: no budget (Pillow's own limit still applies).
 
     Returns:
         H x W x 3 uint8 RGB array, H and W as displayed (after EXIF rotation).
 
     Raises:
-        ImageReadError: the file is missing, unreadable, not an image, corrupt or truncated.
+        ImageReadError: the file is missing, unreadable, not an image, corrupt or truncated,
+            or over the pixel budget.
     """
+    return _decode(path, max_pixels, None)[0]
+
+
+def read_image_reduced(path: str | Path, size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS
+                       ) -> tuple[np.ndarray, int]:
+    """Read an image as :func:`read_image` does, a JPEG at a reduced resolution where it is larger than needed.
+
+    A JPEG whose letterboxed content in a ``size`` frame would be at most half its resolution
+    is decoded by libjpeg at 1/2, 1/4 or 1/8 (the largest factor that still leaves at least the
+    letterboxed content size, so the letterbox still scales down): less memory and time, about
+    the same network input. Other formats, and JPEGs that are not that large, are read whole.
+
+    Args:
+        path: image file.
+        size: (out_h, out_w) of the letterbox frame the image is for (the network input).
+        max_pixels: budget on the file's full size, as in :func:`read_image`.
+
+    Returns:
+        (pixels, factor): ``pixels`` is an h x w x 3 uint8 RGB array (after EXIF rotation) with
+        ``h = ceil(H / factor)``, ``w = ceil(W / factor)`` for the file's H x W; ``factor`` is 1,
+        2, 4 or 8. A point (x, y) in ``pixels`` is (x * factor, y * factor) in the original image,
+        so boxes found in ``pixels`` map to original pixels multiplied by ``factor``.
+
+    Raises:
+        ImageReadError: as :func:`read_image`.
+    """
+    return _decode(path, max_pixels, (int(size[0]), int(size[1])))
+
+
+def _decode(path: str | Path, max_pixels: int | None, fit: tuple[int, int] | None) -> tuple[np.ndarray, int]:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, f"image file {path} does not exist (or is not a file); check the path")
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageReadError(
+                    path, f"refusing to decode {path}: its header claims {width} x {height} = "
+                    f"{width * height / 1e6:.1f} Mpx, over the budget of {max_pixels / 1e6:g} Mpx per image; "
+                    "downscale the image, or raise --max-pixels if it is genuine")
+            factor = _draft(image, fit) if fit is not None else 1
             image.load()
             upright = ImageOps.exif_transpose(image)
-            return to_rgb_array(upright)
+            return to_rgb_array(upright), factor
+    except ImageReadError:
+        raise
     except Image.DecompressionBombError as error:
         raise ImageReadError(
             path, f"refusing to decode {path}: {error}. Downscale the image or raise PIL.Image.MAX_IMAGE_PIXELS"
@@ -62,8 +117,33 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(
             path,
             f"cannot read image {path}: {type(error).__name__}: {error}. "
-            "The file is not a supported image or is corrupt/truncated; re-export or remove it",
+            "The file is not a supported image or is corrupt/truncated; re-export it or remove it",
         ) from error
+    except MemoryError:
+        raise ImageReadError(
+            path, f"out of memory decoding {path}; lower --max-pixels or downscale the image"
+        ) from None
+
+
+def _draft(image: Image.Image, fit: tuple[int, int]) -> int:
+    """Set up a JPEG to decode reduced for a letterbox frame ``fit`` (h, w); returns the factor (1 if none)."""
+    if image.format != "JPEG":
+        return 1
+    width, height = image.size
+    if image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):  # shown rotated by 90 degrees
+        fit = (fit[1], fit[0])
+    scale = min(fit[0] / height, fit[1] / width)
+    if scale >= 0.5:
+        return 1
+    need = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
+    result = image.draft(None, need)
+    if result is None:
+        return 1
+    return max(1, round(width / result[1][2]))
+
+
+ORIENTATION_TAG = 0x0112
+"""EXIF tag of the orientation (1-8); 5-8 are shown rotated by 90 degrees."""
 
 
 OUTPUT_MARKER = ".effdet-output"
