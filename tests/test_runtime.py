@@ -107,3 +107,73 @@ def test_jobs_take_fewer_threads_on_a_busy_machine(monkeypatch: pytest.MonkeyPat
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------------
+# data jobs start without PyTorch and without the busy-CPU note
+# ------------------------------------------------------------------------------------------------
+
+DATA_JOBS = r"""
+import json, sys
+from effdet.cli.main import main
+codes = [main(["data", "demo", "--output", "d", "--num-train", "4", "--num-val", "2", "--image-size", "64"]),
+         main(["data", "convert", "--from", "coco", "--to", "yolo", "d/annotations/train.json", "--output", "y",
+               "--no-progress"]),
+         main(["data", "convert", "--from", "yolo", "--to", "coco", "y", "--images", "d/train", "--output", "c.json",
+               "--no-progress"]),
+         main(["data", "check", "d/annotations/train.json", "d/train", "--no-progress", "--read-images"]),
+         main(["data", "split", "d/annotations/train.json", "--output-dir", "s"]),
+         main(["data", "split", "missing.json", "--output-dir", "s2"])]
+print(json.dumps({"codes": codes, "torch": "torch" in sys.modules, "albumentations": "albumentations" in sys.modules}))
+"""
+
+
+def test_data_jobs_do_not_import_pytorch(tmp_path: Path) -> None:
+    """effdet data demo / convert / check / split (and a data job's one-line error) run without importing
+    torch: they started in 8-11 s before, most of it PyTorch's import."""
+    done = subprocess.run([sys.executable, "-c", DATA_JOBS], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"codes": [0, 0, 0, 0, 0, 2], "torch": False, "albumentations": False}, done.stderr[-3000:]
+    assert "effdet data: error: " in done.stderr and "missing.json" in done.stderr
+    assert "Traceback" not in done.stderr and "other processes keep" not in done.stderr
+
+
+def test_busy_cpu_note_only_for_jobs_that_run_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    from effdet.cli import common
+    from effdet.cli.main import main
+
+    before = torch.get_num_threads()
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": [{"id": i, "file_name": f"{i}.jpg", "width": 8, "height": 8}
+                                          for i in range(1, 5)], "annotations": [],
+                               "categories": [{"id": 1, "name": "a"}]}))
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(common, "threads_for_free_cpus", lambda default: (1, 0.3))
+        assert main(["data", "split", str(ann), "--output-dir", str(tmp_path / "split")]) == 0
+        assert "other processes keep" not in capsys.readouterr().err
+        assert torch.get_num_threads() == 2  # a data job leaves the thread settings alone
+        assert main(["classify", str(tmp_path / "missing.png"), "--weights", str(tmp_path / "nosuch.pth")]) == 2
+        err = capsys.readouterr().err
+        assert "other processes keep" in err and "nosuch.pth" in err
+    finally:
+        torch.set_num_threads(before)
+        os.environ.pop("OMP_NUM_THREADS", None)
+
+
+def test_user_errors_are_all_listed() -> None:
+    from effdet.cli import common
+    from effdet.data.coco import DatasetError
+    from effdet.export.onnx import ExportError
+    from effdet.inference.backends import BackendError
+    from effdet.inference.run import InferenceError
+    from effdet.weights.checkpoint import CheckpointError
+
+    assert {DatasetError, ExportError, BackendError, InferenceError, CheckpointError} <= set(common.USER_ERRORS)
+    assert set(common.user_errors()) == set(common.USER_ERRORS)  # all loaded now

@@ -7,32 +7,46 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 import warnings
-from typing import Callable, Iterator
-
-import cv2
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from effdet.config import ConfigError, PostprocessSettings
-from effdet.data.coco import DatasetError
-from effdet.data.results import ResultsError
 from effdet.fileio import WriteError
-from effdet.export.onnx import ExportError
-from effdet.inference.backends import BackendError
-from effdet.inference.run import InferenceError
 from effdet.runtime import keep_freed_memory, threads_for_free_cpus
-from effdet.weights.checkpoint import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class DeviceError(ValueError):
     """An unknown or absent device was asked for."""
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (InferenceError, CheckpointError, ConfigError, DatasetError, ResultsError,
-                                            DeviceError, WriteError, FileNotFoundError, BackendError, ExportError)
-"""Errors caused by the user's input; the jobs print them in one line and exit with 2."""
+MODEL_JOBS = frozenset({"train", "val", "predict", "benchmark", "export", "classify"})
+"""The jobs that run a network: they get the thread settings (and the busy-CPU note); data jobs do not."""
+
+_USER_ERRORS = (("effdet.inference.run", "InferenceError"), ("effdet.weights.checkpoint", "CheckpointError"),
+                ("effdet.data.coco", "DatasetError"), ("effdet.data.results", "ResultsError"),
+                ("effdet.inference.backends", "BackendError"), ("effdet.export.onnx", "ExportError"))
+"""The user errors of modules that import PyTorch (a data job imports none of them)."""
+
+
+def user_errors(loaded_only: bool = True) -> tuple[type[Exception], ...]:
+    """Errors caused by the user's input (the jobs print them in one line and exit with 2). With
+    ``loaded_only`` the classes of modules not imported are left out: nothing can have raised them,
+    and importing them would load PyTorch into jobs that need none (:data:`USER_ERRORS`: all)."""
+    lazy = tuple(getattr(importlib.import_module(module) if not loaded_only else sys.modules[module], name)
+                 for module, name in _USER_ERRORS if not loaded_only or module in sys.modules)
+    return (ConfigError, DeviceError, WriteError, FileNotFoundError, *lazy)
+
+
+def __getattr__(name: str) -> Any:  # USER_ERRORS: every class, loaded on first use (PEP 562)
+    if name == "USER_ERRORS":
+        return user_errors(loaded_only=False)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @contextlib.contextmanager
@@ -56,6 +70,8 @@ def postprocess_settings(args: argparse.Namespace) -> PostprocessSettings:
 def check_device(device: str | torch.device) -> torch.device:
     """``torch.device(device)`` (``auto``: CUDA when present, else the CPU), with a
     :class:`DeviceError` for an unknown or absent device."""
+    import torch  # noqa: PLC0415 (only the jobs that run a network load PyTorch)
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -70,15 +86,19 @@ def check_device(device: str | torch.device) -> torch.device:
 
 def run_job(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a job's ``run(args)`` as the ``effdet`` command does: freed memory kept for reuse
-    (:func:`effdet.runtime.keep_freed_memory`), ``--threads`` applied, warnings as one-line
-    messages, and the user's errors (:data:`USER_ERRORS`) as one ``effdet JOB: error: ...`` line
+    (:func:`effdet.runtime.keep_freed_memory`), ``--threads`` applied (and the busy-CPU note) for
+    :data:`MODEL_JOBS` only, warnings as one-line messages, and the user's errors
+    (:func:`user_errors`) as one ``effdet JOB: error: ...`` line
     (on the main process only, under torchrun) with exit code 2."""
     keep_freed_memory()  # reuse freed activations instead of page-faulting fresh memory in
-    apply_threads(getattr(args, "threads", None))
+    if args.job in MODEL_JOBS:
+        apply_threads(getattr(args, "threads", None))
     with plain_warnings():
         try:
             return run(args)
-        except USER_ERRORS as error:
+        except Exception as error:
+            if not isinstance(error, user_errors()):
+                raise
             if int(os.environ.get("RANK", "0")) == 0:
                 print(f"effdet {args.job}: error: {user_message(error, args)}", file=sys.stderr)
             return 2
@@ -106,6 +126,9 @@ def apply_threads(threads: int | None) -> None:
     workers use one each, see :func:`effdet.data.loader.worker_init`). ``None``: ``OMP_NUM_THREADS``
     where it is set, else PyTorch's choice (one per core) reduced to the CPUs that other processes
     leave idle at start (:func:`effdet.runtime.threads_for_free_cpus`), with a note saying so."""
+    import cv2  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
     if threads is None:
         if "OMP_NUM_THREADS" in os.environ:
             return
@@ -121,5 +144,5 @@ def apply_threads(threads: int | None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # for subprocesses this job starts
 
 
-__all__ = ["DeviceError", "USER_ERRORS", "apply_threads", "check_device", "plain_warnings", "postprocess_settings",
-           "run_job", "user_message"]
+__all__ = ["DeviceError", "MODEL_JOBS", "USER_ERRORS", "apply_threads", "check_device", "plain_warnings",
+           "postprocess_settings", "run_job", "user_errors", "user_message"]

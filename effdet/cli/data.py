@@ -22,7 +22,6 @@ from effdet.data.results import write_json
 from effdet.data.summary import format_summary, split_coco, summarize
 from effdet.data.synthetic import make_synthetic_coco
 from effdet.config import parse_overrides
-from effdet.engine.anchor_fit import format_override, format_report, load_box_sizes, suggest_anchors, write_suggestion
 from effdet.engine.train_config import load_run_config, split_overrides
 from effdet.fileio import WriteError, check_output_file, check_output_folder, check_output_spares_inputs
 
@@ -153,6 +152,8 @@ def split(args: argparse.Namespace) -> int:
 
 def anchors(args: argparse.Namespace) -> int:
     """``effdet data anchors``: the anchors' fit to the boxes of ``args.annotations`` and a better one."""
+    from effdet.engine.anchor_fit import (format_override, format_report, load_box_sizes,  # noqa: PLC0415 (torch:
+                                          suggest_anchors, write_suggestion)               # only this task)
     annotations = args.annotations
     overrides = parse_overrides(args.overrides)
     if args.image_size is not None:

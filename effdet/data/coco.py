@@ -24,20 +24,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from effdet.data.images import ImageReadError, read_image
 from effdet.fileio import ReadError, read_text_bounded
 
 if TYPE_CHECKING:
+    import torch
     from pycocotools.coco import COCO
+
+    Sample = tuple[torch.Tensor, dict[str, Any]]
 
 Transform = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple]
 """``(image HxWx3 uint8, boxes Nx4 float32 xyxy, labels N int64, iscrowd N bool)
 -> (image, boxes, labels, iscrowd, scale: float)``, e.g. ``effdet.data.transforms``."""
-
-Sample = tuple[torch.Tensor, dict[str, Any]]
 
 
 class DatasetError(ValueError):
@@ -54,7 +53,7 @@ EDGE_TOLERANCE = 0.5
 fractions (YOLO's ``cx - w / 2`` of a box on the edge is -1e-6 px) is no annotation error."""
 
 
-class CocoDetection(Dataset):
+class CocoDetection:  # a map-style dataset for torch's DataLoader, defined without torch (data jobs)
     """Images and boxes of a COCO-format annotation file.
 
     Classes: ``category_ids`` are the dataset's category ids, sorted; the class index
@@ -122,6 +121,8 @@ class CocoDetection(Dataset):
         return len(self._image_ids)
 
     def __getitem__(self, index: int) -> Sample | None:
+        import torch  # noqa: PLC0415 (the data jobs read annotations without PyTorch; samples need it)
+
         file_name = str(self._file_names[index])
         path = self.image_dir / file_name
         image_id = int(self._image_ids[index])

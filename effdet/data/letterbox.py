@@ -7,17 +7,23 @@ mean colour. A box in original-image pixels maps to network-input pixels by mult
 ``scale`` and back by dividing; there is no offset. Images stay ``uint8`` on the host;
 ``normalize`` turns them into float32 network input on whatever device they live on.
 
-It imports only numpy, torch, cv2, PIL and the ImageNet statistics of :mod:`effdet.config`.
+It imports only numpy, cv2, PIL and the ImageNet statistics of :mod:`effdet.config`; torch only
+where a tensor is made or converted, so that the data jobs that read images run without PyTorch.
 """
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 from effdet.config import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    import torch
 
 PAD_VALUE: tuple[int, int, int] = tuple(int(round(m * 255)) for m in IMAGENET_MEAN)
 """RGB uint8 padding colour, the mean rounded: (124, 116, 104). Normalises to about 0."""
@@ -76,6 +82,8 @@ def normalize(images: torch.Tensor, mean: tuple[float, float, float] = IMAGENET_
     Returns:
         float32 tensor of the same shape, device and memory format.
     """
+    import torch  # noqa: PLC0415 (not at module level: the data jobs read images without PyTorch)
+
     if images.dtype != torch.uint8:
         raise TypeError(f"normalize expects a uint8 tensor, got {images.dtype}")
     if images.dim() not in (3, 4) or images.shape[-3] != 3:
@@ -100,7 +108,8 @@ def to_rgb_array(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
     """
     if isinstance(image, Image.Image):
         return _pil_to_rgb(image)
-    if isinstance(image, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(image, torch.Tensor):
         return _tensor_to_rgb(image)
     if isinstance(image, np.ndarray):
         return _numpy_to_rgb(image)
@@ -155,6 +164,8 @@ def _numpy_to_rgb(array: np.ndarray) -> np.ndarray:
 
 
 def _tensor_to_rgb(tensor: torch.Tensor) -> np.ndarray:
+    import torch  # noqa: PLC0415 (loaded already: the caller holds a tensor)
+
     if tensor.dim() != 3 or tensor.shape[0] not in (1, 3):
         raise ValueError(f"expected a C x H x W tensor with C in (1, 3), got shape {tuple(tensor.shape)}")
     tensor = tensor.detach().cpu()

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
-import torch
-from torchvision.ops import box_convert
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from effdet.data.coco import MAX_ANNOTATION_BYTES
 from effdet.fileio import ReadError, atomic_write, read_text_bounded
+
+if TYPE_CHECKING:
+    import torch
 
 BBOX_DECIMALS = 3
 """Box coordinates are rounded to 1/1000 pixel in results (smaller files, same AP)."""
@@ -45,6 +45,8 @@ def detections_to_coco(detections: Sequence[Mapping[str, torch.Tensor]], image_i
         List of ``{"image_id", "category_id", "bbox" [x, y, w, h], "score"[, "file_name"]}``,
         per image in the detections' order (highest score first from ``postprocess``).
     """
+    from torchvision.ops import box_convert  # noqa: PLC0415 (writing results needs no PyTorch; this does)
+
     if len(detections) != len(image_ids):
         raise ValueError(f"got {len(detections)} detection dicts for {len(image_ids)} image ids")
     lookup = dict(category_ids) if isinstance(category_ids, Mapping) else dict(enumerate(category_ids))
