@@ -198,7 +198,8 @@ def _check_sizes(cfg: EfficientDetConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be an integer, got {shown(value)}")
         if not low <= value <= LIMITS[key]:
-            raise ConfigError(f"{key} must be in {low}..{LIMITS[key]}, got {shown(value)}")
+            raise ConfigError(f"{key} must be in {low}..{LIMITS[key]}, got {shown(value)}", field=key,
+                              reason=f"must be in {low}..{LIMITS[key]}")
     for key in ("min_level", "max_level"):
         value = getattr(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int):

@@ -206,7 +206,7 @@ def test_missing_malformed_and_empty_annotation_files(tmp_path: Path, capsys: py
     assert effdet_main(["data", "anchors", str(ann), "model.anchor_scael=2"]) == 2
     assert "model has no field 'anchor_scael'" in one_error_line(capsys)
     assert effdet_main(["data", "anchors", str(ann), "--image-size", "100"]) == 2
-    assert "image_size 100x100 must have each side a positive multiple of" in one_error_line(capsys)
+    assert "--image-size 100: each side must be a positive multiple of" in one_error_line(capsys)
 
 
 def test_help_answers_without_importing_torch() -> None:

@@ -156,6 +156,8 @@ def test_image_size_errors_name_the_flag_as_typed(tmp_path: Path, capsys: pytest
                         "--output", str(tmp_path / "pred")]) == 2
     err = capsys.readouterr().err
     assert "--image-size 100x200: each side must be" in err and "use e.g. --image-size 128x224" in err
+    assert effdet_main(["benchmark", "--num-classes", "10000000", "--tasks", "forward"]) == 2
+    assert "--num-classes 10000000: must be in 1..100000" in capsys.readouterr().err
 
 
 def _parsers(parser, seen=None):
