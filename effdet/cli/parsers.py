@@ -119,6 +119,16 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
                              "set, else one per core that other processes leave idle at start)")
 
 
+MAX_PIXELS = 50_000_000  # effdet.data.images.DEFAULT_MAX_PIXELS (no torch import here)
+
+
+def add_max_pixels_argument(parser: argparse.ArgumentParser, default: int | None = MAX_PIXELS) -> None:
+    shown = f"{default:_}" if default is not None else f"the recipe's data.max_pixels, {MAX_PIXELS:_}"
+    parser.add_argument("--max-pixels", type=POSITIVE, default=default, metavar="N",
+                        help="skip, as unreadable, an image whose file claims more than N pixels (width x height), "
+                             f"before decoding it: a few bytes can claim gigabytes (default: {shown})")
+
+
 def add_batch_size_argument(parser: argparse.ArgumentParser, default: int | None, what: str = "images per "
                             "forward pass") -> None:
     shown = f"default: {default}" if default is not None else "default: the recipe's"
@@ -187,6 +197,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "multiples of 32")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's)")
     p.add_argument("--workers", type=NON_NEGATIVE, help="data-loading worker processes per training process")
+    add_max_pixels_argument(p, None)
     add_device_argument(p)
     add_threads_argument(p)
     p.add_argument("--seed", type=SEED, help="random seed (data order, augmentation, initialisation), >= 0")
@@ -254,6 +265,7 @@ def add_val_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     add_threads_argument(parser)
     parser.add_argument("--workers", type=NON_NEGATIVE, default=2, help="data-loading processes (default: 2)")
+    add_max_pixels_argument(parser)
     add_image_size_argument(parser, "the checkpoint's")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-plots", action="store_true",
@@ -345,6 +357,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     add_postprocess_arguments(parser, PostprocessSettings(score_threshold=0.25), why=", as Ultralytics' predict: drawings "
                               "and JSON without piles of low-scored duplicates; use 0.001 for COCO evaluation")
     add_batch_size_argument(parser, 8, "images, frames or tiles per forward pass")
+    add_max_pixels_argument(parser)
     add_device_argument(parser)
     add_threads_argument(parser)
     add_image_size_argument(parser)

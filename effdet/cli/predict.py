@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     class_names = read_class_names(args.class_names) if args.class_names is not None else None
     plan = prepare_inference(args.sources, None if args.no_images else args.output, args.json, args.ann,
                              frames_dir=args.output, slice=args.slice, slice_overlap=args.slice_overlap,
-                             max_tiles=getattr(args, "max_tiles", MAX_TILES),
+                             max_tiles=getattr(args, "max_tiles", MAX_TILES), max_pixels=args.max_pixels,
                              inputs=[("--weights", args.weights), ("--class-names", args.class_names)])
     predictor = load_predictor(args.weights, args.model, class_names, device, args.image_size, args.batch_size,
                                postprocess_settings(args), optimize=args.optimize, backend=args.backend)

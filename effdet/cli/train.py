@@ -24,7 +24,7 @@ from effdet.weights.backbones import default_backbone_weights
 # command-line flag -> recipe field
 FLAG_FIELDS = {"train_ann": "data.train_ann", "train_images": "data.train_images", "val_ann": "data.val_ann",
                "val_images": "data.val_images", "epochs": "train.epochs", "batch_size": "train.batch_size",
-               "lr": "train.lr", "workers": "train.workers", "seed": "train.seed",
+               "lr": "train.lr", "workers": "train.workers", "seed": "train.seed", "max_pixels": "data.max_pixels",
                "image_size": "model.image_size", "backbone_weights": "model.backbone_weights", "freeze": "train.freeze", "freeze_epochs": "train.freeze_epochs",
                "backbone_lr_mult": "train.backbone_lr_mult", "freeze_backbone_bn": "train.freeze_backbone_bn"}
 

@@ -39,7 +39,8 @@ def open_dataset(args: argparse.Namespace) -> CocoDetection:
     ``--weights``) before any model is loaded; its transform is set once the model's size is known."""
     if args.weights:
         check_weights_path(args.weights)
-    dataset = CocoDetection(args.ann, args.images or Path(args.ann).parent, check_files=bool(args.weights))
+    dataset = CocoDetection(args.ann, args.images or Path(args.ann).parent, check_files=bool(args.weights),
+                            max_pixels=args.max_pixels)
     if len(dataset) == 0:
         raise InferenceError(f"{args.ann} lists no images: nothing to evaluate")
     return dataset

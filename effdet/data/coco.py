@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from effdet.data.images import ImageReadError, read_image
+from effdet.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from effdet.fileio import ReadError, read_text_bounded
 
 if TYPE_CHECKING:
@@ -78,6 +78,7 @@ class CocoDetection:  # a map-style dataset for torch's DataLoader, defined with
         transform: Transform | None = None,
         max_boxes: int = 100,
         check_files: bool = True,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         """
         Args:
@@ -87,6 +88,8 @@ class CocoDetection:  # a map-style dataset for torch's DataLoader, defined with
             max_boxes: keep at most this many boxes per image (the first ones, after
                 ``transform``), as the official recipe does.
             check_files: check up front that every image file exists.
+            max_pixels: an image whose file claims more pixels is skipped as unreadable, before
+                decoding (``effdet.data.images.read_image``; None: no budget).
 
         Raises:
             DatasetError: the annotation file or image folder is unusable; see the message.
@@ -95,6 +98,7 @@ class CocoDetection:  # a map-style dataset for torch's DataLoader, defined with
         self.image_dir = Path(image_dir)
         self.transform = transform
         self.max_boxes = max_boxes
+        self.max_pixels = max_pixels
         data = load_annotation_json(self.annotation_file)
         where = str(self.annotation_file)
         _check_ids(data, where)
@@ -127,7 +131,7 @@ class CocoDetection:  # a map-style dataset for torch's DataLoader, defined with
         path = self.image_dir / file_name
         image_id = int(self._image_ids[index])
         try:
-            image = read_image(path)
+            image = read_image(path, self.max_pixels)
         except ImageReadError as error:
             warnings.warn(f"skipping image id {image_id}: {error}", stacklevel=2)
             return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import math
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -96,12 +97,16 @@ def _decode(path: str | Path, max_pixels: int | None, fit: tuple[int, int] | Non
     if not path.is_file():
         raise ImageReadError(path, f"image file {path} does not exist (or is not a file); check the path")
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # the budget below decides, with a message naming the file
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageReadError(
                     path, f"refusing to decode {path}: its header claims {width} x {height} = "
-                    f"{width * height / 1e6:.1f} Mpx, over the budget of {max_pixels / 1e6:g} Mpx per image; "
+                    f"{width * height / 1e6:.3g} Mpx, over the budget of {max_pixels / 1e6:.3g} Mpx per image; "
                     "downscale the image, or raise --max-pixels if it is genuine")
             factor = _draft(image, fit) if fit is not None else 1
             image.load()

@@ -183,7 +183,7 @@ def build_datasets(run: RunConfig, with_val: bool = True) -> tuple[CocoDetection
     if not data.train_ann or not data.train_images:
         raise ConfigError("no training data: pass --train-ann FILE.json and --train-images DIR "
                           "(or data.train_ann=... data.train_images=... / a data: section in the --config YAML)")
-    train_set = CocoDetection(data.train_ann, data.train_images, max_boxes=train.max_boxes,
+    train_set = CocoDetection(data.train_ann, data.train_images, max_boxes=train.max_boxes, max_pixels=data.max_pixels,
                               transform=train_transform(size, train.scale_range, hflip_prob=train.hflip,
                                                         photometric=train.photometric))
     val_set = None
@@ -191,7 +191,7 @@ def build_datasets(run: RunConfig, with_val: bool = True) -> tuple[CocoDetection
         if not (data.val_ann and data.val_images):
             raise ConfigError("validation needs both --val-ann and --val-images (or neither)")
         val_set = CocoDetection(data.val_ann, data.val_images, transform=eval_transform(size),
-                                max_boxes=train.max_boxes)
+                                max_boxes=train.max_boxes, max_pixels=data.max_pixels)
         if val_set.category_ids != train_set.category_ids:
             raise DatasetError(
                 f"{data.val_ann} has category ids {val_set.category_ids} but {data.train_ann} has "

@@ -112,12 +112,16 @@ TRAIN_RECIPES: dict[str, TrainConfig] = {
 
 @dataclass(frozen=True)
 class DataConfig:
-    """COCO-format training and validation data: annotation JSON files and image folders."""
+    """COCO-format training and validation data: annotation JSON files and image folders.
+
+    ``max_pixels``: an image whose file claims more pixels is skipped as unreadable, before decoding
+    (:data:`effdet.data.images.DEFAULT_MAX_PIXELS`; ``--max-pixels``)."""
 
     train_ann: str | None = None
     train_images: str | None = None
     val_ann: str | None = None
     val_images: str | None = None
+    max_pixels: int = 50_000_000
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

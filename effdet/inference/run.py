@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from effdet.config import resolve
 from effdet.data.coco import MAX_ANNOTATION_BYTES
-from effdet.data.images import (IMAGE_EXTENSIONS, OUTPUT_MARKER, ImageReadError, find_images, glob_base,
-                                read_image)
+from effdet.data.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, OUTPUT_MARKER, ImageReadError, find_images,
+                                glob_base, read_image)
 from effdet.data.results import detections_to_coco, write_results
 from effdet.fileio import (ReadError, atomic_write, check_output_file, check_output_folder,
                            check_output_spares_inputs, read_text_bounded)
@@ -261,13 +261,15 @@ class InferencePlan:
     slice: int | None = None
     slice_overlap: float = 0.2
     max_tiles: int = MAX_TILES
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    """Images whose file claims more pixels are skipped as unreadable, before decoding."""
 
 
 def prepare_inference(sources: Sequence[str | Path], output_dir: str | Path | None = "runs/predict",
                       json_path: str | Path | None = None, ann_file: str | Path | None = None,
                       frames_dir: str | Path | None = None, slice: int | None = None, slice_overlap: float = 0.2,
-                      max_tiles: int = MAX_TILES, inputs: Iterable[tuple[str, str | Path | None]] = ()
-                      ) -> InferencePlan:
+                      max_tiles: int = MAX_TILES, inputs: Iterable[tuple[str, str | Path | None]] = (),
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> InferencePlan:
     """Find the sources' images and videos and check every output against every input, before a
     model is loaded (see :func:`run_inference` for the arguments; ``inputs``: further input files
     as ``(flag, path)``, e.g. ``("--weights", ...)``, that no output may replace).
@@ -295,7 +297,8 @@ def prepare_inference(sources: Sequence[str | Path], output_dir: str | Path | No
     frame_files = [frames_dir / name.with_suffix(".jsonl") for name in video_names] if frames_dir is not None else []
     plan = InferencePlan(paths, names, picture_names(names), [], videos, video_names, frame_files,
                          Path(output_dir) if output_dir is not None else None, frames_dir,
-                         Path(json_path) if json_path is not None else None, slice, slice_overlap, max_tiles)
+                         Path(json_path) if json_path is not None else None, slice, slice_overlap, max_tiles,
+                         max_pixels)
     named = [*inputs, ("--ann", ann_file)]
     folders = [(f"source folder {source}" if Path(source).is_dir() else f"pattern {source}",
                 Path(source) if Path(source).is_dir() else glob_base(str(source)))
@@ -383,7 +386,8 @@ def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_di
                   json_path: str | Path | None = None, ann_file: str | Path | None = None,
                   progress: bool = True, frames_dir: str | Path | None = None, slice: int | None = None,
                   slice_overlap: float = 0.2, max_frames: int | None = None, max_tiles: int = MAX_TILES,
-                  inputs: Iterable[tuple[str, str | Path | None]] = ()) -> InferenceSummary:
+                  inputs: Iterable[tuple[str, str | Path | None]] = (),
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> InferenceSummary:
     """Detect objects in every image and video of ``sources`` and write the outputs:
     :func:`prepare_inference` then :func:`run_plan`.
 
@@ -411,6 +415,8 @@ def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_di
         max_tiles: the most tiles sliced inference cuts one image or frame into.
         inputs: further input files, ``(flag, path)``, that no output may replace (the weights,
             the class-names file).
+        max_pixels: an image whose file claims more pixels (width x height) is skipped as
+            unreadable before it is decoded (:func:`effdet.data.images.read_image`; None: no budget).
 
     Unreadable files (images, videos that cannot be opened) are skipped with a warning and listed
     in the summary; undecodable frames are skipped and counted. When nothing at all could be read,
@@ -420,7 +426,7 @@ def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_di
     it does not read the annotated copies back as input.
     """
     plan = prepare_inference(sources, output_dir, json_path, ann_file, frames_dir, slice, slice_overlap, max_tiles,
-                             inputs)
+                             inputs, max_pixels)
     return run_plan(predictor, plan, progress, max_frames)
 
 
@@ -503,7 +509,7 @@ def _predict_images(predictor: Predictor, detect: Callable[[list[Any]], list[dic
         batch = []
         for index in range(start, min(start + predictor.batch_size, len(paths))):
             try:
-                batch.append((index, read_image(paths[index])))
+                batch.append((index, read_image(paths[index], plan.max_pixels)))
             except ImageReadError as error:
                 warnings.warn(f"skipped: {error}", stacklevel=2)
                 summary.skipped.append(str(error))
