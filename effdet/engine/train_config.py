@@ -277,7 +277,8 @@ def load_run_config(source: str | Path | Mapping[str, Any] | None = None,
         data = dict(source)
         stored = data.get("model") or {}
         if not isinstance(stored, Mapping):
-            raise ConfigError(f"stored run config: model: must be a mapping of config keys, got {type(stored).__name__}")
+            raise ConfigError(f"stored run config: model: must be a mapping of config keys, "
+                              f"got {type(stored).__name__}")
         stored = dict(stored)
         recipe_weights = stored.pop(RECIPE_WEIGHTS_KEY, None)
         model = from_dict(stored, source="stored run config")
