@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from effdet.data.images import ImageReadError, find_images, read_image
+from effdet.data.images import ImageReadError, find_images, read_image_reduced
 from effdet.data.letterbox import letterbox
 from effdet.export.onnx import (ExportCheck, ExportError, NetworkGraph, example_input, export_onnx, graph_metadata,
                                 verify_network)
@@ -83,7 +83,7 @@ def calibration_images(sources: Sequence[str | Path], image_size: tuple[int, int
     arrays, bad = [], []
     for path in tqdm(paths, desc="calibration images", unit="img", disable=not progress):
         try:
-            boxed, _ = letterbox(read_image(path), image_size)
+            boxed, _ = letterbox(read_image_reduced(path, image_size)[0], image_size)  # large JPEGs at 1/2-1/8
         except ImageReadError:
             bad.append(path)
             continue
