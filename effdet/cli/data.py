@@ -10,6 +10,7 @@ settings (:mod:`effdet.engine.anchor_fit`).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -152,8 +153,7 @@ def split(args: argparse.Namespace) -> int:
 
 def anchors(args: argparse.Namespace) -> int:
     """``effdet data anchors``: the anchors' fit to the boxes of ``args.annotations`` and a better one."""
-    from effdet.engine.anchor_fit import (format_override, format_report, load_box_sizes,  # noqa: PLC0415 (torch:
-                                          suggest_anchors, write_suggestion)               # only this task)
+    fit = importlib.import_module("effdet.engine.anchor_fit")  # loaded on use, as main loads a job: PyTorch
     annotations = args.annotations
     overrides = parse_overrides(args.overrides)
     if args.image_size is not None:
@@ -164,13 +164,13 @@ def anchors(args: argparse.Namespace) -> int:
     if args.output:
         check_output_file(args.output, "--output")
         check_output_spares_inputs(args.output, "--output", [("ANN", annotations), ("--config", args.config)])
-    boxes = load_box_sizes(annotations, cfg.image_size)
-    result = suggest_anchors(boxes.wh, cfg, progress=sys.stderr.isatty())
+    boxes = fit.load_box_sizes(annotations, cfg.image_size)
+    result = fit.suggest_anchors(boxes.wh, cfg, progress=sys.stderr.isatty())
     assumed = {k: v for k, v in split_overrides(overrides)["model"].items() if k not in ("anchor_scale", "aspect_ratios")}
-    train_overrides = [format_override(f"model.{k}", v) for k, v in assumed.items()]
-    train_overrides += [format_override(k, v) for k, v in result.suggested.overrides().items()]
+    train_overrides = [fit.format_override(f"model.{k}", v) for k, v in assumed.items()]
+    train_overrides += [fit.format_override(k, v) for k, v in result.suggested.overrides().items()]
     train_source = f"--config {args.config}" if args.config else f"--model {args.model or 'efficientdet_d0'}"
-    print("\n".join(format_report(annotations, boxes, cfg.image_size, result, train_overrides, train_source)))
+    print("\n".join(fit.format_report(annotations, boxes, cfg.image_size, result, train_overrides, train_source)))
     if args.output:
-        print(f"wrote {write_suggestion(args.output, result, assumed, args.command_line)}")
+        print(f"wrote {fit.write_suggestion(args.output, result, assumed, args.command_line)}")
     return 0
