@@ -281,6 +281,16 @@ def test_class_names_files(tmp_path: Path) -> None:
         assert str(error.value) == message
 
 
+def test_data_yaml_with_aliases_is_refused(tmp_path: Path) -> None:
+    """A YOLO data.yaml goes through the recipes' alias-free YAML reader: a few nested aliases
+    would expand to gigabytes."""
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nnames: [*b, *b]\n"
+    (tmp_path / "data.yaml").write_text(bomb)
+    with pytest.raises(DatasetError) as error:
+        read_class_names(tmp_path / "data.yaml")
+    assert str(error.value).startswith(f"{tmp_path / 'data.yaml'}, line 2: YAML aliases (*name) are not accepted")
+
+
 def test_coco_to_yolo_leaves_out_crowd_and_clips() -> None:
     coco = {"images": [{"id": 5, "file_name": "a/b.jpg", "width": 100, "height": 50}],
             "categories": [{"id": 9, "name": "z"}, {"id": 2, "name": "y"}],

@@ -29,10 +29,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 from xml.parsers import expat
 
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from effdet.config import ConfigError, load_yaml_text
 from effdet.data.coco import EDGE_TOLERANCE, CocoDetection, DatasetError, check_class_name, load_annotation_json
 from effdet.data.images import ImageReadError, find_images
 from effdet.fileio import ReadError, atomic_write, read_text_bounded
@@ -126,11 +126,9 @@ def _read_text(path: Path, what: str) -> str:
 
 def _names_from_yaml(path: Path, text: str) -> list[str]:
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise DatasetError(f"{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+        data = load_yaml_text(text, str(path))  # no aliases: a few nested ones expand to gigabytes
+    except ConfigError as error:
+        raise DatasetError(str(error)) from None
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict):
         if sorted(names) != list(range(len(names))):
