@@ -21,6 +21,8 @@ from effdet import create_model
 from effdet.cli.main import main as effdet
 from effdet.data import make_synthetic_coco
 from effdet.inference.slicing import MAX_TILES, TileLimitError, check_tile_count, sliced_predict, tile_boxes, tile_count
+from effdet.inference.run import video_output_names
+from effdet.inference.video import split_sources
 from effdet.weights.checkpoint import save_checkpoint
 from tests.test_infer import NAMES, weights  # noqa: F401  (fixture: a tiny random checkpoint, classes NAMES)
 
@@ -173,6 +175,19 @@ def test_inputs_with_one_output_name_get_distinct_copies(weights: Path, tmp_path
     assert "4 image(s)" in capsys.readouterr().out
     assert sorted(p.name for p in out.glob("*") if p.is_file() and not p.name.startswith(".")) == \
         ["a.dat.png", "a.jpg", "a.png", "a_1.jpg"]
+
+
+def test_videos_and_cameras_of_one_name_get_distinct_outputs(tmp_path: Path) -> None:
+    """clip.mp4, clip.avi, sub/clip.mp4 given as files, camera 0 and a file camera0.mp4: one
+    annotated video and one JSON lines file each."""
+    for rel in ("clip.mp4", "clip.avi", "sub/clip.mp4", "camera0.mp4"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    sources = [str(tmp_path / r) for r in ("clip.mp4", "clip.avi", "sub/clip.mp4", "camera0.mp4")] + ["0"]
+    _, videos = split_sources(sources)
+    names = video_output_names(videos, sources, ".mp4")
+    assert len(names) == 5 and len({n.as_posix() for n in names}) == 5
+    assert len({n.with_suffix(".jsonl").as_posix() for n in names}) == 5
 
 
 # ------------------------------------------------------------------ item 11: glob through a link loop
