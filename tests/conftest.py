@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Jobs started by the tests (in-process or as subprocesses) run on a fixed thread count, never on
+# the one a busy machine would leave them: the busy-CPU note would otherwise come before the one
+# line a failing job prints, and tests of that line would depend on the load of the machine.
+# tests/test_runtime.py clears it where the note itself is tested.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
