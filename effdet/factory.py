@@ -19,8 +19,8 @@ from tqdm import tqdm
 from effdet.config import EfficientDetConfig, from_dict, resolve
 from effdet.modeling.classifier import EfficientNet
 from effdet.modeling.efficientdet import EfficientDet, build_model
-from effdet.weights.checkpoint import (CheckpointError, check_project_checkpoint, is_project_checkpoint, load_weights,
-                                      read_checkpoint)
+from effdet.weights.checkpoint import (CheckpointError, check_finite_weights, check_project_checkpoint,
+                                      is_project_checkpoint, load_weights, read_checkpoint)
 from effdet.weights.reference import (COCO90_CATEGORY_IDS, COCO90_CLASS_NAMES, convert_reference_checkpoint,
                                       is_reference_weights_name, reference_config, reference_state_dict,
                                       reference_weights_file)
@@ -94,6 +94,12 @@ def load_model(path: str | Path, model: str | Path | EfficientDetConfig | None =
     re-initialises the class predictor (fine-tuning). ``info`` holds ``class_names``,
     ``category_ids`` and ``config`` (an :class:`EfficientDetConfig`). With ``ema`` the EMA
     weights are used when the checkpoint has them.
+
+    Raises:
+        CheckpointError: the file is unreadable, malformed or does not fit the model, or the
+            weights built hold NaN or infinite values (:func:`~effdet.weights.checkpoint.check_finite_weights`:
+            every user of a checkpoint, from ``Predictor.from_checkpoint`` to export and fine-tuning,
+            loads it here).
     """
     if is_reference_weights_name(path):
         model = model if model is not None else path
@@ -128,6 +134,7 @@ def load_model(path: str | Path, model: str | Path | EfficientDetConfig | None =
     same_classes = cfg.num_classes == saved_classes
     net = build_model(cfg)
     load_weights(net, state, source=source, reinit_class_head=not same_classes)
+    check_finite_weights(net.state_dict(), path)
     info = dict(config=cfg, class_names=names if same_classes else None,
                 category_ids=ids if same_classes else None)
     return net.to(device).eval(), info

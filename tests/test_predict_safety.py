@@ -241,22 +241,53 @@ def test_predict_refuses_too_many_tiles_before_loading_the_model(weights: Path, 
 
 # ------------------------------------------------------------------ item 18: non-finite weights
 
-def test_nan_weights_are_refused_by_predict_and_val(data, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.fixture
+def nan_checkpoint(tmp_path: Path) -> Path:
+    """A tiny 3-class checkpoint with NaN and infinite values in 2 tensors (saved after divergence)."""
     torch.manual_seed(0)
     model = create_model("efficientdet_d0", num_classes=3, image_size=128, fpn_channels=16, fpn_cells=1,
                          head_repeats=1)
     with torch.no_grad():
         model.class_net.predict.conv_pw.weight.fill_(float("nan"))
         model.box_net.predict.conv_pw.bias[0] = float("inf")
-    ckpt = save_checkpoint(tmp_path / "nan.pt", model, model.config, class_names=["a", "b", "c"])
+    return save_checkpoint(tmp_path / "nan.pt", model, model.config, class_names=["a", "b", "c"])
+
+
+def test_nan_weights_are_refused_by_predict_and_val(data, nan_checkpoint: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    ckpt = nan_checkpoint
     image = sorted(Path(data.val_images).glob("*.jpg"))[0]
     assert effdet(["predict", "--weights", str(ckpt), str(image), "--json", str(tmp_path / "d.json"),
                    "--output", str(tmp_path / "out"), "--quiet", "--threads", "1"]) == 2
     line = error_line(capsys, "predict")
-    assert f"--weights {ckpt} holds NaN or infinite values in 2 of" in line
+    assert f"checkpoint {ckpt}: 2 of " in line and "tensors are not finite" in line, line
     assert not (tmp_path / "d.json").exists()
     assert effdet(["val", "--weights", str(ckpt), "--ann", str(data.val_annotations), "--images",
                    str(data.val_images), "--output-json", str(tmp_path / "m.json"), "--quiet", "--workers", "0",
                    "--threads", "1"]) == 2
-    assert f"--weights {ckpt} holds NaN or infinite values in 2 of" in error_line(capsys, "val")
+    line = error_line(capsys, "val")
+    assert f"checkpoint {ckpt}: 2 of " in line and "tensors are not finite" in line, line
     assert not (tmp_path / "m.json").exists()
+
+
+def test_nan_weights_are_refused_wherever_a_checkpoint_is_loaded(data, nan_checkpoint: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """One check in effdet.factory.load_model: the Python API, export and fine-tuning refuse it too."""
+    from effdet.inference.predictor import Predictor
+    from effdet.weights.checkpoint import CheckpointError
+
+    ckpt = nan_checkpoint
+    with pytest.raises(CheckpointError, match=r"2 of \d+ tensors are not finite"):
+        Predictor.from_checkpoint(ckpt)
+    assert effdet(["export", "--weights", str(ckpt), "--output", str(tmp_path / "m.onnx"), "--threads", "1"]) == 2
+    line = error_line(capsys, "export")  # refused before anything needs onnx
+    assert f"checkpoint {ckpt}: 2 of " in line and "tensors are not finite" in line, line
+    assert not (tmp_path / "m.onnx").exists()
+    assert effdet(["train", "--weights", str(ckpt), "--model", "efficientdet_d0", "--backbone-weights", "none",
+                   "--train-ann", str(data.train_annotations), "--train-images", str(data.train_images),
+                   "--output", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "1", "--image-size", "128",
+                   "--workers", "0", "--no-progress", "--threads", "1", "fpn_channels=16", "fpn_cells=1",
+                   "head_repeats=1"]) == 2
+    line = error_line(capsys, "train")  # the box predictor's NaN (the class head is re-initialised for the data)
+    assert f"checkpoint {ckpt}: 1 of " in line and "tensors are not finite" in line, line
+    assert not (tmp_path / "run" / "last.pt").exists()

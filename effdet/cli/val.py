@@ -23,7 +23,7 @@ from effdet.engine.plots import write_eval_plots
 from effdet.inference.backends import ExportedNetwork, load_network
 from effdet.data.images import IMAGE_EXTENSIONS
 from effdet.fileio import check_output_file, check_output_spares_inputs
-from effdet.inference.run import InferenceError, check_finite_weights, check_weights_path
+from effdet.inference.run import InferenceError, check_weights_path
 
 
 def default_output(args: argparse.Namespace) -> Path:
@@ -53,7 +53,6 @@ def evaluate_weights(args: argparse.Namespace, details: dict[str, Any], dataset:
         torch.backends.cudnn.deterministic = True
     model, info = load_network(args.weights, model=args.model, device=device, backend=args.backend,
                                image_size=args.image_size)
-    check_finite_weights(model, args.weights)
     size = model.config.image_size
     if args.image_size:
         size = resolve(model.config, image_size=args.image_size).image_size

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -109,7 +108,6 @@ def load_predictor(weights: str | Path, model: str | None = None, class_names: s
             in OpenVINO), ``torch``, ``onnxruntime`` or ``openvino`` (:mod:`effdet.inference.backends`).
     """
     net, info = load_network(weights, model=model, device=device, backend=backend, image_size=image_size)
-    check_finite_weights(net, weights)
     cfg = net.config
     size = resolve(cfg, image_size=image_size).image_size if image_size is not None else cfg.image_size
     names = info.get("class_names")
@@ -227,18 +225,6 @@ def check_weights_path(weights: str | Path) -> None:
     with it) or the name of released reference weights; raises :class:`InferenceError`."""
     if not is_reference_weights_name(str(weights)) and not Path(weights).exists():
         raise InferenceError(f"--weights {weights} does not exist (check the path)")
-
-
-def check_finite_weights(network: torch.nn.Module, weights: str | Path) -> None:
-    """Refuse a network with NaN or infinite weights (a checkpoint saved after training diverged):
-    it would predict nothing and the run would look like one on empty images. Raises
-    :class:`InferenceError` naming ``weights`` and how many tensors are not finite."""
-    tensors = [(name, t) for name, t in network.state_dict().items() if t.is_floating_point()]
-    bad = [name for name, t in tensors if not bool(torch.isfinite(t).all())]
-    if bad:
-        raise InferenceError(f"--weights {weights} holds NaN or infinite values in {len(bad)} of {len(tensors)} "
-                             f"tensors (e.g. {bad[0]}); the model would detect nothing. Use a checkpoint from "
-                             "before training diverged (e.g. an earlier epoch's)")
 
 
 @dataclass

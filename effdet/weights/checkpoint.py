@@ -125,6 +125,26 @@ def check_project_checkpoint(obj: Mapping[str, Any], num_classes: int, path: str
             fail(field, f"lists {len(value)} entries for a model of {num_classes} classes")
 
 
+def check_finite_weights(state_dict: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse weights holding NaN or infinite values (a checkpoint saved after training diverged):
+    such a model detects nothing, and a run with it would look like one on empty images.
+
+    Args:
+        state_dict: the weights a model was built with (its ``state_dict()``: parameters and buffers).
+        path: the checkpoint they came from, named in the message.
+
+    Raises:
+        CheckpointError: ``"{path}: N of M tensors are not finite ..."``, M counting the
+            floating-point tensors.
+    """
+    tensors = [(name, t) for name, t in state_dict.items() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    bad = [name for name, t in tensors if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: {len(bad)} of {len(tensors)} tensors are not finite (NaN or "
+                              f"infinite values, e.g. {bad[0]}); the model would detect nothing. Use a checkpoint "
+                              "from before training diverged (e.g. an earlier epoch's)")
+
+
 def _class_count(state_dict: Mapping[str, torch.Tensor], num_anchors: int) -> int | None:
     w = state_dict.get(CLASS_PREDICTOR_PREFIX + "conv_pw.weight")
     return None if w is None else int(w.shape[0]) // num_anchors
