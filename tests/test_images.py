@@ -177,17 +177,18 @@ def test_large_jpeg_decodes_reduced_for_a_small_network_input(tmp_path):
     pixels = np.zeros((1000, 2000, 3), dtype=np.uint8)
     pixels[:, :1000] = (200, 40, 90)
     Image.fromarray(pixels).save(tmp_path / "big.jpg", quality=95)
-    reduced, factor = read_image_reduced(tmp_path / "big.jpg", (256, 256))  # content 128 x 256: 1/4 leaves 250 x 500
-    assert factor == 4 and reduced.shape == (250, 500, 3)
+    read = read_image_reduced(tmp_path / "big.jpg", (256, 256))  # content 128 x 256: 1/4 leaves 250 x 500
+    reduced, factor = read.pixels, read.factor
+    assert factor == 4 and reduced.shape == (250, 500, 3) and read.size == (1000, 2000)
     np.testing.assert_allclose(reduced[100, 100], (200, 40, 90), atol=8)  # x * factor: the same place
     assert reduced[100, 400].max() < 10
-    whole, factor = read_image_reduced(tmp_path / "big.jpg", (1024, 1024))  # content 512 x 1024: more than half
-    assert factor == 1 and whole.shape == (1000, 2000, 3)
+    read = read_image_reduced(tmp_path / "big.jpg", (1024, 1024))  # content 512 x 1024: more than half
+    assert read.factor == 1 and read.pixels.shape == (1000, 2000, 3) and read.size == (1000, 2000)
     Image.fromarray(pixels).save(tmp_path / "big.png")  # not a JPEG: read whole
-    assert read_image_reduced(tmp_path / "big.png", (256, 256))[1] == 1
+    assert read_image_reduced(tmp_path / "big.png", (256, 256)).factor == 1
     image = Image.fromarray(pixels)
     exif = image.getexif()
     exif[0x0112] = 6  # shown rotated: 2000 x 1000 (h x w)
     image.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
-    reduced, factor = read_image_reduced(tmp_path / "rotated.jpg", (256, 128))  # content 256 x 128: 1/4 is 500 x 250
-    assert factor == 4 and reduced.shape == (500, 250, 3)
+    read = read_image_reduced(tmp_path / "rotated.jpg", (256, 128))  # content 256 x 128: 1/4 is 500 x 250
+    assert read.factor == 4 and read.pixels.shape == (500, 250, 3) and read.size == (2000, 1000)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from effdet.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from effdet.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image, read_image_reduced
 from effdet.fileio import ReadError, read_text_bounded
 
 if TYPE_CHECKING:
@@ -36,7 +36,13 @@ if TYPE_CHECKING:
 
 Transform = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple]
 """``(image HxWx3 uint8, boxes Nx4 float32 xyxy, labels N int64, iscrowd N bool)
--> (image, boxes, labels, iscrowd, scale: float)``, e.g. ``effdet.data.transforms``."""
+-> (image, boxes, labels, iscrowd, scale: float)``, e.g. ``effdet.data.transforms``.
+
+A transform with a ``decode_size`` attribute, (out_h, out_w) (``EvalTransform``), declares that it
+only letterboxes into that frame: the dataset then decodes large JPEGs reduced
+(:func:`effdet.data.images.read_image_reduced`), hands it the reduced image and boxes, and divides
+the ``scale`` it returns by the reduction factor, so ``scale`` still maps original pixels to the
+transformed image."""
 
 
 class DatasetError(ValueError):
@@ -66,8 +72,9 @@ class CocoDetection:  # a map-style dataset for torch's DataLoader, defined with
             labels    N int64 in 0..num_classes-1
             iscrowd   N bool; crowd regions are kept for the loss to ignore
             image_id  int, the dataset's image id
-            scale     float, resize factor from the original image to ``image``
-            orig_size (h, w) ints, the original image size
+            scale     float, resize factor from the original image to ``image`` (also when a
+                      large JPEG was decoded reduced for an ``eval_transform``, see ``Transform``)
+            orig_size (h, w) ints, the original image size (the annotation file's)
             file_name str, relative to ``image_dir``
     """
 
@@ -130,12 +137,17 @@ class CocoDetection:  # a map-style dataset for torch's DataLoader, defined with
         file_name = str(self._file_names[index])
         path = self.image_dir / file_name
         image_id = int(self._image_ids[index])
+        decode_size = getattr(self.transform, "decode_size", None)
         try:
-            image = read_image(path, self.max_pixels)
+            if decode_size is not None:
+                read = read_image_reduced(path, decode_size, self.max_pixels)
+                image, factor, orig_size = read.pixels, read.factor, read.size
+            else:
+                image, factor = read_image(path, self.max_pixels), 1
+                orig_size = (int(image.shape[0]), int(image.shape[1]))
         except ImageReadError as error:
             warnings.warn(f"skipping image id {image_id}: {error}", stacklevel=2)
             return None
-        orig_size = (int(image.shape[0]), int(image.shape[1]))
         expected = (int(self._sizes[index, 0]), int(self._sizes[index, 1]))
         if orig_size != expected:
             warnings.warn(
@@ -152,7 +164,10 @@ class CocoDetection:  # a map-style dataset for torch's DataLoader, defined with
         iscrowd = self._iscrowd[start:stop].copy()
         scale = 1.0
         if self.transform is not None:
+            if factor != 1:  # boxes into the reduced image's pixels; scale back from original pixels
+                boxes = boxes / np.float32(factor)
             image, boxes, labels, iscrowd, scale = self.transform(image, boxes, labels, iscrowd)
+            scale = scale / factor
         keep = slice(0, self.max_boxes)
         target = {
             "boxes": torch.from_numpy(np.asarray(boxes[keep], dtype=np.float32).reshape(-1, 4)),

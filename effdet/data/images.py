@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -66,14 +67,35 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     return _decode(path, max_pixels, None)[0]
 
 
+@dataclass(frozen=True)
+class ReducedImage:
+    """An image decoded at ``1 / factor`` of its resolution (:func:`read_image_reduced`).
+
+    ``pixels`` is an h x w x 3 uint8 RGB array (after EXIF rotation) with ``h = ceil(H / factor)``,
+    ``w = ceil(W / factor)`` for the full image's ``size = (H, W)`` (after EXIF rotation, as
+    :func:`read_image` would return it). A point (x, y) in ``pixels`` is (x * factor, y * factor) in
+    the full image: a letterbox scale ``s`` of ``pixels`` is ``s / factor`` of the full image, and
+    boxes map back to full-image pixels as ``xyxy * factor`` (then clipped to ``size``: the last
+    reduced row and column may reach up to ``factor - 1`` pixels past the image).
+    """
+
+    pixels: np.ndarray
+    factor: int
+    """1, 2, 4 or 8."""
+    size: tuple[int, int]
+    """(H, W) of the full image in pixels."""
+
+
 def read_image_reduced(path: str | Path, size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS
-                       ) -> tuple[np.ndarray, int]:
+                       ) -> ReducedImage:
     """Read an image as :func:`read_image` does, a JPEG at a reduced resolution where it is larger than needed.
 
     A JPEG whose letterboxed content in a ``size`` frame would be at most half its resolution
     is decoded by libjpeg at 1/2, 1/4 or 1/8 (the largest factor that still leaves at least the
     letterboxed content size, so the letterbox still scales down): less memory and time, about
-    the same network input. Other formats, and JPEGs that are not that large, are read whole.
+    the same network input. Other formats, and JPEGs that are not that large, are read whole
+    (factor 1). For callers that need only the letterboxed network input and map boxes back to
+    the full image (evaluation, prediction without drawings, int8 calibration).
 
     Args:
         path: image file.
@@ -81,18 +103,18 @@ def read_image_reduced(path: str | Path, size: tuple[int, int], max_pixels: int 
         max_pixels: budget on the file's full size, as in :func:`read_image`.
 
     Returns:
-        (pixels, factor): ``pixels`` is an h x w x 3 uint8 RGB array (after EXIF rotation) with
-        ``h = ceil(H / factor)``, ``w = ceil(W / factor)`` for the file's H x W; ``factor`` is 1,
-        2, 4 or 8. A point (x, y) in ``pixels`` is (x * factor, y * factor) in the original image,
-        so boxes found in ``pixels`` map to original pixels multiplied by ``factor``.
+        :class:`ReducedImage`: the pixels, the reduction factor and the full image's (H, W).
 
     Raises:
         ImageReadError: as :func:`read_image`.
     """
-    return _decode(path, max_pixels, (int(size[0]), int(size[1])))
+    pixels, factor, full = _decode(path, max_pixels, (int(size[0]), int(size[1])))
+    return ReducedImage(pixels, factor, full)
 
 
-def _decode(path: str | Path, max_pixels: int | None, fit: tuple[int, int] | None) -> tuple[np.ndarray, int]:
+def _decode(path: str | Path, max_pixels: int | None, fit: tuple[int, int] | None
+            ) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """(pixels, reduction factor, (H, W) of the full image after EXIF rotation)."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, f"image file {path} does not exist (or is not a file); check the path")
@@ -108,10 +130,12 @@ def _decode(path: str | Path, max_pixels: int | None, fit: tuple[int, int] | Non
                     path, f"refusing to decode {path}: its header claims {width} x {height} = "
                     f"{width * height / 1e6:.3g} Mpx, over the budget of {max_pixels / 1e6:.3g} Mpx per image; "
                     "downscale the image, or raise --max-pixels if it is genuine")
-            factor = _draft(image, fit) if fit is not None else 1
+            turned = image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)  # shown rotated by 90 degrees
+            full = (width, height) if turned else (height, width)
+            factor = _draft(image, fit, turned) if fit is not None else 1
             image.load()
             upright = ImageOps.exif_transpose(image)
-            return to_rgb_array(upright), factor
+            return to_rgb_array(upright), factor, full
     except ImageReadError:
         raise
     except Image.DecompressionBombError as error:
@@ -130,12 +154,13 @@ def _decode(path: str | Path, max_pixels: int | None, fit: tuple[int, int] | Non
         ) from None
 
 
-def _draft(image: Image.Image, fit: tuple[int, int]) -> int:
-    """Set up a JPEG to decode reduced for a letterbox frame ``fit`` (h, w); returns the factor (1 if none)."""
+def _draft(image: Image.Image, fit: tuple[int, int], turned: bool) -> int:
+    """Set up a JPEG to decode reduced for a letterbox frame ``fit`` (h, w), shown ``turned`` by 90
+    degrees (EXIF); returns the factor (1 if none)."""
     if image.format != "JPEG":
         return 1
     width, height = image.size
-    if image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):  # shown rotated by 90 degrees
+    if turned:
         fit = (fit[1], fit[0])
     scale = min(fit[0] / height, fit[1] / width)
     if scale >= 0.5:

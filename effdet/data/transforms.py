@@ -8,7 +8,8 @@ Both transforms are callables ``(image, boxes, labels, iscrowd) -> TransformResu
 and return the image at exactly ``image_size`` (out_h, out_w) with boxes in its pixels.
 
 * ``eval_transform`` is ``effdet.data.letterbox.letterbox`` plus boxes times scale: the same
-  numbers as the prediction path.
+  numbers as the prediction path. Its ``decode_size`` lets ``CocoDetection`` decode large JPEGs
+  reduced for it (``effdet.data.images.read_image_reduced``).
 * ``train_transform`` is the official EfficientDet scale jitter: scale so the image
   letterboxes to ``image_size * f`` with f ~ U(scale_range), random crop / pad (bottom-right,
   ``PAD_VALUE``) to ``image_size``, horizontal flip, optional photometric jitter of the
@@ -57,6 +58,12 @@ class EvalTransform:
 
     def __init__(self, image_size: tuple[int, int]) -> None:
         self.image_size = (int(image_size[0]), int(image_size[1]))
+
+    @property
+    def decode_size(self) -> tuple[int, int]:
+        """(out_h, out_w): only a letterbox into this frame is needed, so a dataset may decode a
+        large JPEG reduced (``CocoDetection``, see ``effdet.data.coco.Transform``)."""
+        return self.image_size
 
     def __call__(
         self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray

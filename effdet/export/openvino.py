@@ -83,7 +83,7 @@ def calibration_images(sources: Sequence[str | Path], image_size: tuple[int, int
     arrays, bad = [], []
     for path in tqdm(paths, desc="calibration images", unit="img", disable=not progress):
         try:
-            boxed, _ = letterbox(read_image_reduced(path, image_size)[0], image_size)  # large JPEGs at 1/2-1/8
+            boxed, _ = letterbox(read_image_reduced(path, image_size).pixels, image_size)  # large JPEGs at 1/2-1/8
         except ImageReadError:
             bad.append(path)
             continue

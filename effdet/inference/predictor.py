@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from effdet.config import IMAGENET_MEAN, IMAGENET_STD
-from effdet.data.images import read_image
+from effdet.data.images import ReducedImage, read_image_reduced
 from effdet.data.letterbox import content_size, letterbox, normalize, to_rgb_array
 from effdet.factory import load_model
 from effdet.modeling.efficientdet import EfficientDet
 from effdet.modeling.postprocess import PostprocessSettings, postprocess
 
-ImageLike = Any  # path | PIL.Image.Image | np.ndarray (H x W x 3 uint8) | torch.Tensor (3 x H x W)
+ImageLike = Any  # path | PIL.Image.Image | np.ndarray (H x W x 3 uint8) | torch.Tensor (3 x H x W) | ReducedImage
 
 
 def optimize_for_inference(model: EfficientDet, image_size: tuple[int, int] | int | None = None,
@@ -122,7 +122,9 @@ class Predictor:
     """Detect objects in images with an :class:`EfficientDet`.
 
     ``predictor(images)`` takes one image or a list (file paths, PIL images, H x W x 3 uint8
-    arrays, or 3 x H x W tensors, uint8 or float in 0..1), letterboxes each to the model's input
+    arrays, 3 x H x W tensors, uint8 or float in 0..1, or :class:`~effdet.data.images.ReducedImage`;
+    a path is read with :func:`~effdet.data.images.read_image_reduced`, so a large JPEG is decoded
+    at 1/2-1/8 of its resolution and its boxes still come out in its full pixels), letterboxes each to the model's input
     size (keep aspect ratio, pad bottom/right), normalises, runs the network in batches of
     ``batch_size``, decodes boxes, applies per-class NMS (or soft-NMS) and returns, per image, a
     dict with ``boxes`` (K, 4) float32 xyxy in that image's pixels, ``scores`` (K,), ``labels``
@@ -190,11 +192,17 @@ class Predictor:
         """Letterbox a list of images: (N x 3 x H x W uint8 batch, (N,) scales, (N, 2) valid h, w)."""
         arrays, scales, valid = [], [], []
         for image in images:
-            rgb = read_image(image) if isinstance(image, (str, Path)) else to_rgb_array(image)
-            boxed, scale = letterbox(rgb, self.image_size)
+            if isinstance(image, (str, Path)):
+                image = read_image_reduced(image, self.image_size)
+            if isinstance(image, ReducedImage):  # scale from the full image: boxes come out in its pixels
+                boxed, scale = letterbox(image.pixels, self.image_size)
+                scale, original = scale / image.factor, image.size
+            else:
+                rgb = to_rgb_array(image)
+                (boxed, scale), original = letterbox(rgb, self.image_size), rgb.shape[:2]
             arrays.append(boxed)
             scales.append(scale)
-            valid.append(content_size(rgb.shape[:2], scale, self.image_size))
+            valid.append(content_size(original, scale, self.image_size))
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
         return batch, torch.tensor(scales, dtype=torch.float64), torch.tensor(valid, dtype=torch.float32)
 

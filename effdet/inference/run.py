@@ -24,7 +24,7 @@ from tqdm import tqdm
 from effdet.config import resolve
 from effdet.data.coco import MAX_ANNOTATION_BYTES
 from effdet.data.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, OUTPUT_MARKER, ImageReadError, find_images,
-                                glob_base, read_image)
+                                glob_base, read_image, read_image_reduced)
 from effdet.data.results import detections_to_coco, write_results
 from effdet.fileio import (ReadError, atomic_write, check_output_file, check_output_folder,
                            check_output_spares_inputs, read_text_bounded)
@@ -385,7 +385,8 @@ def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_di
             (:func:`effdet.inference.video.split_sources`).
         output_dir: annotated copies go here, at each image's relative path (:func:`picture_names`),
             and annotated videos (``NAME.mp4``, the source's frame rate and size) beside them
-            (None: neither).
+            (None: neither; then, without ``slice``, large JPEGs are decoded at 1/2-1/8 of their
+            resolution, :func:`effdet.data.images.read_image_reduced`, boxes still in original pixels).
         json_path: COCO results JSON of the images (``image_id``, ``file_name``,
             ``category_id``, ``bbox`` xywh in original pixels, ``score``). Category ids are the
             checkpoint's dataset ids when it has them, else the class indices.
@@ -490,12 +491,16 @@ def _predict_images(predictor: Predictor, detect: Callable[[list[Any]], list[dic
         return []
     categories = predictor.category_ids or list(range(predictor.config.num_classes))
     results: list[dict[str, Any]] = []
+    # Without drawings or tiles only the network input is needed: large JPEGs are decoded at 1/2-1/8
+    # (the predictor maps their boxes to full-image pixels); drawings and tiles need every pixel.
+    reduced = summary.output_dir is None and plan.slice is None
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(paths), predictor.batch_size):
         batch = []
         for index in range(start, min(start + predictor.batch_size, len(paths))):
             try:
-                batch.append((index, read_image(paths[index], plan.max_pixels)))
+                batch.append((index, read_image_reduced(paths[index], predictor.image_size, plan.max_pixels)
+                              if reduced else read_image(paths[index], plan.max_pixels)))
             except ImageReadError as error:
                 warnings.warn(f"skipped: {error}", stacklevel=2)
                 summary.skipped.append(str(error))
