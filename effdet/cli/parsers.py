@@ -226,6 +226,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze-backbone-bn", action="store_true", default=None,
                    help="keep the backbone's BatchNorm layers in eval mode: their running statistics never "
                         "update (their weights still train unless frozen)")
+    p.add_argument("--patience", type=NON_NEGATIVE, metavar="N",
+                   help="stop early when the validation mAP has not improved for N epochs (default: 0, off)")
+    p.add_argument("--time", type=float_in(0.0, 1e6, low_open=True), metavar="HOURS",
+                   help="wall-clock budget in hours: after each epoch the number of epochs is refitted to the "
+                        "time left and the LR schedule ends with them (default: none; --epochs is then the first plan)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="recipe overrides, e.g. train.epochs=3 model.fpn_channels=48 optimizer=adamw")

@@ -26,7 +26,8 @@ FLAG_FIELDS = {"train_ann": "data.train_ann", "train_images": "data.train_images
                "val_images": "data.val_images", "epochs": "train.epochs", "batch_size": "train.batch_size",
                "lr": "train.lr", "workers": "train.workers", "seed": "train.seed", "max_pixels": "data.max_pixels",
                "image_size": "model.image_size", "backbone_weights": "model.backbone_weights", "freeze": "train.freeze", "freeze_epochs": "train.freeze_epochs",
-               "backbone_lr_mult": "train.backbone_lr_mult", "freeze_backbone_bn": "train.freeze_backbone_bn"}
+               "backbone_lr_mult": "train.backbone_lr_mult", "freeze_backbone_bn": "train.freeze_backbone_bn",
+               "patience": "train.patience", "time": "train.time"}
 
 
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -34,7 +34,12 @@ from effdet.engine.optim import load_optimizer_state
 from effdet.engine.train_config import RunConfig, load_run_config
 
 METRIC_COLUMNS = ("epoch", "step", "loss", "class_loss", "box_loss", "lr", "map", "map50", "images",
-                  "skipped_images", "images_per_s", "time_s")
+                  "skipped_images", "images_per_s", "time_s", "epochs", "stop")
+"""The fixed columns of ``metrics.csv``: ``epochs`` is the planned number of epochs (refitted each
+epoch under ``train.time``), ``stop`` says on the last row why the run ended (``epochs``,
+``patience``, ``time``). Per-class AP columns ``ap_<class name>`` follow them."""
+
+PER_CLASS_PREFIX = "ap_"
 
 
 @dataclass
@@ -42,7 +47,8 @@ class TrainState:
     """Progress counters of a run; saved in ``last.pt`` and restored on resume.
 
     ``epoch`` is the 0-based epoch in progress (or next to start) and ``step_in_epoch`` the
-    number of its batches already trained on. ``sums`` accumulates this epoch's loss totals
+    number of its batches already trained on. ``train_time_s`` counts training steps only,
+    ``run_time_s`` the whole run with evaluations and saving (what ``train.time`` budgets). ``sums`` accumulates this epoch's loss totals
     (``loss``, ``class_loss``, ``box_loss``, ``steps``, ``images``, ``skipped``) for its metrics row.
     """
 
@@ -53,6 +59,7 @@ class TrainState:
     best_map: float | None = None
     best_epoch: int | None = None
     train_time_s: float = 0.0
+    run_time_s: float = 0.0
     skipped_images: int = 0
     sums: dict[str, float] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
@@ -152,8 +159,9 @@ def _train_state_problem(state: Any) -> str | None:
         if value is not None and not (_whole(value) if name == "best_epoch" else _number(value)):
             return f"{name} must be {'a whole number >= 0' if name == 'best_epoch' else 'a number'} or None, " \
                    f"got {shown(value)}"
-    if "train_time_s" in state and not (_number(state["train_time_s"]) and state["train_time_s"] >= 0):
-        return f"train_time_s must be a number >= 0, got {shown(state['train_time_s'])}"
+    for name in ("train_time_s", "run_time_s"):
+        if name in state and not (_number(state[name]) and state[name] >= 0):
+            return f"{name} must be a number >= 0, got {shown(state[name])}"
     steps, step = state.get("steps_per_epoch", 0), state.get("step_in_epoch", 0)
     if step and not step <= steps:
         return f"step_in_epoch {step} is beyond the epoch's steps_per_epoch {steps}"
@@ -312,13 +320,16 @@ def _kind(value: Any) -> str:
 
 
 def write_metrics_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Write the per-epoch metrics rows (columns ``METRIC_COLUMNS``) to ``path`` atomically."""
+    """Write the per-epoch metrics rows (columns :data:`METRIC_COLUMNS`, then every ``ap_<class>``
+    column a row has) to ``path`` atomically."""
     path = Path(path)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    per_class = list(dict.fromkeys(k for row in rows for k in row if k.startswith(PER_CLASS_PREFIX)))
+    columns = [*METRIC_COLUMNS, *per_class]
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else _fmt(row[k])) for k in METRIC_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else _fmt(row[k])) for k in columns})
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(buf.getvalue())
     return path
@@ -330,5 +341,5 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-__all__ = ["TrainState", "METRIC_COLUMNS", "rng_states", "set_rng_states", "resume_path", "check_training_state",
+__all__ = ["TrainState", "METRIC_COLUMNS", "PER_CLASS_PREFIX", "rng_states", "set_rng_states", "resume_path", "check_training_state",
            "load_resume_optimizer", "read_training_checkpoint", "resume_run_config", "write_metrics_csv"]

@@ -116,6 +116,15 @@ def gather_to_main(ctx: DistContext, obj: Any) -> list[Any] | None:
     return out
 
 
+def broadcast_from_main(ctx: DistContext, obj: Any) -> Any:
+    """Rank 0's value of a picklable ``obj`` on every rank (decisions only rank 0 can make)."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def wrap_model(model: nn.Module, ctx: DistContext, sync_bn: bool = True) -> nn.Module:
     """DistributedDataParallel around ``model`` (already on ``ctx.device``); identity in one process.
 
@@ -132,5 +141,5 @@ def wrap_model(model: nn.Module, ctx: DistContext, sync_bn: bool = True) -> nn.M
 
 
 __all__ = ["DistContext", "resolve_device", "setup_distributed", "cleanup_distributed", "barrier",
-           "any_across_ranks", "gather_to_main", "wrap_model",
+           "any_across_ranks", "broadcast_from_main", "gather_to_main", "wrap_model",
            "PROCESS_GROUP_TIMEOUT"]

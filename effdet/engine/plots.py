@@ -1,6 +1,7 @@
 """Pictures of a run, drawn with matplotlib (Agg, no display needed) next to the run's files.
 
-* ``results.png`` (:func:`plot_results`): loss components, LR, mAP and AP50 per epoch, from ``metrics.csv``.
+* ``results.png`` (:func:`plot_results`): loss components, LR, mAP, AP50 and per-class AP per epoch,
+  from ``metrics.csv``.
 * ``labels.png`` (:func:`plot_labels`): class counts, box width / height / aspect histograms of the
   training set in network-input pixels, and how well the anchors fit those boxes
   (:func:`effdet.engine.anchor_fit.anchor_coverage`; ``effdet data anchors`` suggests better ones).
@@ -69,8 +70,10 @@ def plot_results(metrics_csv: str | Path, path: str | Path) -> Path:
     """
     with open(metrics_csv, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    fig = Figure(figsize=(12, 6.5), layout="constrained")
-    axes = fig.subplots(2, 3).ravel()
+    fig = Figure(figsize=(16, 6.5), layout="constrained")
+    axes = fig.subplots(2, 4).ravel()
+    _plot_per_class(axes[len(RESULT_PANELS)], rows)
+    axes[-1].set_visible(False)
     for ax, (key, title) in zip(axes, RESULT_PANELS):
         points = [(_float(r.get("epoch")), _float(r.get(key))) for r in rows]
         xs, ys = zip(*[(x, y) for x, y in points if x is not None and y is not None]) if any(
@@ -87,6 +90,34 @@ def plot_results(metrics_csv: str | Path, path: str | Path) -> Path:
         ax.set_title(f"{title}: {ys[-1]:.4g} at epoch {xs[-1]:g}" if xs else title, fontsize=10)
     fig.suptitle(f"{Path(metrics_csv).parent.name}: training metrics per epoch")
     return _save(fig, path)
+
+
+MAX_CLASS_CURVES = 20
+"""``results.png`` draws the per-class AP of at most this many classes (the lowest last AP first)."""
+
+
+def _plot_per_class(ax: Any, rows: Sequence[Mapping[str, str]]) -> None:
+    """Per-class validation AP@[.5:.95] per epoch (the ``ap_<class>`` columns of ``metrics.csv``)."""
+    columns = [k for k in (rows[0] if rows else {}) if k.startswith("ap_")]
+    curves = []
+    for key in columns:
+        points = [(_float(r.get("epoch")), _float(r.get(key))) for r in rows]
+        points = [(x, y) for x, y in points if x is not None and y is not None]
+        if points:
+            curves.append((points[-1][1], key[len("ap_"):], points))
+    curves.sort(key=lambda c: c[0])
+    for last, name, points in curves[:MAX_CLASS_CURVES]:
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, "o-" if len(xs) < 30 else "-", markersize=3, linewidth=1.2, label=f"{name} {last:.3f}")
+    shown = "" if len(curves) <= MAX_CLASS_CURVES else f", the {MAX_CLASS_CURVES} lowest of {len(curves)}"
+    ax.set_title(f"AP@[.5:.95] per class (val{shown})", fontsize=10)
+    ax.set_xlabel("epoch", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if curves:
+        ax.legend(fontsize=7, loc="upper left")
+    else:
+        ax.text(0.5, 0.5, "no values yet", ha="center", va="center", transform=ax.transAxes, color="gray")
 
 
 # ----------------------------------------------------------------------------------- confusion matrix
@@ -486,11 +517,13 @@ def plot_training_labels(dataset: Any, anchors: torch.Tensor, image_size: tuple[
 # ----------------------------------------------------------------------------------------- mosaic
 def plot_batch_mosaic(images_uint8: torch.Tensor | np.ndarray, targets: Sequence[Mapping[str, Any]],
                       class_names: Sequence[str], path: str | Path, max_images: int = 16) -> Path:
-    """A grid of (augmented) training images with their boxes and class names, saved as JPEG or PNG.
+    """A grid of images with their boxes and class names (and scores), saved as JPEG or PNG: the
+    augmented training batches, and the validation images with their labels or predictions.
 
     Args:
         images_uint8: B x 3 x H x W uint8 images, as the training loader yields them.
-        targets: per image, ``boxes`` (N, 4) xyxy pixels in the image and ``labels`` (N,).
+        targets: per image, ``boxes`` (N, 4) xyxy pixels in the image, ``labels`` (N,) and
+            optionally ``scores`` (N,), shown after the class names.
         class_names: name of each class index. max_images: at most this many images are shown.
     """
     images = torch.as_tensor(images_uint8)[:max_images]
@@ -509,7 +542,9 @@ def plot_batch_mosaic(images_uint8: torch.Tensor | np.ndarray, targets: Sequence
             tile = np.asarray(Image.fromarray(tile).resize((w * zoom, h * zoom), Image.NEAREST))
         boxes = torch.as_tensor(targets[i]["boxes"]).reshape(-1, 4).float() * zoom
         labels = [int(v) for v in torch.as_tensor(targets[i]["labels"]).reshape(-1).tolist()]
-        tile = draw_detections(tile, boxes, labels, class_names=class_names)
+        scores = targets[i].get("scores")
+        tile = draw_detections(tile, boxes, labels, None if scores is None else torch.as_tensor(scores).reshape(-1),
+                               class_names=class_names)
         r, c = divmod(i, cols)
         y, x = r * (h * zoom + gap), c * (w * zoom + gap)
         canvas[y:y + h * zoom, x:x + w * zoom] = tile

@@ -53,8 +53,14 @@ class TrainConfig:
     ``freeze_backbone_bn`` keeps the backbone's BatchNorm layers in eval mode all run (running
     statistics never update; their weights still train unless frozen).
 
-    Pictures: ``plots`` writes ``labels.png`` and ``train_batch0..2.jpg`` at the start and
-    ``results.png`` after every epoch into the run folder (:mod:`effdet.engine.plots`).
+    Stopping: ``patience`` > 0 stops the run early when the validation mAP has not improved for
+    that many epochs (0: off); ``time`` is a wall-clock budget in hours: after each epoch the
+    number of epochs is refitted to the time left and the LR schedule stretched or shrunk to end
+    with it, as Ultralytics' ``time=`` does (``epochs`` is then only the first plan).
+
+    Pictures: ``plots`` writes ``labels.png`` and ``train_batch0..2.jpg`` at the start,
+    ``results.png`` after every epoch and ``val_batch0_labels.jpg`` / ``val_batch0_pred.jpg`` at
+    every evaluation into the run folder (:mod:`effdet.engine.plots`).
     ``logger: tensorboard`` also writes the per-epoch scalars to ``<run>/tensorboard/``
     (needs ``pip install -e ".[tensorboard]"``).
     """
@@ -90,6 +96,8 @@ class TrainConfig:
     freeze_backbone_bn: bool = False
     plots: bool = True
     logger: str = "none"
+    patience: int = 0
+    time: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -193,6 +201,13 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
         raise ConfigError(f"train.freeze_epochs must be a whole number >= 0 (epochs to keep train.freeze frozen) "
                           f"or null (the whole run), got {shown(epochs)}")
+    if isinstance(cfg.patience, bool) or not isinstance(cfg.patience, int) or cfg.patience < 0:
+        raise ConfigError(f"train.patience must be a whole number of epochs >= 0 (0: no early stopping), "
+                          f"got {shown(cfg.patience)}")
+    hours = cfg.time
+    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float))
+                              or not 0 < hours < math.inf):
+        raise ConfigError(f"train.time must be a positive number of hours or null, got {shown(hours)}")
     mult = cfg.backbone_lr_mult
     if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not 0 < mult < math.inf:
         raise ConfigError(f"train.backbone_lr_mult must be a positive number (backbone LR = LR x this; "

@@ -18,6 +18,7 @@ not change at all; the backbone's optimizer groups run at the scheduled LR times
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -31,8 +32,8 @@ from effdet.weights.backbones import fetch_backbone_weights
 from effdet.weights.checkpoint import load_weights, save_checkpoint
 from effdet.config import ConfigError, EfficientDetConfig
 from effdet.engine import distributed as D
-from effdet.engine.checkpointing import (TrainState, load_resume_optimizer, read_training_checkpoint, rng_states,
-                                         set_rng_states, write_metrics_csv)
+from effdet.engine.checkpointing import (PER_CLASS_PREFIX, TrainState, load_resume_optimizer,
+                                         read_training_checkpoint, rng_states, set_rng_states, write_metrics_csv)
 from effdet.engine.evaluate import evaluate_coco, format_ap
 from effdet.engine.interrupt import StopSignals
 from effdet.engine.optim import WarmupCosine, scaled_lr
@@ -96,6 +97,7 @@ class Trainer:
         self.state = TrainState()
         self.last_eval: dict[str, Any] | None = None
         self._saved_step: int | None = None  # global step of the latest last.pt
+        self.clock: Callable[[], float] = time.perf_counter  # wall clock of the run (train.time), seconds
         self._in_step = False
 
     # ----------------------------------------------------------------- setup
@@ -104,15 +106,14 @@ class Trainer:
         refusal = None
         if ctx.is_main:  # only rank 0 writes: it alone locks the run folder, for the whole run
             try:
+                if train.logger == "tensorboard":
+                    tensorboard_writer_class()  # a missing package fails before the folder or any data
                 self.run_lock = claim_run_folder(self.output, Path(self.resume) if self.resume else None,
                                                  self.exist_ok, self.run_lock)
             except (ConfigError, OSError) as error:
                 refusal = error
         if D.any_across_ranks(ctx, refusal is not None)[0]:  # every rank stops, none waits for rank 0
             raise refusal or ConfigError(f"rank 0 could not use the run folder {self.output}")
-        if ctx.is_main:
-            if train.logger == "tensorboard":
-                tensorboard_writer_class()  # a missing package fails before any data is read
         # Before any data is read: a missing weights file or an offline download fails fast.
         self.backbone_init = None
         if self.run.pretrained_backbone and not self.resume and self.weights is None:
@@ -202,13 +203,16 @@ class Trainer:
                     return TrainResult("finished", self.output, self.state.epoch, self.state.global_step,
                                        self.state.best_map, None)
                 self._log_start()
-                while self.state.epoch < self.run.train.epochs:
+                reason = None
+                while reason is None and self.state.epoch < self.run.train.epochs:
+                    started = self.clock()
                     if not self._train_epoch():
+                        self.state.run_time_s += self.clock() - started
                         return self._interrupted()
-                    self._end_epoch(evaluate=stop.requested is None)
+                    reason = self._end_epoch(evaluate=stop.requested is None, started=started)
                     if stop.requested is not None:
                         return self._interrupted()
-                return self._finished()
+                return self._finished(reason or "epochs")
         finally:
             shutdown_workers(getattr(self, "loader", None))
             if getattr(self, "tb", None) is not None:
@@ -315,8 +319,12 @@ class Trainer:
         state.step_in_epoch += 1
         state.global_step += 1
 
-    def _end_epoch(self, evaluate: bool) -> None:
-        """Metrics row, evaluation (rank 0, EMA weights), ``best.pt`` / ``last.pt``, ``metrics.csv``."""
+    def _end_epoch(self, evaluate: bool, started: float) -> str | None:
+        """Metrics row, evaluation (rank 0, EMA weights), ``best.pt`` / ``last.pt``, ``metrics.csv``.
+
+        Returns why the run stops after this epoch (``"patience"``, ``"time"``, ``"epochs"``), or
+        None to go on. ``started``: :attr:`clock` when the epoch began (``train.time``).
+        """
         state, train = self.state, self.run.train
         epoch = state.epoch + 1
         skipped = self._sum_over_ranks(state.sums.get("skipped", 0))
@@ -338,6 +346,7 @@ class Trainer:
         if evaluate and due and self.ctx.is_main and self.val_set is not None:
             result = self._evaluate()
             row.update(map=result["map"], map50=result["map50"])
+            row.update(per_class_columns(result.get("per_class") or []))
             if state.best_map is None or result["map"] > state.best_map:
                 state.best_map, state.best_epoch = result["map"], epoch
                 save_checkpoint(self.output / "best.pt", self.eval_model, self.run.model, self.class_names,
@@ -347,6 +356,9 @@ class Trainer:
         D.barrier(self.ctx)
         if self.ctx.is_main:
             row["images_per_s"] = round(row["images"] / max(row["time_s"] - self._previous_time(), 1e-9), 2)
+        state.run_time_s += self.clock() - started
+        reason = self._stop_reason(epoch)
+        row.update(epochs=self.run.train.epochs, stop=reason)
         state.metrics.append(row)
         self._save_last()
         if self.ctx.is_main:
@@ -359,6 +371,34 @@ class Trainer:
             self._log(f"epoch {epoch}/{train.epochs}: loss {row['loss']:.4f} (class {row['class_loss']:.4f}, "
                       f"box {row['box_loss']:.5f}), lr {row['lr']:.3g}{ap}"
                       + (f", {skipped} unreadable image(s) skipped" if skipped else ""))
+        return reason
+
+    def _stop_reason(self, epoch: int) -> str | None:
+        """Why the run ends after ``epoch`` (1-based, just done), or None. Under ``train.time`` the
+        number of epochs is first refitted to the time left. Rank 0 decides (it alone evaluates)."""
+        train, state = self.run.train, self.state
+        fitted, reason = train.epochs, None
+        if train.time is not None:  # epochs of this run so far: the metrics rows, plus this one
+            per_epoch = state.run_time_s / (len(state.metrics) + 1)
+            fitted = max(epoch, epoch + int((train.time * 3600.0 - state.run_time_s) // max(per_epoch, 1e-9)))
+        if epoch >= fitted:
+            reason = "time" if train.time is not None else "epochs"
+        elif train.patience and state.best_epoch is not None and epoch - state.best_epoch >= train.patience:
+            reason = "patience"
+        fitted, reason = D.broadcast_from_main(self.ctx, (fitted, reason))
+        if fitted != train.epochs:
+            self._refit_epochs(fitted)
+        return reason
+
+    def _refit_epochs(self, epochs: int) -> None:
+        """Plan ``epochs`` epochs in all (``train.time``): the LR schedule is rebuilt to end with them,
+        at the same peak and warm-up; the steps already taken keep the LR they had."""
+        train, before = self.run.train, self.run.train.epochs
+        self.run = dataclasses.replace(self.run, train=dataclasses.replace(train, epochs=epochs))
+        self.schedule = WarmupCosine(self.schedule.peak, epochs * self.steps_per_epoch, self.schedule.warmup_steps,
+                                     train.warmup_factor, train.min_lr_ratio)
+        self._log(f"time budget {train.time:g} h: {plural(epochs, 'epoch')} in all (planned so far: {before}); "
+                  "the LR schedule now ends with them")
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -366,9 +406,16 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _evaluate(self) -> dict[str, Any]:
-        train = self.run.train
-        return evaluate_coco(self.eval_model, self.val_set, batch_size=train.eval_batch_size or train.batch_size,
-                             device=self.ctx.device, workers=train.workers, progress=self.progress)
+        train, details = self.run.train, {}
+        result = evaluate_coco(self.eval_model, self.val_set, batch_size=train.eval_batch_size or train.batch_size,
+                               device=self.ctx.device, workers=train.workers, progress=self.progress,
+                               details=details)
+        if train.plots:
+            images, labels, predictions = val_batch_pictures(self.val_set, details["results"], self.category_ids)
+            if images is not None:
+                self._plot("val_batch0_labels.jpg", plot_batch_mosaic, images, labels, self.class_names)
+                self._plot("val_batch0_pred.jpg", plot_batch_mosaic, images, predictions, self.class_names)
+        return result
 
     # ------------------------------------------------------------ saving, logs
     def _save_last(self) -> None:
@@ -396,8 +443,8 @@ class Trainer:
                   f"effdet train --resume {self.output}")
         return TrainResult("interrupted", self.output, s.epoch, s.global_step, s.best_map, self.last_eval)
 
-    def _finished(self) -> TrainResult:
-        s, out = self.state, self.output
+    def _finished(self, reason: str) -> TrainResult:
+        s, out, train = self.state, self.output, self.run.train
         if s.best_map is not None:
             best = f"best.pt (EMA weights, mAP@[.5:.95] {format_ap(s.best_map)} at epoch {s.best_epoch})"
         else:
@@ -406,11 +453,14 @@ class Trainer:
             self._log(f"Validation mAP@[.5:.95] {format_ap(self.last_eval['map'])}, "
                       f"AP50 {format_ap(self.last_eval['map50'])} "
                       f"(EMA weights, epoch {s.epoch}, {self.last_eval['num_images']} images)")
-        pictures = [p.name for p in [out / "results.png", out / "labels.png", *sorted(out.glob("train_batch*.jpg"))]
-                    if p.is_file()]
+        pictures = [p.name for p in [out / "results.png", out / "labels.png", *sorted(out.glob("train_batch*.jpg")),
+                                     *sorted(out.glob("val_batch0_*.jpg"))] if p.is_file()]
         extras = (f"; pictures: {', '.join(pictures)}" if pictures else "") + \
             ("; TensorBoard: tensorboard/" if self.tb is not None else "")
-        self._log(f"Finished {plural(s.epoch, 'epoch')} ({plural(s.global_step, 'step')}, "
+        why = (f"early stop: no better mAP for {plural(train.patience, 'epoch')} since epoch {s.best_epoch}"
+               if reason == "patience" else f"time budget of {train.time:g} h used" if reason == "time"
+               else f"all {plural(train.epochs, 'epoch')} done")
+        self._log(f"Finished {plural(s.epoch, 'epoch')} ({why}; {plural(s.global_step, 'step')}, "
                   f"{s.train_time_s / 60:.1f} min training). "
                   f"Outputs in {out}: {best}, last.pt, metrics.csv, config.yaml{extras}")
         return TrainResult("finished", out, s.epoch, s.global_step, s.best_map, self.last_eval)
@@ -477,6 +527,38 @@ class Trainer:
 def plural(count: int, word: str, plural_form: str | None = None) -> str:
     """``1 epoch``, ``2 epochs``."""
     return f"{count} {word if count == 1 else (plural_form or word + 's')}"
+
+
+def per_class_columns(per_class: list[dict[str, Any]]) -> dict[str, float | None]:
+    """``{"ap_<name>": AP@[.5:.95]}`` of each class for ``metrics.csv`` (None: no ground truth)."""
+    return {f"{PER_CLASS_PREFIX}{entry['name']}": entry["ap"] for entry in per_class}
+
+
+def val_batch_pictures(val_set: Any, results: list[dict[str, Any]], category_ids: list[int],
+                       count: int = 16, score_threshold: float = 0.25
+                       ) -> tuple[torch.Tensor | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The first ``count`` readable validation images (network input, uint8 B x 3 x H x W), their
+    ground truth and the evaluated detections scored ``score_threshold`` or more (``effdet predict``'s
+    default), both as ``{"boxes", "labels"[, "scores"]}`` in input pixels: what
+    ``val_batch0_labels.jpg`` and ``val_batch0_pred.jpg`` show. ``(None, [], [])`` when no image reads."""
+    index = {cid: i for i, cid in enumerate(category_ids)}
+    images, labels, predictions = [], [], []
+    for i in range(len(val_set)):
+        item = val_set[i]
+        if item is None:
+            continue
+        image, target = item
+        found = [r for r in results if r["image_id"] == target["image_id"] and r["score"] >= score_threshold
+                 and r["category_id"] in index]
+        xywh = torch.tensor([r["bbox"] for r in found], dtype=torch.float32).reshape(-1, 4) * target["scale"]
+        images.append(image)
+        labels.append({"boxes": target["boxes"], "labels": target["labels"]})
+        predictions.append({"boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+                            "labels": torch.tensor([index[r["category_id"]] for r in found], dtype=torch.int64),
+                            "scores": torch.tensor([r["score"] for r in found], dtype=torch.float32)})
+        if len(images) == count:
+            break
+    return (torch.stack(images) if images else None), labels, predictions
 
 
 def min_batch_size(cfg: EfficientDetConfig) -> int:
