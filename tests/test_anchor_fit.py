@@ -235,3 +235,26 @@ def test_grid_fit_exact_values() -> None:
     share, mean = grid_fit(box, {3: np.array([[8.0, 8.0]]), 4: np.array([[8.0, 8.0]])}, {3: 8.0, 4: 16.0}, 2)
     assert mean == pytest.approx(36 / 92)
     assert level_strides(get_config("efficientdet_lite0")) == {3: 8.0, 4: 16.0, 5: 32.0, 6: 64.0, 7: 320 / 3}
+
+
+def test_auto_anchors_applies_the_fit_only_when_the_defaults_cover_poorly(tmp_path) -> None:
+    """Boxes of 6-10 px at 256 px are poorly covered by Lite0's anchors (24 px and up): the fit is
+    applied and said; boxes the defaults cover keep the defaults."""
+    import json
+
+    from effdet.config import resolve
+    from effdet.engine.anchor_fit import AUTO_ANCHOR_COVERAGE, auto_anchors
+
+    def annotations(sizes: list[int]) -> Path:
+        images = [{"id": i + 1, "file_name": f"{i}.jpg", "width": 256, "height": 256} for i in range(len(sizes))]
+        anns = [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [50, 50, s, s], "area": s * s, "iscrowd": 0}
+                for i, s in enumerate(sizes)]
+        path = tmp_path / f"ann{len(sizes)}_{sizes[0]}.json"
+        path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
+        return path
+
+    cfg = resolve("efficientdet_lite0", image_size=256)
+    small, line = auto_anchors(cfg, annotations([6, 7, 8, 9, 10] * 4))
+    assert small.anchor_scale < cfg.anchor_scale and "under 95%" in line and "model.anchor_scale=" in line
+    same, line = auto_anchors(cfg, annotations([30, 40, 60, 90, 120] * 4))
+    assert same == cfg and line.endswith("; kept") and AUTO_ANCHOR_COVERAGE == 0.95

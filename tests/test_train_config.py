@@ -98,3 +98,21 @@ def test_training_recipes_for_a_bare_model() -> None:
 def test_coco_recipe_starts_from_tf_imagenet_weights() -> None:
     run = load_run_config(CONFIGS / "train_coco.yaml")
     assert run.backbone_weights == "timm:tf_efficientnet_b0.aa_in1k" and run.model.padding == "same"
+
+
+def test_fit_to_budget_sizes_bn_ema_and_warmup_to_the_steps() -> None:
+    """400 steps (400 images, batch 8, 8 epochs): BN momentum 0.1, EMA 0.975, warm-up 0.8 epochs;
+    a long run keeps the official values; explicit fields are kept."""
+    from effdet.engine.train_config import fit_to_budget
+
+    run = load_run_config("efficientdet_lite0", {"epochs": 8, "batch_size": 8}, recipe="finetune")
+    sized, line = fit_to_budget(run, 400)
+    assert (sized.model.bn_momentum, sized.model.backbone_bn_momentum) == (0.1, 0.1)
+    assert (sized.train.ema_decay, sized.train.warmup_epochs) == (0.975, 0.8)
+    assert line == ("sized to 400 steps (400 images x 8 epochs, batch 8): model.bn_momentum=0.1, "
+                    "model.backbone_bn_momentum=0.1, train.ema_decay=0.975, train.warmup_epochs=0.8")
+    long_run, _ = fit_to_budget(run, 118_000 * 10, world_size=8)  # COCO-sized: 147,500 steps
+    assert (long_run.model.bn_momentum, long_run.train.ema_decay, long_run.train.warmup_epochs) == (0.01, 0.9998, 0.8)
+    kept, line = fit_to_budget(run, 400, explicit={"train.ema_decay", "model.bn_momentum"})
+    assert kept.train.ema_decay == run.train.ema_decay and kept.model.bn_momentum == run.model.bn_momentum
+    assert "ema_decay" not in line and "model.backbone_bn_momentum=0.1" in line

@@ -27,6 +27,7 @@ a fixed, evenly spread sample of at most :data:`GRID_SEARCH_BOXES` boxes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shlex
@@ -374,6 +375,30 @@ def suggest_anchors(box_wh: np.ndarray, cfg: EfficientDetConfig, image_size: tup
                       grid_fit(sample, level_anchor_shapes(cfg, image_size, best), strides))
 
 
+AUTO_ANCHOR_COVERAGE = 0.95
+"""``effdet train --model X`` applies :func:`suggest_anchors`' suggestion when the default anchors
+cover (on their grid, :func:`grid_fit`) less than this share of the training boxes, as Ultralytics'
+autoanchor does below a best-possible recall of 0.98."""
+
+
+def auto_anchors(cfg: EfficientDetConfig, annotation_file: str | Path) -> tuple[EfficientDetConfig, str]:
+    """``cfg`` with the suggested anchors when the current ones cover the training boxes poorly
+    (:data:`AUTO_ANCHOR_COVERAGE`), and one line saying what was measured and done. The number of
+    anchors per location never changes, so a checkpoint's heads still fit."""
+    boxes = load_box_sizes(annotation_file, cfg.image_size)
+    result = suggest_anchors(boxes.wh, cfg)
+    share = result.current_grid[0]
+    measured = f"default anchors cover {share:.1%} of the {len(boxes.wh)} training boxes on their grid"
+    if share >= AUTO_ANCHOR_COVERAGE or not result.changed:
+        return cfg, f"anchors: {measured}; kept"
+    changes = result.suggested.overrides()
+    fitted = dataclasses.replace(cfg, anchor_scale=result.suggested.anchor_scale,
+                                 aspect_ratios=tuple(tuple(a) for a in result.suggested.aspect_ratios))
+    text = " ".join(format_override(k, v) for k, v in changes.items())
+    return fitted, (f"anchors: {measured} (under {AUTO_ANCHOR_COVERAGE:.0%}); using the anchor fit's {text} "
+                    f"({result.suggested_grid[0]:.1%} covered; give model.anchor_scale=... to choose)")
+
+
 # ------------------------------------------------------------------------------------ what is printed
 def format_override(key: str, value: Any) -> str:
     """One shell-quoted ``key=value`` argument that ``effdet.config.parse_overrides`` reads back to ``value``."""
@@ -465,7 +490,7 @@ def write_suggestion(path: str | Path, result: Suggestion, model_overrides: Mapp
     return path
 
 
-__all__ = ["ASPECT_GRID", "ASPECT_QUANTILES", "AnchorSettings", "BoxSet", "COVERED_IOU", "Coverage", "GRID_POSITIONS",
+__all__ = ["AUTO_ANCHOR_COVERAGE", "auto_anchors", "ASPECT_GRID", "ASPECT_QUANTILES", "AnchorSettings", "BoxSet", "COVERED_IOU", "Coverage", "GRID_POSITIONS",
            "GRID_SEARCH_BOXES", "MAX_SEARCH_BOXES", "MIN_GAIN", "grid_fit", "level_strides",
            "SCALE_GRID", "Suggestion", "anchor_coverage", "anchor_sizes", "aspect_candidates", "best_shape_iou",
            "box_statistics", "coverage", "dataset_box_sizes", "format_override", "format_report", "level_anchor_shapes",
