@@ -144,3 +144,39 @@ def test_released_weights_by_name_load_with_coco_names(hub: Path, capsys: pytest
     assert "re-initialised for 3 classes" in capsys.readouterr().out
     ours, theirs = model.state_dict(), net.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours if not k.startswith("class_net.predict."))
+
+
+@pytest.mark.slow
+def test_jobs_take_released_weights_by_name(hub: Path, tmp_path: Path, tiny_shapes, capsys) -> None:
+    """``effdet train --weights tf_efficientdet_lite0`` (no --model: the name says which) starts from
+    the COCO detector with a new class head; ``effdet predict --weights tf_efficientdet_lite0`` names
+    detections with COCO's category ids."""
+    import json
+
+    from refport.env import require_reference, run_reference
+
+    from effdet.cli.main import main as effdet_main
+
+    require_reference()
+    hub.mkdir(parents=True)
+    exported = hub / "export.pth"
+    run_reference("export", model_name="tf_efficientdet_lite0", out=exported, image_size=256)
+    name = _release_file(hub, "tf_efficientdet_lite0", torch.load(exported, map_location="cpu"))
+    exported.unlink()
+    original = REFERENCE_WEIGHTS["tf_efficientdet_lite0"]
+    REFERENCE_WEIGHTS["tf_efficientdet_lite0"] = name
+    try:
+        assert effdet_main(["train", "--weights", "tf_efficientdet_lite0", "--image-size", "128", "--epochs", "1",
+                            "--batch-size", "2", "--workers", "0", "--threads", "1", "--no-progress",
+                            "--train-ann", str(tiny_shapes.train_annotations),
+                            "--train-images", str(tiny_shapes.train_images),
+                            "--output", str(tmp_path / "run"), "train.plots=false"]) == 0
+        assert effdet_main(["predict", "--weights", "tf_efficientdet_lite0", "--image-size", "256", "--threads", "1",
+                            "--score-threshold", "0.0", "--no-images", "--json", str(tmp_path / "det.json"),
+                            str(tiny_shapes.val_images)]) == 0
+    finally:
+        REFERENCE_WEIGHTS["tf_efficientdet_lite0"] = original
+    out = capsys.readouterr().out
+    assert "Training efficientdet_lite0" in out and "re-initialised for 4 classes" in out
+    detections = json.loads((tmp_path / "det.json").read_text())
+    assert detections and all(1 <= d["category_id"] <= 90 for d in detections)

@@ -22,6 +22,7 @@ from effdet.engine.anchor_fit import auto_anchors
 from effdet.engine.train_config import RunConfig, fit_to_budget, load_run_config, split_overrides
 from effdet.engine.trainer import Trainer, TrainingDiverged
 from effdet.weights.backbones import default_backbone_weights
+from effdet.weights.reference import REFERENCE_MODELS, is_reference_weights_name
 
 # command-line flag -> recipe field
 FLAG_FIELDS = {"train_ann": "data.train_ann", "train_images": "data.train_images", "val_ann": "data.val_ann",
@@ -141,7 +142,9 @@ def build_trainer(args: argparse.Namespace, main_rank: bool = True) -> Trainer:
         if args.config and args.recipe:
             raise ConfigError("--recipe chooses the training settings for --model; a --config recipe has its own")
         recipe = None if args.config else (args.recipe or "finetune")
-        run = load_run_config(args.config or args.model or "efficientdet_d0", overrides, recipe=recipe or "coco")
+        named = REFERENCE_MODELS[args.weights] if is_reference_weights_name(args.weights) else None
+        run = load_run_config(args.config or args.model or named or "efficientdet_d0", overrides,
+                              recipe=recipe or "coco")
         if recipe and main_rank:
             print(f"training recipe: {recipe} (--recipe {'coco' if recipe == 'finetune' else 'finetune'} for the "
                   f"{'official COCO' if recipe == 'finetune' else 'fine-tuning'} recipe)", file=sys.stderr)
@@ -157,7 +160,7 @@ def build_trainer(args: argparse.Namespace, main_rank: bool = True) -> Trainer:
         if args.output:
             output = Path(args.output)
         else:  # runs/<name>, or runs/<name>2, 3, ... when that one holds a run (never replace one unasked)
-            base = Path("runs") / (Path(args.config).stem if args.config else (args.model or "efficientdet_d0"))
+            base = Path("runs") / (Path(args.config).stem if args.config else (args.model or run.model.name))
             if not args.exist_ok and main_rank:  # claimed (locked) here: two runs started at once get two folders
                 lock = claim_next_run_folder(base)
             output = lock.folder if lock is not None else base  # other ranks write nothing there
