@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from effdet.config import shown
 from effdet.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image, read_image_reduced
 from effdet.fileio import ReadError, read_text_bounded
 
@@ -259,7 +260,7 @@ def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and -ID_LIMIT < value < ID_LIMIT
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     """A finite JSON number (not a bool); an integer too large for a float is not one."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return False
@@ -267,12 +268,6 @@ def _is_number(value: Any) -> bool:
         return math.isfinite(value)
     except OverflowError:
         return False
-
-
-def _shown(value: Any, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters (a 400-digit number stays one readable line)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check_ids(data: dict[str, Any], where: str) -> None:
@@ -286,7 +281,7 @@ def _check_ids(data: dict[str, Any], where: str) -> None:
                 raise DatasetError(f"{where}: {key}[{position}] is missing required key 'id'")
             ident = entry["id"]
             if not _is_id(ident):
-                raise DatasetError(f"{where}: {key}[{position}] has id {_shown(ident)}; ids must be integers "
+                raise DatasetError(f"{where}: {key}[{position}] has id {shown(ident)}; ids must be integers "
                                    "that fit in 64 bits")
             if ident in seen:
                 raise DatasetError(f"{where}: duplicate {kind} id {ident} ({key}[{seen[ident]}] and "
@@ -302,7 +297,7 @@ def check_class_name(name: Any, where: str) -> str:
         DatasetError: naming ``where`` (e.g. ``file: category id 3``) and the name.
     """
     if isinstance(name, bool) or not isinstance(name, (str, int, float)):
-        raise DatasetError(f"{where}: class name {_shown(name)} is not a string; give the name as text")
+        raise DatasetError(f"{where}: class name {shown(name)} is not a string; give the name as text")
     text = str(name)
     bad = [c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
     if bad:
@@ -337,16 +332,16 @@ def _parse_images(images: list[Any], where: str) -> tuple[np.ndarray, np.ndarray
         image_id = image["id"]  # a unique 64-bit integer: _check_ids
         file_name = image["file_name"]
         if not isinstance(file_name, str) or not file_name:
-            raise DatasetError(f"{where}: image id {image_id} has file_name {_shown(file_name)}; it must be the image "
+            raise DatasetError(f"{where}: image id {image_id} has file_name {shown(file_name)}; it must be the image "
                                "file's path relative to the image folder, as a string")
         if file_name in seen:
             raise DatasetError(f"{where}: image ids {seen[file_name]} and {image_id} both have file_name "
                                f"{file_name!r}; list each image file once, with all its annotations")
         seen[file_name] = image_id
         width, height = image["width"], image["height"]
-        if not all(_is_number(v) and v == int(v) and v > 0 for v in (width, height)):
+        if not all(is_number(v) and v == int(v) and v > 0 for v in (width, height)):
             raise DatasetError(
-                f"{where}: image id {image_id} has invalid width/height {_shown(width)}/{_shown(height)}; "
+                f"{where}: image id {image_id} has invalid width/height {shown(width)}/{shown(height)}; "
                 "they must be positive integers (pixels)"
             )
         ids.append(image_id)
@@ -378,25 +373,25 @@ def _parse_annotations(
         _check_entry(ann, ("id", "image_id", "category_id", "bbox"), "annotation", position, where)
         if not isinstance(ann["image_id"], int) or ann["image_id"] not in image_index:
             raise DatasetError(
-                f"{where}: annotation id {ann['id']} refers to image_id {_shown(ann['image_id'])}, "
+                f"{where}: annotation id {ann['id']} refers to image_id {shown(ann['image_id'])}, "
                 "which is not in 'images'; add the image or remove the annotation"
             )
         if not isinstance(ann["category_id"], int) or ann["category_id"] not in category_to_label:
             raise DatasetError(
-                f"{where}: annotation id {ann['id']} has category_id {_shown(ann['category_id'])}, "
+                f"{where}: annotation id {ann['id']} has category_id {shown(ann['category_id'])}, "
                 "which is not in 'categories'; add the category or fix the annotation"
             )
         bbox = ann["bbox"]
-        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(_is_number, bbox))):
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(is_number, bbox))):
             raise DatasetError(
-                f"{where}: annotation id {ann['id']} has bbox {_shown(bbox)}; expected "
+                f"{where}: annotation id {ann['id']} has bbox {shown(bbox)}; expected "
                 "[x, y, width, height] as four finite numbers (pixels)"
             )
         iscrowd = ann.get("iscrowd", 0)
         if iscrowd not in (0, 1) or isinstance(iscrowd, float):  # True/False are accepted as 1/0
-            raise DatasetError(f"{where}: annotation id {ann['id']} has iscrowd {_shown(iscrowd)}; it must be 0 or 1")
-        if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
-            raise DatasetError(f"{where}: annotation id {ann['id']} has area {_shown(ann['area'])}; it must be a "
+            raise DatasetError(f"{where}: annotation id {ann['id']} has iscrowd {shown(iscrowd)}; it must be 0 or 1")
+        if "area" in ann and not (is_number(ann["area"]) and ann["area"] >= 0):
+            raise DatasetError(f"{where}: annotation id {ann['id']} has area {shown(ann['area'])}; it must be a "
                                "number >= 0 (pixels), or left out (then the box's width x height is used)")
         rows.append(image_index[ann["image_id"]])
         raw_boxes.append(bbox)

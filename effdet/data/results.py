@@ -8,11 +8,11 @@ parser where xywh appears). Inference outputs may also carry ``file_name``.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from effdet.data.coco import MAX_ANNOTATION_BYTES
+from effdet.config import shown
+from effdet.data.coco import MAX_ANNOTATION_BYTES, is_number
 from effdet.fileio import ReadError, atomic_write, read_text_bounded
 
 if TYPE_CHECKING:
@@ -125,26 +125,12 @@ def _entry_problem(entry: Any) -> str | None:
         if not isinstance(value, int) or isinstance(value, bool):
             return f"has no integer {key!r}"
         if not -2**63 < value < 2**63:
-            return f"has {key} {_shown(value)}, which does not fit in 64 bits"
+            return f"has {key} {shown(value)}, which does not fit in 64 bits"
     bbox = entry.get("bbox")
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
-        return f"has bbox {_shown(bbox)}, not four finite numbers"
-    if not _finite(entry.get("score")):
-        return f"has score {_shown(entry.get('score'))}, not a finite number"
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
+        return f"has bbox {shown(bbox)}, not four finite numbers"
+    if not is_number(entry.get("score")):
+        return f"has score {shown(entry.get('score'))}, not a finite number"
     return None
 
 
-def _shown(value: Any, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _finite(value: Any) -> bool:
-    """A finite JSON number (not a bool); an integer too large for a float is not one."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
