@@ -40,6 +40,8 @@ class TrainStep:
         amp_dtype: autocast dtype, or None for float32.
         any_across_ranks: ORs flags over processes (DDP), so that every rank takes the same
             decision; identity by default.
+        loss_fn: the detection loss; default the official one (focal alpha 0.25, gamma 1.5, box
+            loss weight 50).
 
     ``images`` is a B x 3 x H x W uint8 batch, ``targets`` per image ``boxes`` (N, 4) xyxy
     pixels, ``labels`` (N,) and ``iscrowd`` (N,). ``problem`` is None, or "loss" / "gradient
@@ -50,11 +52,12 @@ class TrainStep:
     def __init__(self, model: EfficientDet, net: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, labeler: AnchorLabeler, ema: ModelEma | None = None,
                  grad_clip: float = 10.0, channels_last: bool = False, amp_dtype: torch.dtype | None = None,
-                 any_across_ranks: Callable[..., tuple[bool, ...]] | None = None) -> None:
+                 any_across_ranks: Callable[..., tuple[bool, ...]] | None = None,
+                 loss_fn: DetectionLoss | None = None) -> None:
         self.model, self.net, self.optimizer, self.scaler = model, net, optimizer, scaler
         self.labeler, self.ema, self.grad_clip = labeler, ema, grad_clip
         self.channels_last, self.amp_dtype = channels_last, amp_dtype
-        self.loss_fn = DetectionLoss(model.config.num_classes)
+        self.loss_fn = loss_fn or DetectionLoss(model.config.num_classes)
         self.any_across_ranks = any_across_ranks or (lambda *flags: tuple(bool(f) for f in flags))
 
     def __call__(self, images: torch.Tensor, targets: Sequence[dict[str, Any]],
@@ -109,8 +112,10 @@ def build_train_step(model: EfficientDet, train: TrainConfig, lr: float, image_s
                                 backbone=model.backbone, backbone_lr_mult=train.backbone_lr_mult)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     labeler = AnchorLabeler(model.anchors(image_size, device))
+    loss_fn = DetectionLoss(model.config.num_classes, alpha=train.focal_alpha, gamma=train.focal_gamma,
+                            box_loss_weight=train.box_loss_weight)
     return TrainStep(model, net, optimizer, scaler, labeler, ema, train.grad_clip, train.channels_last, amp_dtype,
-                     any_across_ranks=any_across_ranks)
+                     any_across_ranks=any_across_ranks, loss_fn=loss_fn)
 
 
 __all__ = ["TrainStep", "build_train_step"]

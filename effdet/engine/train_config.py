@@ -53,6 +53,9 @@ class TrainConfig:
     ``freeze_backbone_bn`` keeps the backbone's BatchNorm layers in eval mode all run (running
     statistics never update; their weights still train unless frozen).
 
+    Loss: focal loss ``focal_alpha`` / ``focal_gamma`` on the classes plus ``box_loss_weight`` x
+    Huber on the boxes (the official 0.25, 1.5 and 50; :class:`effdet.modeling.loss.DetectionLoss`).
+
     Stopping: ``patience`` > 0 stops the run early when the validation mAP has not improved for
     that many epochs (0: off); ``time`` is a wall-clock budget in hours: after each epoch the
     number of epochs is refitted to the time left and the LR schedule stretched or shrunk to end
@@ -98,6 +101,9 @@ class TrainConfig:
     logger: str = "none"
     patience: int = 0
     time: float | None = None
+    box_loss_weight: float = 50.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 1.5
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -204,6 +210,10 @@ def validate_train(cfg: TrainConfig) -> TrainConfig:
     if isinstance(cfg.patience, bool) or not isinstance(cfg.patience, int) or cfg.patience < 0:
         raise ConfigError(f"train.patience must be a whole number of epochs >= 0 (0: no early stopping), "
                           f"got {shown(cfg.patience)}")
+    for key, high in (("box_loss_weight", 1e6), ("focal_alpha", 1.0), ("focal_gamma", 10.0)):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+            raise ConfigError(f"train.{key} must be a number in [0, {high:g}], got {shown(value)}")
     hours = cfg.time
     if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float))
                               or not 0 < hours < math.inf):
