@@ -30,7 +30,8 @@ def test_summary_is_the_mean_of_seeds_with_the_spread(tmp_path: Path) -> None:
     write_metrics(tmp_path / "base" / "a" / "seed0", [0.1, 0.2])
     write_metrics(tmp_path / "base" / "a" / "seed1", [0.1, 0.4])
     write_metrics(tmp_path / "base" / "b" / "seed0", [0.5, 0.6])
-    text = ablate.summarise(tmp_path, {"base": []}, {"a": tmp_path, "b": tmp_path}, [0, 1])
+    write_metrics(tmp_path / "base" / "b" / "seed1", [0.9])  # still running: not a result
+    text = ablate.summarise(tmp_path, {"base": []}, {"a": tmp_path, "b": tmp_path}, [0, 1], epochs=2)
     assert "| base `(common arguments only)` | 0.300 (0.200-0.400; AP50 0.600) | 0.600 (0.600-0.600; AP50 1.200) " \
            "[1 of 2 seeds] | 0.450 |" in text
     assert (tmp_path / "summary.md").read_text() == text

@@ -12,8 +12,8 @@ after ``--``. Every (variant, set, seed) is one ``effdet train`` run into
 an interrupted sweep continues where it stopped. Runs go one at a time (the machine's CPUs are
 shared by every run's threads; two at once only slow each other down).
 
-Writes ``OUTPUT/summary.md`` (per variant and set: the final validation mAP@[.5:.95] as the mean
-of the seeds with the spread min-max, AP50, mAP per epoch, minutes per run) and
+Writes ``OUTPUT/summary.md`` (per variant and set: the final validation mAP@[.5:.95] of the
+runs that ended, as the mean of the seeds with the spread min-max, and AP50) and
 ``OUTPUT/summary.json`` (every run's per-epoch mAP), and ``OUTPUT/curves.png``. ``--report``
 rewrites them from the runs present without training.
 """
@@ -56,7 +56,7 @@ def train_one(run: Path, data: Path, seed: int, common: list[str], extra: list[s
               log: Path) -> float:
     """Run ``effdet train`` into ``run`` (skipped when its metrics reach ``epochs``); returns minutes."""
     rows = read_metrics(run)
-    if rows and int(rows[-1]["epoch"]) >= epochs:
+    if complete(rows, epochs):
         return float(rows[-1].get("time_s") or 0) / 60
     overrides = [t for t in [*common, *extra] if "=" in t and not t.startswith("-")]
     flags = [t for t in [*common, *extra] if t not in overrides]  # argparse wants key=value overrides last
@@ -77,7 +77,13 @@ def train_one(run: Path, data: Path, seed: int, common: list[str], extra: list[s
     return minutes
 
 
-def summarise(output: Path, variants: dict[str, list[str]], sets: dict[str, Path], seeds: list[int]) -> str:
+def complete(rows: list[dict[str, str]], epochs: int) -> bool:
+    """A run that ended: its last row says why (``stop``), or it reached ``epochs``."""
+    return bool(rows) and (bool(rows[-1].get("stop")) or (epochs > 0 and int(rows[-1]["epoch"]) >= epochs))
+
+
+def summarise(output: Path, variants: dict[str, list[str]], sets: dict[str, Path], seeds: list[int],
+              epochs: int = 0) -> str:
     results: dict[str, dict[str, dict[str, list[dict[str, str]]]]] = {}
     lines = ["| variant | " + " | ".join(sets) + " | mean |", "|---" * (len(sets) + 2) + "|"]
     for variant, extra in variants.items():
@@ -91,7 +97,7 @@ def summarise(output: Path, variants: dict[str, list[str]], sets: dict[str, Path
                     {"epoch": int(r["epoch"]), "map": float(r["map"]), "map50": float(r["map50"] or "nan"),
                      "class_loss": float(r["class_loss"] or "nan"), "time_s": float(r["time_s"] or "nan")}
                     for r in rows]
-                if rows:
+                if complete(rows, epochs):  # a run still in progress is not a result
                     finals.append(float(rows[-1]["map"]))
                     ap50s.append(float(rows[-1]["map50"] or "nan"))
             if finals:
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         name, _, folder = item.partition("=")
         sets[name] = Path(folder)
     variants = parse_variants(args.variant) or {"base": []}
-    epochs = args.epochs or int(common[common.index("--epochs") + 1]) if "--epochs" in common else args.epochs
+    epochs = args.epochs or (int(common[common.index("--epochs") + 1]) if "--epochs" in common else 0)
     if not args.report:
         total = len(variants) * len(sets) * len(args.seeds)
         done = 0
@@ -169,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
                     run = args.output / variant / name / f"seed{seed}"
                     done += 1
                     print(f"[{done}/{total}] {variant} {name} seed {seed} -> {run}", flush=True)
-                    minutes = train_one(run, folder, seed, common, extra, epochs or 0,
+                    minutes = train_one(run, folder, seed, common, extra, epochs,
                                         args.output / "logs" / f"{variant}_{name}_seed{seed}.log")
                     rows = read_metrics(run)
                     print(f"  mAP per epoch {[round(float(r['map']), 3) for r in rows]} ({minutes:.1f} min)",
                           flush=True)
-                    summarise(args.output, variants, sets, args.seeds)
-    print(summarise(args.output, variants, sets, args.seeds))
+                    summarise(args.output, variants, sets, args.seeds, epochs)
+    print(summarise(args.output, variants, sets, args.seeds, epochs))
     print(f"Summary in {args.output / 'summary.md'}, curves in {args.output / 'curves.png'}")
     return 0
 
