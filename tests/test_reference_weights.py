@@ -115,15 +115,11 @@ def test_a_file_of_that_name_wins_over_the_release(tmp_path: Path, monkeypatch: 
     assert "is empty" in str(error.value) and "github.com" not in str(error.value)
 
 
-@pytest.mark.slow
-def test_released_weights_by_name_load_with_coco_names(hub: Path, capsys: pytest.CaptureFixture) -> None:
-    """A real reference-port state dict (the reference's own export) placed in the cache under its
-    release name: ``load_model("tf_efficientdet_lite0")`` needs no model name and carries the 90 COCO
-    classes; training from it re-initialises the class head for the user's classes, with a notice."""
+@pytest.fixture
+def released_lite0(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference port's own export of tf_efficientdet_lite0 (COCO head, random weights) in the
+    hub cache under a release name whose hash prefix it matches, as if fetched."""
     from refport.env import require_reference, run_reference
-
-    from effdet.config import resolve
-    from effdet.engine.setup import build_train_model
 
     require_reference()
     hub.mkdir(parents=True)
@@ -131,51 +127,44 @@ def test_released_weights_by_name_load_with_coco_names(hub: Path, capsys: pytest
     run_reference("export", model_name="tf_efficientdet_lite0", out=exported, image_size=256)
     name = _release_file(hub, "tf_efficientdet_lite0", torch.load(exported, map_location="cpu"))
     exported.unlink()
-    original = REFERENCE_WEIGHTS["tf_efficientdet_lite0"]
-    REFERENCE_WEIGHTS["tf_efficientdet_lite0"] = name
-    try:
-        net, info = load_model("tf_efficientdet_lite0", image_size=256)
-        assert info["config"].name == "efficientdet_lite0" and info["config"].num_classes == 90
-        assert info["class_names"][0] == "person" and info["category_ids"] == list(range(1, 91))
-        cfg = resolve("efficientdet_lite0", num_classes=3, image_size=256)
-        model = build_train_model(cfg, weights="tf_efficientdet_lite0")
-    finally:
-        REFERENCE_WEIGHTS["tf_efficientdet_lite0"] = original
+    monkeypatch.setitem(REFERENCE_WEIGHTS, "tf_efficientdet_lite0", name)
+
+
+@pytest.mark.slow
+def test_released_weights_by_name_load_with_coco_names(released_lite0, capsys: pytest.CaptureFixture) -> None:
+    """A real reference-port state dict (the reference's own export) placed in the cache under its
+    release name: ``load_model("tf_efficientdet_lite0")`` needs no model name and carries the 90 COCO
+    classes; training from it re-initialises the class head for the user's classes, with a notice."""
+    from effdet.config import resolve
+    from effdet.engine.setup import build_train_model
+
+    net, info = load_model("tf_efficientdet_lite0", image_size=256)
+    assert info["config"].name == "efficientdet_lite0" and info["config"].num_classes == 90
+    assert info["class_names"][0] == "person" and info["category_ids"] == list(range(1, 91))
+    model = build_train_model(resolve("efficientdet_lite0", num_classes=3, image_size=256),
+                              weights="tf_efficientdet_lite0")
     assert "re-initialised for 3 classes" in capsys.readouterr().out
     ours, theirs = model.state_dict(), net.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours if not k.startswith("class_net.predict."))
 
 
 @pytest.mark.slow
-def test_jobs_take_released_weights_by_name(hub: Path, tmp_path: Path, tiny_shapes, capsys) -> None:
+def test_jobs_take_released_weights_by_name(released_lite0, tmp_path: Path, tiny_shapes, capsys) -> None:
     """``effdet train --weights tf_efficientdet_lite0`` (no --model: the name says which) starts from
     the COCO detector with a new class head; ``effdet predict --weights tf_efficientdet_lite0`` names
     detections with COCO's category ids."""
     import json
 
-    from refport.env import require_reference, run_reference
-
     from effdet.cli.main import main as effdet_main
 
-    require_reference()
-    hub.mkdir(parents=True)
-    exported = hub / "export.pth"
-    run_reference("export", model_name="tf_efficientdet_lite0", out=exported, image_size=256)
-    name = _release_file(hub, "tf_efficientdet_lite0", torch.load(exported, map_location="cpu"))
-    exported.unlink()
-    original = REFERENCE_WEIGHTS["tf_efficientdet_lite0"]
-    REFERENCE_WEIGHTS["tf_efficientdet_lite0"] = name
-    try:
-        assert effdet_main(["train", "--weights", "tf_efficientdet_lite0", "--image-size", "128", "--epochs", "1",
-                            "--batch-size", "2", "--workers", "0", "--threads", "1", "--no-progress",
-                            "--train-ann", str(tiny_shapes.train_annotations),
-                            "--train-images", str(tiny_shapes.train_images),
-                            "--output", str(tmp_path / "run"), "train.plots=false"]) == 0
-        assert effdet_main(["predict", "--weights", "tf_efficientdet_lite0", "--image-size", "256", "--threads", "1",
-                            "--score-threshold", "0.0", "--no-images", "--json", str(tmp_path / "det.json"),
-                            str(tiny_shapes.val_images)]) == 0
-    finally:
-        REFERENCE_WEIGHTS["tf_efficientdet_lite0"] = original
+    assert effdet_main(["train", "--weights", "tf_efficientdet_lite0", "--image-size", "128", "--epochs", "1",
+                        "--batch-size", "2", "--workers", "0", "--threads", "1", "--no-progress",
+                        "--train-ann", str(tiny_shapes.train_annotations),
+                        "--train-images", str(tiny_shapes.train_images),
+                        "--output", str(tmp_path / "run"), "train.plots=false"]) == 0
+    assert effdet_main(["predict", "--weights", "tf_efficientdet_lite0", "--image-size", "256", "--threads", "1",
+                        "--score-threshold", "0.0", "--no-images", "--json", str(tmp_path / "det.json"),
+                        str(tiny_shapes.val_images)]) == 0
     out = capsys.readouterr().out
     assert "Training efficientdet_lite0" in out and "re-initialised for 4 classes" in out
     detections = json.loads((tmp_path / "det.json").read_text())
