@@ -41,4 +41,6 @@ def test_default_finetuning_learns_a_small_easy_set(easy_set, tmp_path: Path) ->
     with open(out / "metrics.csv", newline="", encoding="utf-8") as f:
         final = list(csv.DictReader(f))[-1]
     assert final["epoch"] == "10" and final["stop"] == "epochs"
+    saved = (out / "config.yaml").read_text()  # sized to 120 steps, and recorded
+    assert "bn_momentum: 0.1\n" in saved and "ema_decay: 0.91667\n" in saved and "warmup_epochs: 1.0\n" in saved
     assert float(final["map"]) >= FLOOR, f"the default recipe no longer learns: mAP {final['map']} < {FLOOR}"

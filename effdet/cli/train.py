@@ -16,10 +16,8 @@ import torch
 from effdet.cli.parsers import parse_image_size
 from effdet.config import ConfigError, parse_overrides
 from effdet.engine.checkpointing import resume_path, resume_run_config
-from effdet.engine.setup import claim_next_run_folder
-from effdet.data.coco import load_annotation_json
-from effdet.engine.anchor_fit import auto_anchors
-from effdet.engine.train_config import RunConfig, fit_to_budget, load_run_config, split_overrides
+from effdet.engine.setup import ANCHOR_FIELDS, claim_next_run_folder
+from effdet.engine.train_config import SIZED_FIELDS, RunConfig, load_run_config, split_overrides
 from effdet.engine.trainer import Trainer, TrainingDiverged
 from effdet.weights.backbones import default_backbone_weights
 from effdet.weights.reference import REFERENCE_MODELS, is_reference_weights_name
@@ -105,30 +103,10 @@ def cpu_sized(run: RunConfig, args: argparse.Namespace, overrides: dict[str, Any
     return dataclasses.replace(run, train=train)
 
 
-def fit_to_data(run: RunConfig, overrides: dict[str, Any], anchors: bool, main_rank: bool) -> RunConfig:
-    """The fine-tuning recipe fitted to the training set: BN momentum, EMA and warm-up sized to the
-    run's steps (:func:`effdet.engine.train_config.fit_to_budget`), and, when ``anchors`` (no
-    ``--weights``) and no anchor field is given, the anchor fit applied where the default anchors
-    cover the boxes poorly (:func:`effdet.engine.anchor_fit.auto_anchors`). What is chosen is printed
-    and recorded in the run's config.yaml; a flag or ``key=value`` for a field keeps it."""
-    explicit = {f"{section}.{name}" for section, fields in split_overrides(overrides).items() for name in fields}
-    images = load_annotation_json(run.data.train_ann).get("images")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    run, line = fit_to_budget(run, len(images) if isinstance(images, list) else 0, world, explicit)
-    lines = [line]
-    if anchors and not explicit & {"model.anchor_scale", "model.aspect_ratios"}:
-        cfg, anchor_line = auto_anchors(run.model, run.data.train_ann)
-        run, lines = dataclasses.replace(run, model=cfg), [*lines, anchor_line]
-    if main_rank:
-        for text in lines:
-            print(text, file=sys.stderr)
-    return run
-
-
 def build_trainer(args: argparse.Namespace, main_rank: bool = True) -> Trainer:
     """The :class:`Trainer` that ``effdet train`` runs: recipe, overrides, backbone weights, run folder."""
     overrides = collect_overrides(args)
-    lock = None
+    lock, size_fields = None, set()
     if args.resume:
         if args.config or args.model or args.weights or args.backbone_weights or args.recipe:
             raise ConfigError("--resume continues a run with its stored config and weights; drop --config / "
@@ -155,8 +133,12 @@ def build_trainer(args: argparse.Namespace, main_rank: bool = True) -> Trainer:
                       "--backbone-weights none trains from scratch)", file=sys.stderr)
         if args.model is not None or not args.config:
             run = cpu_sized(run, args, overrides, main_rank)
-        if recipe == "finetune" and run.data.train_ann:
-            run = fit_to_data(run, overrides, args.weights is None, main_rank)
+        if recipe == "finetune":  # fitted to the data by the trainer, once it has read it
+            explicit = {f"{section}.{name}" for section, fields in split_overrides(overrides).items()
+                        for name in fields}
+            anchors = {ANCHOR_FIELDS} if args.weights is None and not explicit & {
+                "model.anchor_scale", "model.aspect_ratios"} else set()
+            size_fields = (set(SIZED_FIELDS) - explicit) | anchors
         if args.output:
             output = Path(args.output)
         else:  # runs/<name>, or runs/<name>2, 3, ... when that one holds a run (never replace one unasked)
@@ -165,4 +147,4 @@ def build_trainer(args: argparse.Namespace, main_rank: bool = True) -> Trainer:
                 lock = claim_next_run_folder(base)
             output = lock.folder if lock is not None else base  # other ranks write nothing there
     return Trainer(run, output, device=args.device, weights=args.weights, resume=checkpoint,
-                   progress=not args.no_progress, exist_ok=args.exist_ok, run_lock=lock)
+                   progress=not args.no_progress, exist_ok=args.exist_ok, run_lock=lock, size_fields=size_fields)

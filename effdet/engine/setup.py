@@ -7,9 +7,11 @@ Kept apart from the loop in ``trainer.py`` so each reads on its own.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 from pathlib import Path
+from typing import Collection
 
 import torch
 from torch.utils.data import DataLoader
@@ -23,7 +25,8 @@ from effdet.data.loader import worker_init
 from effdet.fileio import check_output_folder, write_error
 from effdet.engine.distributed import DistContext
 from effdet.engine.sampling import EpochBatchSampler, EpochSeededDataset
-from effdet.engine.train_config import RunConfig
+from effdet.engine.anchor_fit import auto_anchors
+from effdet.engine.train_config import SIZED_FIELDS, RunConfig, fit_to_budget
 from effdet.modeling.efficientdet import EfficientDet, build_model
 
 try:
@@ -233,6 +236,26 @@ def build_train_model(cfg: EfficientDetConfig, weights: str | Path | None = None
     return model.train()
 
 
+ANCHOR_FIELDS = "model.anchors"
+"""In ``size_fields``: the anchors may be fitted to the data (:func:`effdet.engine.anchor_fit.auto_anchors`)."""
+
+
+def fit_to_data(run: RunConfig, num_images: int, world_size: int, size_fields: Collection[str]
+                ) -> tuple[RunConfig, list[str]]:
+    """The fine-tuning recipe fitted to the training set, for the fields in ``size_fields``: BN
+    momentum, EMA and warm-up sized to the run's steps (:func:`effdet.engine.train_config.fit_to_budget`,
+    :data:`~effdet.engine.train_config.SIZED_FIELDS`), and with :data:`ANCHOR_FIELDS` the anchor fit
+    applied where the default anchors cover the boxes poorly. Returns the run and the lines saying
+    what was chosen (printed by the trainer and recorded in ``config.yaml``)."""
+    keep = set(SIZED_FIELDS) - set(size_fields)
+    run, line = fit_to_budget(run, num_images, world_size, explicit=keep)
+    lines = [line]
+    if ANCHOR_FIELDS in size_fields and run.data.train_ann:
+        cfg, anchor_line = auto_anchors(run.model, run.data.train_ann)
+        run, lines = dataclasses.replace(run, model=cfg), [*lines, anchor_line]
+    return run, lines
+
+
 def amp_settings(enabled: bool, device: torch.device) -> tuple[bool, torch.dtype]:
     """(use autocast, dtype): bfloat16 where the GPU supports it, else float16; never on CPU."""
     if not enabled or device.type != "cuda":
@@ -241,4 +264,4 @@ def amp_settings(enabled: bool, device: torch.device) -> tuple[bool, torch.dtype
 
 
 __all__ = ["LOCK_NAME", "RunFolderInUse", "RunFolderLock", "claim_next_run_folder", "claim_run_folder",
-           "lock_run_folder", "build_datasets", "build_train_loader", "build_train_model", "amp_settings"]
+           "lock_run_folder", "build_datasets", "build_train_loader", "build_train_model", "amp_settings", "ANCHOR_FIELDS", "fit_to_data"]

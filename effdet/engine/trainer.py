@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 from tqdm import tqdm
@@ -41,7 +41,7 @@ from effdet.engine.plots import plot_batch_mosaic, plot_results, plot_training_l
 from effdet.engine.tb_logger import log_epoch, log_picture, log_step, open_tensorboard, tensorboard_writer_class
 from effdet.engine.step import build_train_step
 from effdet.engine.setup import (RunFolderLock, amp_settings, build_datasets, build_train_loader, build_train_model,
-                                 claim_run_folder, shutdown_workers)
+                                 claim_run_folder, fit_to_data, shutdown_workers)
 from effdet.engine.train_config import RunConfig, TrainConfig, fit_batch_to_data, with_model, write_run_config
 from effdet.data import DatasetError
 
@@ -81,6 +81,9 @@ class Trainer:
         on_step: called as ``on_step(trainer, global_step)`` after every optimizer step.
         exist_ok: train into ``output`` even when it holds another run (replacing its files);
             by default that is refused with a :class:`ConfigError` before anything is read.
+        size_fields: fields fitted to the training set once it is read (``effdet train --model X``
+            passes those not given explicitly): :data:`~effdet.engine.train_config.SIZED_FIELDS` and
+            :data:`~effdet.engine.setup.ANCHOR_FIELDS` (:func:`~effdet.engine.setup.fit_to_data`).
         run_lock: the lock of ``output`` when the caller holds it already
             (:func:`~effdet.engine.setup.claim_next_run_folder`). Otherwise :meth:`fit` locks
             ``output`` itself; a folder another run is using is refused
@@ -90,8 +93,9 @@ class Trainer:
     def __init__(self, run: RunConfig, output: str | Path, device: str | None = None,
                  weights: str | Path | None = None, resume: str | Path | None = None, progress: bool = True,
                  on_step: Callable[["Trainer", int], None] | None = None, exist_ok: bool = False,
-                 run_lock: RunFolderLock | None = None) -> None:
+                 run_lock: RunFolderLock | None = None, size_fields: Collection[str] = ()) -> None:
         self.run, self.output, self.device_arg, self.exist_ok = run, Path(output), device, exist_ok
+        self.size_fields = frozenset(size_fields)
         self.run_lock = run_lock
         self.weights, self.resume, self.progress, self.on_step = weights, resume, progress, on_step
         self.state = TrainState()
@@ -121,9 +125,13 @@ class Trainer:
         self.train_set, self.val_set = build_datasets(self.run, with_val=ctx.is_main)
         self.run = with_model(self.run, num_classes=self.train_set.num_classes)
         self.run, notice = fit_batch_to_data(self.run, len(self.train_set), ctx.world_size)
-        train = self.run.train
         if notice:
             self._log(notice)
+        if self.size_fields and not self.resume:
+            self.run, lines = fit_to_data(self.run, len(self.train_set), ctx.world_size, self.size_fields)
+            for line in lines:
+                self._log(line)
+        train = self.run.train
         self.class_names, self.category_ids = self.train_set.class_names, self.train_set.category_ids
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         self.model = build_train_model(self.run.model, None if self.resume else self.weights,
