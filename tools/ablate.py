@@ -141,7 +141,8 @@ def plot_curves(results: dict, sets: dict[str, Path], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.set_ylabel("val mAP@[.5:.95]")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_write(path, "wb", suffix=".png") as f:
         fig.savefig(f, format="png", dpi=90)
