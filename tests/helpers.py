@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from effdet import create_model
 from effdet.data.letterbox import normalize
+from effdet.weights.checkpoint import save_checkpoint
+
+
+def tiny_model() -> torch.nn.Module:
+    """A seeded tiny 3-class EfficientDet-D0 at 128 px (16 BiFPN channels, 1 cell, 1 head repeat)."""
+    torch.manual_seed(0)
+    return create_model("efficientdet_d0", num_classes=3, image_size=128, fpn_channels=16, fpn_cells=1,
+                        head_repeats=1)
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    """:func:`tiny_model` saved as a project checkpoint at ``path`` with the classes a, b, c."""
+    model = tiny_model()
+    return save_checkpoint(path, model, model.config, class_names=["a", "b", "c"])
 
 
 def varied_tiny_model() -> torch.nn.Module:

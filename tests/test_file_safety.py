@@ -30,9 +30,9 @@ from effdet.engine import setup
 from effdet.engine.setup import (LOCK_NAME, RunFolderInUse, claim_next_run_folder, claim_run_folder,
                                  lock_run_folder)
 from effdet.export import openvino
-from effdet.factory import create_model
-from effdet.fileio import WriteError, atomic_path, atomic_write, remove_stale_temporaries, temporary_folder
+from effdet.fileio import WriteError, atomic_path, remove_stale_temporaries, temporary_folder
 from effdet.weights.checkpoint import save_checkpoint
+from helpers import tiny_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["fpn_channels=16", "fpn_cells=1", "head_repeats=1"]
@@ -45,17 +45,9 @@ def dead_pid() -> int:
     return process.pid
 
 
-def tiny_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return create_model("efficientdet_d0", num_classes=3, image_size=128, fpn_channels=16, fpn_cells=1,
-                        head_repeats=1)
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = tiny_model()
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, model.config,
-                           class_names=["a", "b", "c"])
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 def user_files(folder: Path, names: list[str]) -> dict[str, bytes]:

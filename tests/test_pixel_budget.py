@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from effdet.cli.main import build_parser
@@ -18,8 +17,7 @@ from effdet.cli.train import collect_overrides
 from effdet.data import CocoDetection
 from effdet.data.images import DEFAULT_MAX_PIXELS
 from effdet.engine.train_config import load_run_config
-from effdet.factory import create_model
-from effdet.weights.checkpoint import save_checkpoint
+from helpers import tiny_checkpoint
 
 
 def claiming_jpeg(path: Path, side: int) -> Path:
@@ -36,11 +34,7 @@ def claiming_jpeg(path: Path, side: int) -> Path:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("efficientdet_d0", num_classes=3, image_size=128, fpn_channels=16, fpn_cells=1,
-                         head_repeats=1)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, model.config,
-                           class_names=["a", "b", "c"])
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 def test_predict_skips_and_counts_an_image_over_the_budget(weights: Path, tmp_path: Path, capsys) -> None:

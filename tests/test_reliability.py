@@ -28,8 +28,8 @@ from effdet.cli.main import main as effdet_main
 from effdet.data import make_synthetic_coco
 from effdet.data.images import OUTPUT_MARKER
 from effdet.engine.setup import claim_next_run_folder
-from effdet.factory import create_model
-from effdet.weights.checkpoint import read_checkpoint, save_checkpoint
+from effdet.weights.checkpoint import read_checkpoint
+from helpers import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["fpn_channels=16", "fpn_cells=1", "head_repeats=1"]
@@ -43,11 +43,7 @@ def data(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("efficientdet_d0", num_classes=3, image_size=128, fpn_channels=16, fpn_cells=1,
-                         head_repeats=1)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, model.config,
-                           class_names=["a", "b", "c"])
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 def images(folder: Path, n: int = 2) -> list[Path]:
