@@ -32,7 +32,7 @@ from effdet.engine.setup import (LOCK_NAME, RunFolderInUse, claim_next_run_folde
 from effdet.export import openvino
 from effdet.fileio import WriteError, atomic_path, remove_stale_temporaries, temporary_folder
 from effdet.weights.checkpoint import save_checkpoint
-from helpers import tiny_checkpoint, tiny_model
+from tests.helpers import tiny_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["fpn_channels=16", "fpn_cells=1", "head_repeats=1"]

@@ -17,7 +17,7 @@ from effdet.cli.train import collect_overrides
 from effdet.data import CocoDetection
 from effdet.data.images import DEFAULT_MAX_PIXELS
 from effdet.engine.train_config import load_run_config
-from helpers import tiny_checkpoint
+from tests.helpers import tiny_checkpoint
 
 
 def claiming_jpeg(path: Path, side: int) -> Path:

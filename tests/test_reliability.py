@@ -29,7 +29,7 @@ from effdet.data import make_synthetic_coco
 from effdet.data.images import OUTPUT_MARKER
 from effdet.engine.setup import claim_next_run_folder
 from effdet.weights.checkpoint import read_checkpoint
-from helpers import tiny_checkpoint
+from tests.helpers import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["fpn_channels=16", "fpn_cells=1", "head_repeats=1"]
