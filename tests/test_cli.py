@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from effdet.cli import parsers
+from effdet.cli.parsers import export as parsers
 from effdet.cli.main import JOBS, main as effdet_main, parse
 from effdet.data import make_synthetic_coco
 from effdet.export.onnx import DEFAULT_OPSET

@@ -1,6 +1,6 @@
 """``effdet benchmark``: EfficientDet speed, optionally side by side with the reference port.
 
-What is measured and how is the job's help text, :data:`effdet.cli.parsers.BENCHMARK`.
+What is measured and how is the job's help text, :data:`effdet.cli.parsers.benchmark.DESCRIPTION`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from effdet.cli.benchmarking import (ForwardTask, Measurement, PredictTask, TrainStepTask, make_jpegs,
                                      make_train_batch, peak_memory, random_input, time_calls)
 from effdet.cli.common import apply_threads, check_device
-from effdet.cli.parsers import BENCHMARK_TASKS as TASKS
+from effdet.cli.parsers.benchmark import BENCHMARK_TASKS as TASKS
 from effdet.config import PostprocessSettings, parse_overrides
 from effdet.data.images import find_images
 from effdet.data.results import write_json

@@ -1,5 +1,5 @@
 """``effdet classify``: ImageNet classification with an EfficientNet (B0..B7, Lite0..4), top-k
-classes with probabilities (flags: :func:`effdet.cli.parsers.add_classify_arguments`)."""
+classes with probabilities (flags: :mod:`effdet.cli.parsers.classify`)."""
 
 from __future__ import annotations
 

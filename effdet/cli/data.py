@@ -1,10 +1,10 @@
-"""``effdet data``: dataset tools (flags: :func:`effdet.cli.parsers.add_data_arguments`).
+"""``effdet data``: dataset tools (flags: :mod:`effdet.cli.parsers.data`).
 
 ``effdet data demo`` writes the built-in synthetic shapes demo set (COCO format, no download).
 ``effdet data convert`` / ``check`` / ``split``: Pascal VOC and YOLO to COCO and COCO to YOLO
 (:mod:`effdet.data.formats`), a data set's summary and a train/val split (:mod:`effdet.data.summary`).
 ``effdet data anchors``: how well the model's anchors cover a data set's boxes, and better anchor
-settings (:mod:`effdet.engine.anchor_fit`).
+settings (:mod:`effdet.analysis.anchor_fit`).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def split(args: argparse.Namespace) -> int:
 
 def anchors(args: argparse.Namespace) -> int:
     """``effdet data anchors``: the anchors' fit to the boxes of ``args.annotations`` and a better one."""
-    fit = importlib.import_module("effdet.engine.anchor_fit")  # loaded on use, as main loads a job: PyTorch
+    fit = importlib.import_module("effdet.analysis.anchor_fit")  # loaded on use, as main loads a job: PyTorch
     annotations = args.annotations
     overrides = parse_overrides(args.overrides)
     if args.image_size is not None:

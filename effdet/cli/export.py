@@ -1,6 +1,6 @@
 """``effdet export``: a checkpoint to ONNX (box decoding and optionally NMS in the graph, or the
 network alone) or OpenVINO IR (fp32, or int8 through NNCF), checked against PyTorch (flags:
-:func:`effdet.cli.parsers.add_export_arguments`)."""
+:mod:`effdet.cli.parsers.export`)."""
 
 from __future__ import annotations
 

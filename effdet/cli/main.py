@@ -9,7 +9,7 @@
     effdet data demo --output demo_data
     effdet data convert --from voc --to coco Annotations/ --images JPEGImages/ --output train.json
 
-The arguments are parsed first, from :mod:`effdet.cli.parsers` alone, so that ``--help`` and
+The arguments are parsed first, from :mod:`effdet.cli.parsers` (shared flags) and its per-job modules alone, so that ``--help`` and
 usage errors answer without importing PyTorch; the job's module (``effdet.cli.<job>``) is loaded
 after that and its ``run(args)``, run by :func:`effdet.cli.common.run_job`, returns the exit code: 0 done, 1 the job failed (a diverged
 training, an export that does not check out), 2 the user's input cannot be used (one line on
@@ -25,35 +25,50 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable
 
-from effdet.cli import parsers
+from effdet.cli.parsers import benchmark as benchmark_flags
+from effdet.cli.parsers import classify as classify_flags
+from effdet.cli.parsers import data as data_flags
+from effdet.cli.parsers import export as export_flags
+from effdet.cli.parsers import predict as predict_flags
+from effdet.cli.parsers import train as train_flags
+from effdet.cli.parsers import val as val_flags
 
 
 @dataclass(frozen=True)
 class Job:
+    """A job of the ``effdet`` command: its name, its one-line summary and the module of its flags
+    (``effdet.cli.parsers.<job>``: ``DESCRIPTION``, ``add_arguments(parser)``, optionally
+    ``check(parser, args)``); its run code is ``effdet.cli.<name>.run``."""
+
     name: str
     summary: str
-    description: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
+    flags: ModuleType
     aliases: tuple[str, ...] = ()
-    check: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None
+
+    @property
+    def description(self) -> str:
+        return self.flags.DESCRIPTION
+
+    @property
+    def add_arguments(self) -> Callable[[argparse.ArgumentParser], None]:
+        return self.flags.add_arguments
+
+    @property
+    def check(self) -> Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None:
+        return getattr(self.flags, "check", None)
 
 
 JOBS = (
-    Job("train", "train a detector on a COCO-format dataset", parsers.TRAIN, parsers.add_train_arguments),
-    Job("val", "COCO mAP of a checkpoint or of a results file", parsers.VAL, parsers.add_val_arguments,
-        aliases=("eval",), check=parsers.check_val_arguments),
-    Job("predict", "detect objects in images: drawn boxes and COCO JSON", parsers.PREDICT,
-        parsers.add_predict_arguments, aliases=("infer",)),
-    Job("export", "export to ONNX or OpenVINO IR (fp32 / int8), checked against PyTorch", parsers.EXPORT,
-        parsers.add_export_arguments, check=parsers.check_export_arguments),
-    Job("benchmark", "speed of forward, end-to-end prediction, training and ONNX Runtime", parsers.BENCHMARK,
-        parsers.add_benchmark_arguments),
-    Job("classify", "ImageNet classification with an EfficientNet (B0-B7, Lite0-4)", parsers.CLASSIFY,
-        parsers.add_classify_arguments),
-    Job("data", "dataset tools: demo set, convert VOC/YOLO/COCO, check, split, anchor fit", parsers.DATA,
-        parsers.add_data_arguments),
+    Job("train", "train a detector on a COCO-format dataset", train_flags),
+    Job("val", "COCO mAP of a checkpoint or of a results file", val_flags, aliases=("eval",)),
+    Job("predict", "detect objects in images: drawn boxes and COCO JSON", predict_flags, aliases=("infer",)),
+    Job("export", "export to ONNX or OpenVINO IR (fp32 / int8), checked against PyTorch", export_flags),
+    Job("benchmark", "speed of forward, end-to-end prediction, training and ONNX Runtime", benchmark_flags),
+    Job("classify", "ImageNet classification with an EfficientNet (B0-B7, Lite0-4)", classify_flags),
+    Job("data", "dataset tools: demo set, convert VOC/YOLO/COCO, check, split, anchor fit", data_flags),
 )
 BY_NAME = {name: job for job in JOBS for name in (job.name, *job.aliases)}
 

@@ -1,5 +1,5 @@
 """``effdet predict``: detect objects in images, videos, cameras and streams; annotated copies,
-COCO JSON and per-frame JSON lines (flags: :func:`effdet.cli.parsers.add_predict_arguments`)."""
+COCO JSON and per-frame JSON lines (flags: :mod:`effdet.cli.parsers.predict`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``effdet train``: train an EfficientDet on a COCO-format dataset (flags: :func:`effdet.cli.parsers.add_train_arguments`)."""
+"""``effdet train``: train an EfficientDet on a COCO-format dataset (flags: :mod:`effdet.cli.parsers.train`)."""
 
 from __future__ import annotations
 

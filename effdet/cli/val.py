@@ -1,5 +1,5 @@
 """``effdet val``: COCO bbox evaluation of a checkpoint, or of a ready COCO results file
-(flags: :func:`effdet.cli.parsers.add_val_arguments`)."""
+(flags: :mod:`effdet.cli.parsers.val`)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from effdet.cli.common import check_device, postprocess_settings
 from effdet.config import resolve
 from effdet.data import CocoDetection, eval_transform
 from effdet.data.results import read_results, write_json
-from effdet.engine.evaluate import (SUMMARY_NAMES, checkpoint_category_ids, coco_stats, evaluate_coco,
+from effdet.evaluation.coco import (SUMMARY_NAMES, checkpoint_category_ids, coco_stats, evaluate_coco,
                                     format_ap, format_per_class, format_summary)
-from effdet.engine.plots import write_eval_plots
+from effdet.evaluation.plots import write_eval_plots
 from effdet.inference.backends import ExportedNetwork, load_network
 from effdet.data.images import IMAGE_EXTENSIONS
 from effdet.fileio import check_output_file, check_output_spares_inputs
