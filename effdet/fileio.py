@@ -24,7 +24,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Collection, Iterable, Iterator
+from typing import IO, Any, Collection, Iterable, Iterator
 
 TEMP_MARK = "effdet-tmp"
 """The part of every temporary's name that says this project made it (next to the writer's pid)."""
@@ -212,6 +212,20 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     os.close(fd)
     with _replace_on_success(path, tmp):
         yield Path(tmp)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib ``Figure`` atomically to ``path`` in the format its suffix names (PNG
+    without one), cropped to its content (``bbox_inches="tight"``); the figure is cleared after,
+    written or not, so its memory is released. Returns ``path``. Raises :class:`WriteError`."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    try:
+        with atomic_write(path, "wb", suffix=path.suffix) as f:
+            fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight")
+    finally:
+        fig.clear()
+    return path
 
 
 def check_output_file(path: str | Path, flag: str) -> Path:

@@ -17,7 +17,7 @@ import yaml
 from effdet.cli.main import main as effdet_main
 from effdet.config import get_config, parse_overrides, replace
 from effdet.data import make_synthetic_coco
-from effdet.engine.anchor_fit import (AnchorSettings, anchor_coverage, anchor_sizes, best_shape_iou, coverage,
+from effdet.analysis.anchor_fit import (AnchorSettings, anchor_coverage, anchor_sizes, best_shape_iou, coverage,
                                       format_override, grid_fit, level_anchor_shapes, level_strides, load_box_sizes,
                                       suggest_anchors)
 from effdet.engine.train_config import load_run_config
@@ -243,7 +243,7 @@ def test_auto_anchors_applies_the_fit_only_when_the_defaults_cover_poorly(tmp_pa
     import json
 
     from effdet.config import resolve
-    from effdet.engine.anchor_fit import AUTO_ANCHOR_COVERAGE, auto_anchors
+    from effdet.analysis.anchor_fit import AUTO_ANCHOR_COVERAGE, auto_anchors
 
     def annotations(sizes: list[int]) -> Path:
         images = [{"id": i + 1, "file_name": f"{i}.jpg", "width": 256, "height": 256} for i in range(len(sizes))]

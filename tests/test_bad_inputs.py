@@ -28,7 +28,7 @@ from PIL import Image
 from effdet.cli.main import main as effdet_main
 from effdet.data import CocoDetection, DatasetError, make_synthetic_coco
 from effdet.data.results import ResultsError, read_results
-from effdet.engine.evaluate import format_ap, format_summary
+from effdet.evaluation.coco import format_ap, format_summary
 from effdet.factory import create_model, load_model
 from effdet.fileio import WriteError, atomic_write, remove_stale_temporaries
 from effdet.weights.checkpoint import CheckpointError, read_checkpoint, save_checkpoint

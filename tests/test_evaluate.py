@@ -21,7 +21,7 @@ from effdet import create_model
 from effdet.modeling.anchors import AnchorGenerator, decode_boxes, encode_boxes, generate_anchors, num_anchors_per_level
 from effdet.config import resolve
 from effdet.data import CocoDetection, eval_transform, make_synthetic_coco
-from effdet.engine.evaluate import checkpoint_category_ids, coco_stats, evaluate_coco, format_per_class, format_summary
+from effdet.evaluation.coco import checkpoint_category_ids, coco_stats, evaluate_coco, format_per_class, format_summary
 from effdet.inference.predictor import detect_batch, mirror_outputs
 from effdet.modeling.postprocess import PostprocessSettings
 

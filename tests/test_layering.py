@@ -1,5 +1,5 @@
 """The package's layers import one way: config/data <- modeling <- weights <- factory <- inference
-<- engine / export <- cli, with no imports placed inside functions to dodge a cycle."""
+<- evaluation / analysis / engine / export <- cli, with no imports placed inside functions to dodge a cycle."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "effdet"
 
 # layer of each top-level part; a module may import only parts of its own layer or lower ones
 LAYERS = {"config": 0, "fileio": 0, "runtime": 0, "data": 0, "modeling": 1, "weights": 2, "factory": 3,
-          "inference": 4, "engine": 5, "export": 5, "cli": 6, "__init__": 7, "__main__": 7}
+          "inference": 4, "evaluation": 5, "analysis": 5, "engine": 5, "export": 5, "cli": 6,
+          "__init__": 7, "__main__": 7}
 
 
 def _part(path: Path) -> str:
@@ -55,3 +56,6 @@ def test_imports_point_one_way(path: Path) -> None:
         assert not in_function, f"{path}: imports effdet.{imported} inside a function"
     if part == "data":
         assert all(imported in ("config", "fileio", "runtime", "data") for imported, _ in _imports(path))
+    if part in ("evaluation", "analysis"):  # libraries of their own, usable without the training engine
+        assert all(imported not in ("engine", "export", "cli") for imported, _ in _imports(path)), \
+            f"{path} ({part}) imports the training engine, export or the CLI"

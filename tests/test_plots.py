@@ -17,10 +17,12 @@ from pycocotools.coco import COCO
 
 from effdet.config import ConfigError
 from effdet.data import make_synthetic_coco
-from effdet.engine.evaluate import coco_stats
-from effdet.engine.anchor_fit import anchor_coverage, anchor_sizes, dataset_box_sizes
-from effdet.engine.plots import (ConfusionCounts, confusion_counts, confusion_matrix, confusion_matrix_coco,
-                                 plot_batch_mosaic, plot_confusion_matrix, plot_labels, plot_results, write_eval_plots)
+from effdet.analysis.anchor_fit import anchor_coverage, anchor_sizes, dataset_box_sizes
+from effdet.analysis.labels import plot_labels
+from effdet.engine.plots import plot_batch_mosaic, plot_results
+from effdet.evaluation.coco import coco_stats
+from effdet.evaluation.confusion import ConfusionCounts, confusion_counts, confusion_matrix, confusion_matrix_coco
+from effdet.evaluation.plots import plot_confusion_matrix, write_eval_plots
 from effdet.engine.train_config import load_run_config
 from effdet.engine.trainer import Trainer
 from effdet.modeling.anchors import AnchorGenerator

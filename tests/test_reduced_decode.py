@@ -24,7 +24,7 @@ from effdet import create_model
 from effdet.data import CocoDetection, eval_transform
 from effdet.data import coco as coco_module
 from effdet.data import images as images_module
-from effdet.engine.evaluate import evaluate_coco
+from effdet.evaluation.coco import evaluate_coco
 from effdet.inference import run as run_module
 from effdet.inference.predictor import Predictor
 from effdet.inference.run import run_inference
@@ -132,7 +132,7 @@ def test_eval_dataset_decodes_large_jpegs_reduced_in_the_original_frame(tmp_path
 def test_val_map_is_unchanged_by_reduced_decoding(tmp_path: Path, factors: list[int],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     ann = big_dataset(tmp_path, [(2048, 1536), (2050, 1539), (1600, 2400), (700, 500)])
-    monkeypatch.setattr("effdet.engine.evaluate.detect_batch", oracle)
+    monkeypatch.setattr("effdet.evaluation.coco.detect_batch", oracle)
     model = create_model("efficientdet_d0", num_classes=2, image_size=FRAME, fpn_channels=16, fpn_cells=1,
                          head_repeats=1)
     metrics = {}

@@ -40,7 +40,7 @@ from effdet.config import EVAL_SETTINGS
 from effdet.data.images import read_image
 from effdet.data.results import detections_to_coco
 from effdet.data.synthetic import CATEGORIES, draw_image
-from effdet.engine.evaluate import coco_stats
+from effdet.evaluation.coco import coco_stats
 from effdet.inference.run import load_predictor
 from effdet.inference.slicing import sliced_predict
 

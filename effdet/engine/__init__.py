@@ -1,9 +1,9 @@
-"""Training and evaluation engine: the train loop, optimizer/schedule, EMA, distributed helpers.
+"""Training engine: the train loop, optimizer/schedule, EMA, distributed helpers.
 
 Training (``effdet.engine.trainer``): ``load_run_config`` reads a recipe YAML (``model:``,
 ``data:``, ``train:`` sections) with ``key=value`` overrides into a ``RunConfig``, and
-``Trainer(run, output).fit()`` (or ``train(run, output)``) trains it. Evaluation
-(``effdet.engine.evaluate``): ``evaluate_coco``.
+``Trainer(run, output).fit()`` (or ``train(run, output)``) trains it. Evaluation is
+:mod:`effdet.evaluation` (``evaluate_coco``), data analysis :mod:`effdet.analysis`.
 
 The names below load on first use (PEP 562): the command line reads the recipe settings of
 ``effdet.engine.train_config`` (no PyTorch) to build its ``--help`` without importing the trainer.

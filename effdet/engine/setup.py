@@ -25,7 +25,7 @@ from effdet.data.loader import worker_init
 from effdet.fileio import check_output_folder, write_error
 from effdet.engine.distributed import DistContext
 from effdet.engine.sampling import EpochBatchSampler, EpochSeededDataset
-from effdet.engine.anchor_fit import auto_anchors
+from effdet.analysis.anchor_fit import auto_anchors
 from effdet.engine.train_config import SIZED_FIELDS, RunConfig, fit_to_budget
 from effdet.modeling.efficientdet import EfficientDet, build_model
 
@@ -237,7 +237,7 @@ def build_train_model(cfg: EfficientDetConfig, weights: str | Path | None = None
 
 
 ANCHOR_FIELDS = "model.anchors"
-"""In ``size_fields``: the anchors may be fitted to the data (:func:`effdet.engine.anchor_fit.auto_anchors`)."""
+"""In ``size_fields``: the anchors may be fitted to the data (:func:`effdet.analysis.anchor_fit.auto_anchors`)."""
 
 
 def fit_to_data(run: RunConfig, num_images: int, world_size: int, size_fields: Collection[str]

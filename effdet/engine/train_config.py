@@ -63,7 +63,7 @@ class TrainConfig:
 
     Pictures: ``plots`` writes ``labels.png`` and ``train_batch0..2.jpg`` at the start,
     ``results.png`` after every epoch and ``val_batch0_labels.jpg`` / ``val_batch0_pred.jpg`` at
-    every evaluation into the run folder (:mod:`effdet.engine.plots`).
+    every evaluation into the run folder (:mod:`effdet.engine.plots`, :mod:`effdet.evaluation.plots`).
     ``logger: tensorboard`` also writes the per-epoch scalars to ``<run>/tensorboard/``
     (needs ``pip install -e ".[tensorboard]"``).
     """

@@ -34,10 +34,11 @@ from effdet.config import ConfigError, EfficientDetConfig
 from effdet.engine import distributed as D
 from effdet.engine.checkpointing import (PER_CLASS_PREFIX, TrainState, load_resume_optimizer,
                                          read_training_checkpoint, rng_states, set_rng_states, write_metrics_csv)
-from effdet.engine.evaluate import evaluate_coco, format_ap
+from effdet.evaluation.coco import evaluate_coco, format_ap
 from effdet.engine.interrupt import StopSignals
 from effdet.engine.optim import WarmupCosine, scaled_lr
-from effdet.engine.plots import plot_batch_mosaic, plot_results, plot_training_labels
+from effdet.analysis.labels import plot_training_labels
+from effdet.engine.plots import plot_batch_mosaic, plot_results
 from effdet.engine.tb_logger import log_epoch, log_picture, log_step, open_tensorboard, tensorboard_writer_class
 from effdet.engine.step import build_train_step
 from effdet.engine.setup import (RunFolderLock, amp_settings, build_datasets, build_train_loader, build_train_model,

@@ -68,7 +68,7 @@ def evaluate_coco(model: EfficientDet, dataset: Dataset, batch_size: int = 8, de
         verbose: let pycocotools print its summary.
         details: if given, filled with what the pictures of an evaluation need (not JSON):
             ``coco_gt``, ``results``, ``image_ids``, ``category_ids`` (class index -> category id
-            dict) and ``coco_eval`` (see :func:`effdet.engine.plots.write_eval_plots`).
+            dict) and ``coco_eval`` (see :func:`effdet.evaluation.plots.write_eval_plots`).
 
     Returns:
         dict with ``stats`` (COCOeval's 12 numbers, -1 where undefined), ``map`` (stats[0]),
