@@ -16,8 +16,8 @@ from torch import nn
 from effdet.factory import create_model
 from effdet.inference.predictor import Predictor, optimize_for_inference
 from effdet.modeling.fused import FUSED_MIN_PIXELS, FusedConv, fold_conv_bn, onednn_fusion_available, stack_convs, static_conv
-from effdet.modeling.head import StackedHeads
-from effdet.modeling.layers import Conv2dSame
+from effdet.modeling.head import FusedHead, HeadNet, StackedHeads
+from effdet.modeling.layers import Conv2dSame, ConvBnAct
 
 TINY = dict(num_classes=3, image_size=128, fpn_channels=16, fpn_cells=2, head_repeats=2)
 
@@ -120,7 +120,7 @@ def test_fuse_is_in_place_and_runs_the_same_forward() -> None:
 
 
 def test_fused_heads_without_stacking_match() -> None:
-    """HeadNet.fuse alone (per-level folded pointwise convs, no stacking) keeps the outputs."""
+    """FusedHead alone (per-level folded pointwise convs, no stacking) keeps the outputs."""
     model = tiny_model()
     x = torch.randn(1, 3, 128, 128)
     with torch.inference_mode():
@@ -129,6 +129,22 @@ def test_fused_heads_without_stacking_match() -> None:
     assert model.heads is None and model.class_net is not None
     with torch.inference_mode():
         assert_outputs_close(expected, model(x))
+
+
+def test_fused_modules_say_so() -> None:
+    """After fuse() no module is disguised: the heads are FusedHeads (not HeadNets whose BN lists
+    hold convolutions), and each ConvBnAct holds its folded FusedConv at index 0 and identities
+    where BN and activation were, with no second reference to its children."""
+    model = tiny_model()
+    model.fuse(stack_heads=False)
+    assert type(model.class_net) is FusedHead and type(model.box_net) is FusedHead
+    assert not any(isinstance(m, HeadNet) for m in model.modules())
+    conv_bn_acts = [m for m in model.modules() if isinstance(m, ConvBnAct)]
+    assert conv_bn_acts
+    for m in conv_bn_acts:
+        assert type(m[0]) is FusedConv and all(type(c) is nn.Identity for c in list(m)[1:])
+        assert "fused" not in vars(m)
+    assert len(model.class_net.conv_pw) == 5 and len(model.class_net.conv_pw[0]) == len(model.class_net.conv_dw) == 2
 
 
 def test_stacked_heads_equal_the_two_fused_heads() -> None:

@@ -10,7 +10,7 @@ from effdet.modeling.anchors import AnchorGenerator
 from effdet.modeling.backbone import EfficientNetFeatures, efficientnet_features
 from effdet.modeling.bifpn import BiFpn
 from effdet.modeling.fused import Size
-from effdet.modeling.head import HeadNet, StackedHeads
+from effdet.modeling.head import FusedHead, HeadNet, StackedHeads
 from effdet.modeling.layers import conv_output_size
 
 PRIOR_PROB = 0.01
@@ -36,8 +36,8 @@ class EfficientDet(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.fpn = fpn
-        self.class_net: HeadNet | None = class_net
-        self.box_net: HeadNet | None = box_net
+        self.class_net: HeadNet | FusedHead | None = class_net
+        self.box_net: HeadNet | FusedHead | None = box_net
         self.anchors = anchors
         self.config = config  # descriptive only: the modules above are fully configured
         self.mean = config.mean if config is not None else IMAGENET_MEAN
@@ -58,18 +58,18 @@ class EfficientDet(nn.Module):
              stack_heads: bool = True) -> "EfficientDet":
         """Simplify the network in place for inference on ``image_size`` inputs; returns ``self``.
 
-        Every BatchNorm is folded into the convolution before it (with running statistics; the
-        head's per-level BN into per-level copies of its shared convolutions), TF "same"
+        Every BatchNorm is folded into the convolution before it (with running statistics), TF "same"
         padding is made static for ``image_size`` (default ``config.image_size``), BiFPN fusion
         weights become constants, each convolution runs with its activation (and the MBConv
-        residual) as one op (:class:`~effdet.modeling.fused.FusedConv`), and with
-        ``stack_heads`` the class and box heads run as one (:class:`StackedHeads`). With
+        residual) as one op (:class:`~effdet.modeling.fused.FusedConv`), and
+        ``class_net`` and ``box_net`` become :class:`~effdet.modeling.head.FusedHead` s (each
+        level's BN folded into its own copy of the shared pointwise convolutions); with
+        ``stack_heads`` those two run as one (:class:`StackedHeads`, in ``heads``). With
         ``channels_last`` weights and activations use that memory format.
 
         The outputs equal the eval-mode network's up to float rounding. Afterwards the model is
-        eval-only (``train()`` raises), takes only ``image_size`` inputs, and has no
-        ``class_net`` / ``box_net`` state-dict entries of its own when the heads are stacked:
-        save the unfused model. ``effdet.inference.optimize_for_inference`` fuses a copy.
+        eval-only (``train()`` raises), takes only ``image_size`` inputs, and its state dict is
+        not a checkpoint's (the heads' keys change): save the unfused model. ``effdet.inference.optimize_for_inference`` fuses a copy.
         """
         if self.fused_size is not None:
             raise RuntimeError(f"this model is already fused (for {self.fused_size[0]}x{self.fused_size[1]})")
@@ -86,8 +86,7 @@ class EfficientDet(nn.Module):
         with torch.no_grad():
             self.backbone.fuse(size)
             self.fpn.fuse(level_sizes)
-            self.class_net.fuse()
-            self.box_net.fuse()
+            self.class_net, self.box_net = FusedHead(self.class_net), FusedHead(self.box_net)
             if stack_heads:
                 self.heads = StackedHeads(self.class_net, self.box_net)
                 self.class_net = self.box_net = None

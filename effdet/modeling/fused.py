@@ -1,8 +1,10 @@
-"""Inference-time convolution rewrites used by the modules' ``fuse`` methods.
+"""Inference-time convolution rewrites used by :meth:`effdet.modeling.efficientdet.EfficientDet.fuse`.
 
-These are the primitives of :meth:`effdet.modeling.efficientdet.EfficientDet.fuse`; each module
-of the network (``ConvBnAct``, ``SeparableConv2d``, ``FusionNode``, ``HeadNet``, ...) uses them to
-replace its own parts, so the fused network runs the same ``forward`` code as the plain one:
+The backbone and BiFPN modules (``ConvBnAct``, ``SeparableConv2d``, ``FusionNode``) use them in
+their ``fuse`` methods to replace their own children (a BN becomes ``nn.Identity``, the
+convolution before it a :class:`FusedConv` with the folded bias) and keep their ``forward``; the
+heads, whose shared convolutions get one folded copy per level, are rebuilt as
+:class:`effdet.modeling.head.FusedHead`. The primitives:
 
 * :func:`fold_conv_bn`: ``bn(conv(x))`` with BN in eval mode as one convolution with bias;
 * :func:`static_conv`: TF "same" padding of a strided convolution fixed for one input size and
@@ -124,9 +126,8 @@ class FusedConv(nn.Module):
     On CPU (float32, no autocast, not tracing) it runs as one oneDNN op with the activation (or
     the residual addition) fused into the convolution, with the weight reordered into oneDNN's
     layout once (at the first call) instead of at every call; elsewhere, and for maps of fewer
-    than :data:`FUSED_MIN_PIXELS` output pixels (where the fused op's fixed cost of ~0.1 ms per
-    call outweighs its savings: measured 85-150 us against 20-80 us for ``F.conv2d`` on the 4x4
-    to 16x16 BiFPN and head levels of D0), as ``F.conv2d`` then in-place ops.
+    than :data:`FUSED_MIN_PIXELS` output pixels (where the fused op's fixed cost per call outweighs
+    its savings; docs/measurements/design_notes.md), as ``F.conv2d`` then in-place ops.
 
     ``forward(x, scale=None, residual=None)``: ``scale`` (N x C x 1 x 1) multiplies the input
     channels (a squeeze-excite gate before a 1x1 conv; at batch 1 folded into the weight instead

@@ -60,26 +60,42 @@ class HeadNet(nn.Module):
             outputs.append(self.predict(x))
         return outputs
 
-    def fuse(self) -> None:
-        """In place, for inference: each level's BN (and the activation after it) folded into its own
-        copy of the shared pointwise convolution.
 
-        ``forward`` runs unchanged: ``conv`` is then the depthwise convolution alone,
-        ``bns[level][i]`` the level's pointwise convolution with BN and activation folded in, ``act``
-        the identity. No padding to fix: every head convolution has stride 1.
-        """
-        for level_bns in self.bns:
-            for i, (conv, bn) in enumerate(zip(self.convs, level_bns)):
-                level_bns[i] = FusedConv(fold_conv_bn(conv.conv_pw, bn), self.act_name)
-        for conv in self.convs:
-            conv.conv_dw = FusedConv(static_conv(conv.conv_dw))
-            conv.conv_pw = nn.Identity()
-        self.act = nn.Identity()
-        self.predict.fuse()
+class FusedHead(nn.Module):
+    """A trained :class:`HeadNet` rebuilt for inference: the same outputs from fewer, fused ops.
+
+    ``FusedHead(head)`` copies ``head`` (eval-mode BN statistics) and leaves it untouched. Each
+    level's BN and the activation after it are folded into that level's own copy of the shared
+    pointwise convolution, so there are ``num_levels x repeats`` pointwise convolutions
+    (``conv_pw[level][i]``) beside the ``repeats`` shared depthwise ones (``conv_dw[i]``); all are
+    :class:`~effdet.modeling.fused.FusedConv`. No padding to fix: every head convolution has stride 1.
+
+    Input and output as :class:`HeadNet`: a list over levels of N x C x H_l x W_l in, a list of
+    N x (num_anchors * num_outputs) x H_l x W_l out. Inference only (no gradients, no BN left).
+    """
+
+    def __init__(self, head: HeadNet) -> None:
+        super().__init__()
+        self.act_name = head.act_name
+        self.conv_dw = nn.ModuleList(FusedConv(static_conv(conv.conv_dw)) for conv in head.convs)
+        self.conv_pw = nn.ModuleList(
+            nn.ModuleList(FusedConv(fold_conv_bn(conv.conv_pw, bn), head.act_name)
+                          for conv, bn in zip(head.convs, level_bns))
+            for level_bns in head.bns)
+        self.predict_dw = FusedConv(static_conv(head.predict.conv_dw))
+        self.predict_pw = FusedConv(static_conv(head.predict.conv_pw))
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        outputs = []
+        for x, level_pw in zip(features, self.conv_pw):
+            for dw, pw in zip(self.conv_dw, level_pw):
+                x = pw(dw(x))
+            outputs.append(self.predict_pw(self.predict_dw(x)))
+        return outputs
 
 
 class StackedHeads(nn.Module):
-    """Two fused :class:`HeadNet` s that read the same features (class and box), run as one.
+    """Two :class:`FusedHead` s that read the same features (class and box), run as one.
 
     Their convolutions are stacked side by side (:func:`~effdet.modeling.fused.stack_convs`):
     per repeat one depthwise conv over 2C channels and, per level, one two-group pointwise conv
@@ -90,19 +106,19 @@ class StackedHeads(nn.Module):
     N x (A * K) x H_l x W_l, equal to ``(first(features), second(features))``.
     """
 
-    def __init__(self, first: HeadNet, second: HeadNet) -> None:
+    def __init__(self, first: FusedHead, second: FusedHead) -> None:
         super().__init__()
-        if not isinstance(first.act, nn.Identity) or not isinstance(second.act, nn.Identity):
-            raise ValueError("StackedHeads needs fused heads: call HeadNet.fuse() on both first")
-        self.channels = first.predict.conv_dw.weight.shape[0]
-        self.conv_dw = nn.ModuleList(FusedConv(stack_convs(as_conv(a.conv_dw), as_conv(b.conv_dw)))
-                                     for a, b in zip(first.convs, second.convs))
+        if not isinstance(first, FusedHead) or not isinstance(second, FusedHead):
+            raise ValueError("StackedHeads needs fused heads: build FusedHead(head) from each HeadNet first")
+        self.channels = first.predict_dw.weight.shape[0]
+        self.conv_dw = nn.ModuleList(FusedConv(stack_convs(as_conv(a), as_conv(b)))
+                                     for a, b in zip(first.conv_dw, second.conv_dw))
         self.conv_pw = nn.ModuleList(
-            nn.ModuleList(FusedConv(stack_convs(as_conv(a), as_conv(b)), first.act_name) for a, b in zip(bns_a, bns_b))
-            for bns_a, bns_b in zip(first.bns, second.bns))
-        self.predict_dw = FusedConv(stack_convs(as_conv(first.predict.conv_dw), as_conv(second.predict.conv_dw)))
-        self.first_pw = first.predict.conv_pw
-        self.second_pw = second.predict.conv_pw
+            nn.ModuleList(FusedConv(stack_convs(as_conv(a), as_conv(b)), first.act_name) for a, b in zip(pw_a, pw_b))
+            for pw_a, pw_b in zip(first.conv_pw, second.conv_pw))
+        self.predict_dw = FusedConv(stack_convs(as_conv(first.predict_dw), as_conv(second.predict_dw)))
+        self.first_pw = first.predict_pw
+        self.second_pw = second.predict_pw
 
     def forward(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         first, second = [], []
@@ -117,4 +133,4 @@ class StackedHeads(nn.Module):
         return first, second
 
 
-__all__ = ["HeadNet", "StackedHeads"]
+__all__ = ["FusedHead", "HeadNet", "StackedHeads"]

@@ -88,13 +88,12 @@ class ConvBnAct(nn.Sequential):
         super().__init__(*layers)
         self.act = act
         self.stride = stride
-        self.fused: FusedConv | None = None  # set by fuse(): index 0 again, as a plain attribute (no lookup)
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self.fused is not None:
-            return self.fused(x, scale, residual)
         conv = self[0]
+        if isinstance(conv, FusedConv):  # fused: BN and activation are in it, 1 and 2 are identities
+            return conv(x, scale, residual)
         if scale is not None:
             x = x * scale
         y = self[1](conv(x))
@@ -106,7 +105,6 @@ class ConvBnAct(nn.Sequential):
         """Fold BN into the conv (static padding for ``input_size``) and fuse the activation, in
         place; returns the output size."""
         self[0] = FusedConv(fold_conv_bn(self[0], self[1], input_size), self.act)
-        object.__setattr__(self, "fused", self[0])  # an alias of index 0, not a second submodule
         self[1] = nn.Identity()
         if len(self) > 2:
             self[2] = nn.Identity()
