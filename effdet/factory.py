@@ -26,6 +26,7 @@ from effdet.weights.reference import (COCO90_CATEGORY_IDS, COCO90_CLASS_NAMES, c
                                       reference_weights_file)
 from effdet.weights.backbones import (BackboneWeights, fetch_backbone_weights, load_backbone_weights,
                                      load_classifier_weights)
+from effdet.weights.classifier import check_classifier_checkpoint, is_classifier_checkpoint
 
 
 def create_model(name_or_path: str | Path | EfficientDetConfig = "efficientdet_d0", num_classes: int | None = None,
@@ -78,6 +79,36 @@ def create_classifier(name: str = "efficientnet_b0", num_classes: int = 1000,
             tqdm.write(f"{fetched.source}: {head.shape[0]}-class classifier; the final linear layer is "
                        f"re-initialised for {num_classes} classes, everything else loaded")
     return model
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu", ema: bool = True
+                    ) -> tuple[EfficientNet, dict[str, Any]]:
+    """Rebuild a classifier from this project's classifier checkpoint (``effdet classify train``'s
+    ``best.pt`` / ``last.pt``, :mod:`effdet.weights.classifier`); returns ``(model in eval mode, info)``
+    with ``info`` holding ``class_names`` and ``image_size`` (the training input side). With ``ema``
+    the EMA weights are used when the file has them.
+
+    Raises:
+        CheckpointError: the file is unreadable, not a classifier checkpoint, malformed, does not fit
+            the network its metadata describes, or holds NaN / infinite weights.
+    """
+    obj = read_checkpoint(path)
+    if not is_classifier_checkpoint(obj):
+        kind = "a detection checkpoint (use effdet val / predict)" if is_project_checkpoint(obj) else \
+            "not a classifier checkpoint of this project"
+        raise CheckpointError(f"{path} is {kind}; give the best.pt or last.pt of an effdet classify train run")
+    check_classifier_checkpoint(obj, path)
+    model = EfficientNet(obj["model_name"], obj["num_classes"], padding=obj["padding"], bn_eps=obj["bn_eps"],
+                         bn_momentum=obj["bn_momentum"])
+    state = obj["ema"] if ema and obj.get("ema") is not None else obj["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: the weights do not fit {obj['model_name']} with {obj['num_classes']} "
+                              f"classes ({str(error).splitlines()[0]}); the file is damaged") from None
+    check_finite_weights(model.state_dict(), path)
+    return model.to(device).eval(), dict(class_names=list(obj["class_names"]), image_size=obj["image_size"],
+                                         model_name=obj["model_name"])
 
 
 def load_model(path: str | Path, model: str | Path | EfficientDetConfig | None = None,
@@ -140,4 +171,4 @@ def load_model(path: str | Path, model: str | Path | EfficientDetConfig | None =
     return net.to(device).eval(), info
 
 
-__all__ = ["create_classifier", "create_model", "load_model"]
+__all__ = ["create_classifier", "create_model", "load_classifier", "load_model"]

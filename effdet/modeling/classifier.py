@@ -37,7 +37,7 @@ class EfficientNet(nn.Module):
         last = trunk.features[-1][-1].block[-1][0].out_channels
         width = head_channels(name)
         head = ConvBnAct(last, width, 1, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum, act=trunk.act)
-        self.name = name
+        self.name, self.padding = name, padding
         self.features = nn.Sequential(*trunk.features, head)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(default_dropout if dropout is None else dropout),
