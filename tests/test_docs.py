@@ -30,6 +30,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,11 +90,11 @@ def prose(text: str) -> str:
 
 
 def inline_spans(text: str) -> list[tuple[int, str]]:
-    """(line, content) of every inline code span outside fenced blocks."""
-    spans = []
-    for number, line in enumerate(prose(text).splitlines(), 1):
-        spans += [(number, m.group(2)) for m in re.finditer(r"(`+)(.+?)\1", line)]
-    return spans
+    """(line, content) of every inline code span outside fenced blocks; a span may run over a line
+    break (not over a blank line), as in Markdown, and its content has the break as a space."""
+    text = prose(text)
+    return [(text.count("\n", 0, m.start()) + 1, re.sub(r"\s*\n\s*", " ", m.group(2)))
+            for m in re.finditer(r"(`+)((?:(?!\1).)+?)\1", text, re.S) if "\n\n" not in m.group(2)]
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -154,17 +155,39 @@ def effdet_arguments(words: list[str]) -> list[str] | None:
 
 
 def parse_problem(argv: list[str]) -> str | None:
-    """Why ``effdet argv`` does not parse (argparse's message), or None when it does."""
+    """Why ``effdet argv`` does not parse (argparse's message), or its ``key=value`` overrides do not
+    fit the recipe (unknown or moved keys, bad values), or None when all is well."""
     from effdet.cli.main import parse
 
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            parse(list(argv))
+            args = parse(list(argv))
     except SystemExit as stop:
         if stop.code not in (0, None):
             return stderr.getvalue().strip().splitlines()[-1] if stderr.getvalue().strip() else f"exit {stop.code}"
-    return None
+        return None
+    return override_problem(args)
+
+
+def override_problem(args) -> str | None:
+    """Why the ``key=value`` overrides of a parsed ``effdet train`` or ``effdet data anchors`` do not
+    build a recipe (with ``--config`` when it is a file of this checkout), or None."""
+    if args.job not in {"train", "data"} or not getattr(args, "overrides", None):
+        return None
+    from effdet.config import ConfigError, parse_overrides
+    from effdet.engine.train_config import load_run_config
+
+    config = getattr(args, "config", None)
+    source = config if config and (ROOT / config).is_file() else getattr(args, "model", None)
+    source = ROOT / source if source == config and source else source
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            load_run_config(source, parse_overrides(args.overrides))
+        except ConfigError as error:
+            return str(error)
+    return f"{caught[0].message}" if caught else None
 
 
 @functools.cache
@@ -237,6 +260,28 @@ def job_parser(words: list[str]):
             break
         parser, used = nested[0].choices[words[used]], used + 1
     return parser, used
+
+
+def table_problems(text: str) -> list[str]:
+    """Flags in the "flag" column of a Markdown table that the job of the section (the last heading
+    naming `effdet JOB ...`) does not have."""
+    found, job, flag_column = [], None, None
+    for number, line in enumerate(prose(text).splitlines(), 1):
+        heading = re.match(r"^#{1,6}\s.*?`(effdet [a-z ]+?)`", line)
+        if heading:
+            job = heading.group(1).split()[1:]
+        if not line.startswith("|"):
+            flag_column = None
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if flag_column is None:  # the header row
+            flag_column = cells.index("flag") if "flag" in cells else -1
+        elif flag_column >= 0 and job and flag_column < len(cells) and not set(cells[flag_column]) <= set("-: "):
+            parser, used = job_parser(job)
+            known = {option for action in parser._actions for option in action.option_strings} if parser else set()
+            found += [f"line {number}: {flag} is not a flag of effdet {' '.join(job)}"
+                      for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", cells[flag_column]) if flag not in known]
+    return found
 
 
 def synopsis_problems(span: str) -> list[str]:
@@ -417,6 +462,7 @@ def problems(text: str, page: Path) -> list[str]:
         found += [f"line {number}: {p}" for p in synopsis_problems(span)]
         found += [f"line {number}: {p}" for name in sorted(dotted_effdet_names(span)) if (p := resolve(name))]
         found += [f"line {number}: {p}" for word in span.split() for p in path_problems(word.strip("()"))]
+    found += table_problems(text)
     found += link_problems(text, page)
     return found
 
@@ -453,6 +499,8 @@ SYNTHETIC = ROOT / "docs" / "synthetic.md"
     ("```bash\neffdet train --config configs/demo.yaml --made-up-flag 3\n```\n", "--made-up-flag"),
     ("```\n$ effdet predict --weights w.pt \\\n    --made-up-flag x photos/ | tee log\n```\n", "--made-up-flag"),
     ("```bash\ntorchrun --nproc_per_node=2 -m effdet nosuchjob\n```\n", "nosuchjob"),
+    ("```bash\neffdet train --config configs/demo.yaml train.no_such_field=3\n```\n", "no_such_field"),
+    ("```bash\neffdet train --model efficientdet_d0 train.epochs=many\n```\n", "epochs"),
     ("```bash\neffdet export --weights a.pt --output m.onnx --int8  # a check, not argparse, refuses it\n```\n",
      "--int8"),
     ("```bash\npython tools/no_such_tool.py --x 1\n```\n", "tools/no_such_tool.py does not exist"),
@@ -468,7 +516,9 @@ SYNTHETIC = ROOT / "docs" / "synthetic.md"
      "too many positional"),
     ("```python\ndef broken(:\n```\n", "syntax error"),
     ("The evaluator is `effdet.no_such_module.evaluate`.\n", "effdet.no_such_module"),
-    ("Run `effdet data convert --from voc --no-such-flag`.\n", "--no-such-flag"),
+    ("Run `effdet data convert --from voc\n--no-such-flag`.\n", "--no-such-flag"),
+    ("# Predict: `effdet predict`\n\n| flag | meaning |\n|---|---|\n| `--slice PX` | tiles |\n"
+     "| `--no-such-flag N` | x |\n", "--no-such-flag is not a flag of effdet predict"),
     ("Tested in `tests/test_docs.py::test_no_such_test`.\n", "has no test test_no_such_test"),
     ("See `configs/no_such_recipe.yaml`.\n", "configs/no_such_recipe.yaml does not exist"),
     ("See [the page](no_such_page.md).\n", "no_such_page.md does not exist"),
@@ -498,7 +548,14 @@ predictor = Predictor.from_checkpoint("best.pt")
 ```
 
 `effdet predict --weights FILE [--slice PX]`; `effdet.config.LIMITS`; `tests/test_docs.py::test_page_is_true`;
-[back](#a-heading-with-code), [the README](../README.md#quick-start).
+[back](#a-heading-with-code), [the README](../README.md#quick-start); `effdet data convert --from voc
+--to coco SRC --output OUT`.
+
+## Sliced: `effdet predict --slice`
+
+| flag | default |
+|---|---|
+| `--slice PX`, `--slice-overlap F` | off, 0.2 |
 """
     assert problems(page, SYNTHETIC) == []
 
