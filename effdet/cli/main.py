@@ -3,6 +3,7 @@
     effdet train --config configs/demo.yaml --output runs/demo
     effdet val --weights runs/demo/best.pt --ann val.json --images val/
     effdet predict --weights runs/demo/best.pt photos/
+    effdet track clip.mp4 --weights runs/demo/best.pt
     effdet export --weights runs/demo/best.pt --output model.onnx --nms
     effdet benchmark --model efficientdet_d0 --threads 2
     effdet classify photo.jpg --model efficientnet_lite0
@@ -33,6 +34,7 @@ from effdet.cli.parsers import classify as classify_flags
 from effdet.cli.parsers import data as data_flags
 from effdet.cli.parsers import export as export_flags
 from effdet.cli.parsers import predict as predict_flags
+from effdet.cli.parsers import track as track_flags
 from effdet.cli.parsers import train as train_flags
 from effdet.cli.parsers import val as val_flags
 
@@ -65,6 +67,7 @@ JOBS = (
     Job("train", "train a detector on a COCO-format dataset", train_flags),
     Job("val", "COCO mAP of a checkpoint or of a results file", val_flags, aliases=("eval",)),
     Job("predict", "detect objects in images: drawn boxes and COCO JSON", predict_flags, aliases=("infer",)),
+    Job("track", "follow objects through videos (ByteTrack): ids, trails, MOT files, HOTA/MOTA/IDF1", track_flags),
     Job("export", "export to ONNX or OpenVINO IR (fp32 / int8), checked against PyTorch", export_flags),
     Job("benchmark", "speed of forward, end-to-end prediction, training and ONNX Runtime", benchmark_flags),
     Job("classify", "ImageNet classification with an EfficientNet (B0-B7, Lite0-4)", classify_flags),

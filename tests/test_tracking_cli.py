@@ -1,0 +1,200 @@
+"""effdet track (effdet.inference.video_tracking, effdet.cli.track): the outputs of each source
+(annotated video, MOTChallenge NAME.txt, JSON lines with track_id), --detections without a
+detector, --classes, tracker settings from YAML and flags, --gt metrics on a synthetic clip with
+crossing objects, and the inputs it refuses (one line, exit code 2, inputs untouched)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from effdet.cli.main import main as effdet
+from effdet.cli.main import parse
+from effdet.cli.track import tracker_settings
+from effdet.data.images import OUTPUT_MARKER
+from effdet.data.synthetic import CATEGORIES
+from effdet.data.synthetic_clips import plan_clip, render_clip
+from effdet.evaluation.mot import read_mot_file
+from effdet.inference.tracking import TrackerSettings
+from tests.test_infer import weights  # noqa: F401  (fixture: a tiny random checkpoint, 4 classes)
+from tests.test_predict_video import FRAMES, FPS, HEIGHT, WIDTH, _lines, _video_info, write_video
+
+CLIP_FRAMES, CLIP_SIZE = 48, (96, 128)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(video, MOTChallenge ground truth, effdet predict JSON lines made from the ground truth:
+    every visible object detected, scored by its visibility) of a synthetic clip with 2 pairs of
+    crossing shapes."""
+    folder = tmp_path_factory.mktemp("clip")
+    rng = np.random.default_rng(3)
+    frames, truth = render_clip(rng, plan_clip(rng, CLIP_FRAMES, CLIP_SIZE, num_pairs=2), CLIP_FRAMES, CLIP_SIZE)
+    writer = cv2.VideoWriter(str(folder / "shapes.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 30.0,
+                             (CLIP_SIZE[1], CLIP_SIZE[0]))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    (folder / "shapes_gt.txt").write_text("".join(
+        f"{g.frame},{g.track_id},{g.box[0]},{g.box[1]},{g.box[2] - g.box[0]},{g.box[3] - g.box[1]},1,-1,-1\n"
+        for g in truth))
+    names = dict(CATEGORIES)
+    lines = [{"frame": f, "time": f / 30, "detections": []} for f in range(CLIP_FRAMES)]
+    for g in truth:
+        if g.visibility >= 0.2:
+            lines[g.frame - 1]["detections"].append({
+                "bbox": [g.box[0], g.box[1], g.box[2] - g.box[0], g.box[3] - g.box[1]],
+                "score": round(0.3 + 0.65 * g.visibility, 3), "category_id": g.category_id,
+                "class_name": names[g.category_id]})
+    (folder / "detections").mkdir()
+    (folder / "detections" / "shapes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder / "shapes.mp4", folder / "shapes_gt.txt", folder / "detections" / "shapes.jsonl"
+
+
+def test_detector_run_writes_video_mot_file_and_json_lines(weights: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    video = write_video(tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    assert effdet(["track", str(video), "--weights", str(weights), "--output", str(out), "--score-threshold", "0.3",
+                   "--high-threshold", "0.3", "--new-track-threshold", "0.3", "--batch-size", "4", "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([OUTPUT_MARKER, "clip.jsonl", "clip.mp4", "clip.txt"])
+    assert _video_info(out / "clip.mp4") == (FRAMES, FPS, WIDTH, HEIGHT)
+    records = _lines(out / "clip.jsonl")
+    assert [r["frame"] for r in records] == list(range(FRAMES))
+    detections = [d for r in records for d in r["detections"]]
+    assert detections and all(set(d) == {"bbox", "score", "category_id", "class_name", "track_id"}
+                              for d in detections)
+    assert all(d["score"] >= 0.3 for d in detections)
+    mot = read_mot_file(out / "clip.txt")
+    assert mot, "the tiny model's detections should form some tracks"
+    # every MOT line is a tracked detection of that frame, and every tracked detection has a line
+    tracked = {(r["frame"] + 1, d["track_id"]) for r in records for d in r["detections"] if d["track_id"] is not None}
+    assert {(b.frame, b.track_id) for b in mot} == tracked
+    for line in (out / "clip.txt").read_text().splitlines():
+        assert line.endswith(",-1,-1,-1") and len(line.split(",")) == 10
+    stdout = capsys.readouterr().out
+    assert f"{video}: {FRAMES} frames, {len(detections)} detection(s)" in stdout
+    assert str(out / "clip.txt") in stdout and str(out / "clip.mp4") in stdout
+
+
+def test_detections_file_re_tracks_without_a_detector(clip: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    video, _, detections = clip
+    out = tmp_path / "out"
+    assert effdet(["track", str(video), "--detections", str(detections), "--output", str(out), "--quiet"]) == 0
+    assert _video_info(out / "shapes.mp4")[0] == CLIP_FRAMES
+    source, written = _lines(detections), _lines(out / "shapes.jsonl")
+    assert len(written) == CLIP_FRAMES
+    for before, after in zip(source, written):  # the same records, with track ids added
+        assert [{k: v for k, v in d.items() if k != "track_id"} for d in after["detections"]] == before["detections"]
+    ids = {d["track_id"] for r in written for d in r["detections"]} - {None}
+    assert ids == set(range(1, len(ids) + 1)) and len(ids) >= 4  # ids 1..n, one per object at least
+
+
+def test_no_images_does_not_need_the_video_decoded(clip: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    video, _, detections = clip
+    out = tmp_path / "out"
+    assert effdet(["track", str(video), "--detections", str(detections), "--no-images", "--output", str(out),
+                   "--max-frames", "10", "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([OUTPUT_MARKER, "shapes.jsonl", "shapes.txt"])
+    assert len(_lines(out / "shapes.jsonl")) == 10
+    assert max(b.frame for b in read_mot_file(out / "shapes.txt")) <= 10
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trackeval") is None,
+                    reason="tracking metrics need TrackEval: pip install --no-deps trackeval tabulate")
+def test_gt_prints_the_metrics_of_crossing_objects(clip: tuple[Path, Path, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    video, gt, detections = clip
+    assert effdet(["track", str(video), "--detections", str(detections), "--gt", str(gt), "--no-images",
+                   "--output", str(tmp_path), "--quiet"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith(f"{gt}: HOTA ")
+    values = dict(zip(line.split()[1::2], line.split()[2::2]))
+    # detections of every visible object: no identity switch through the crossings, no false positive
+    assert values["IDSW"] == "0" and values["FP"] == "0" and float(values["MOTA"]) > 80
+    assert values["GT_IDs"] == "4" and values["IDs"] == "4"
+
+
+def test_classes_keeps_only_those(clip: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    video, _, detections = clip
+    kept = {d["category_id"] for r in _lines(detections) for d in r["detections"]}
+    category = min(kept)
+    name = dict(CATEGORIES)[max(kept)]
+    assert effdet(["track", str(video), "--detections", str(detections), "--no-images", "--output", str(tmp_path),
+                   "--classes", str(category), name, "--quiet"]) == 0
+    written = {(d["category_id"], d["class_name"]) for r in _lines(tmp_path / "shapes.jsonl") for d in r["detections"]}
+    assert {c for c, _ in written} == {category, max(kept)}
+
+
+def test_tracker_settings_default_then_yaml_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "bytetrack.yaml"
+    config.write_text("track_buffer: 60\nhigh_threshold: 0.4\nfuse_score: false\n")
+    args = parse(["track", "v.mp4", "--detections", "d.jsonl", "--tracker", str(config), "--track-buffer", "7"])
+    assert tracker_settings(args) == TrackerSettings(track_buffer=7, high_threshold=0.4, fuse_score=False)
+    assert tracker_settings(parse(["track", "v.mp4", "--weights", "w.pt"])) == TrackerSettings()
+    assert parse(["track", "v.mp4", "--weights", "w.pt"]).score_threshold == 0.1
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: d.write_text('{"frame": 0, "time": 0, "detections": []}\nnot json\n'), "line 2 is not a frame record"),
+    (lambda d: d.write_text('{"frame": 0, "detections": [{"bbox": [1, 2, -3, 4], "score": 0.5, "category_id": 1}]}\n'),
+     "line 1 is not a frame record"),
+    (lambda d: d.write_text('{"frame": 3, "detections": []}\n{"frame": 2, "detections": []}\n'),
+     "line 2: frame 2 after frame 3; frames must increase"),
+])
+def test_bad_detections_file_is_one_line_error(clip: tuple[Path, Path, Path], tmp_path: Path, setup,
+                                               message: str, capsys: pytest.CaptureFixture) -> None:
+    detections = tmp_path / "bad.jsonl"
+    setup(detections)
+    assert effdet(["track", str(clip[0]), "--detections", str(detections), "--no-images", "--output",
+                   str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("effdet track: error: --detections ") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "shapes.txt").exists()
+
+
+def test_outputs_never_replace_inputs(clip: tuple[Path, Path, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture) -> None:
+    video, _, detections = clip
+    before = detections.read_bytes()
+    # the JSON lines output would be the --detections file itself
+    assert effdet(["track", str(video), "--detections", str(detections), "--output", str(detections.parent),
+                   "--quiet"]) == 2
+    assert "would replace the --detections input" in capsys.readouterr().err
+    assert detections.read_bytes() == before
+    # the MOT file would be the --gt file
+    gt = tmp_path / "shapes.txt"
+    gt.write_text("1,1,0,0,5,5,1,-1,-1,-1\n")
+    assert effdet(["track", str(video), "--detections", str(detections), "--gt", str(gt), "--output", str(tmp_path),
+                   "--quiet"]) == 2
+    assert "is the --gt input" in capsys.readouterr().err and gt.read_text() == "1,1,0,0,5,5,1,-1,-1,-1\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["v.mp4"], "give --weights (a detector), or --detections FILE.jsonl"),
+    (["v.mp4", "--weights", "w.pt", "--detections", "d.jsonl"], "leave out --weights"),
+    (["v.mp4", "--weights", "w.pt", "--json", "r.json"], "--json and --ann are effdet predict's"),
+    (["v.mp4", "--detections", "d.jsonl", "--high-threshold", "2"], "argument --high-threshold"),
+])
+def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        effdet(["track", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_sources_without_a_video_and_bad_gt(clip: tuple[Path, Path, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    assert effdet(["track", str(image), "--detections", str(clip[2]), "--output", str(tmp_path / "o")]) == 2
+    assert "no video, camera or stream among" in capsys.readouterr().err
+    bad_gt = tmp_path / "gt.txt"
+    bad_gt.write_text("1,1,0,0,5\n")
+    assert effdet(["track", str(clip[0]), "--detections", str(clip[2]), "--gt", str(bad_gt), "--no-images",
+                   "--output", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert f"--gt file {bad_gt} line 1: expected at least 7 numbers" in capsys.readouterr().err
