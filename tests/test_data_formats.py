@@ -281,6 +281,31 @@ def test_class_names_files(tmp_path: Path) -> None:
         assert str(error.value) == message
 
 
+def test_class_names_from_text_json_and_yaml_agree(tmp_path: Path) -> None:
+    """One reader for predict and data convert: a text file, a JSON list (by suffix or by its
+    leading '['), and a YOLO data.yaml give the same names."""
+    (tmp_path / "n.txt").write_text("cat\n dog \n\n")
+    (tmp_path / "n.json").write_text('["cat", "dog"]')
+    (tmp_path / "list.names").write_text(' ["cat", " dog"]\n')
+    (tmp_path / "data.yaml").write_text("names: {0: cat, 1: dog}\n")
+    for name in ("n.txt", "n.json", "list.names", "data.yaml"):
+        assert read_class_names(tmp_path / name) == ["cat", "dog"], name
+    for text, message in (('["cat", 3]', "must hold a non-empty JSON list of strings"),
+                          ("[]", "must hold a non-empty JSON list of strings"),
+                          ('["cat", "cat"]', "class names must be unique and not empty"),
+                          ('["cat",', "is not valid JSON")):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(DatasetError, match=message):
+            read_class_names(tmp_path / "bad.json")
+
+
+def test_predict_and_data_convert_read_class_names_alike() -> None:
+    import effdet.cli.data
+    import effdet.cli.predict
+
+    assert effdet.cli.predict.read_class_names is effdet.cli.data.read_class_names is read_class_names
+
+
 def test_data_yaml_with_aliases_is_refused(tmp_path: Path) -> None:
     """A YOLO data.yaml goes through the recipes' alias-free YAML reader: a few nested aliases
     would expand to gigabytes."""

@@ -14,8 +14,9 @@ pytest.importorskip("onnx", reason="onnx is an optional extra: pip install effde
 pytest.importorskip("onnxruntime", reason="onnxruntime is an optional extra: pip install effdet[export]")
 
 from effdet.weights.checkpoint import save_checkpoint  # noqa: E402
-from effdet.export.onnx import (DetectionGraph, box_tolerance, example_input, export_onnx, read_metadata,  # noqa: E402
-                           run_onnx, verify_onnx)
+from effdet.export.onnx import (DetectionGraph, box_tolerance, example_input, export_onnx, run_onnx,  # noqa: E402
+                                verify_onnx)
+from effdet.inference.backends import read_metadata  # noqa: E402
 from effdet.data.letterbox import normalize  # noqa: E402
 from effdet.inference.predictor import Predictor  # noqa: E402
 from effdet.modeling.postprocess import PostprocessSettings, postprocess  # noqa: E402

@@ -20,7 +20,7 @@ from pycocotools.coco import COCO
 from effdet import create_model
 from effdet.data.images import OUTPUT_MARKER
 from effdet.weights.checkpoint import save_checkpoint
-from effdet.inference.run import output_names, read_class_names
+from effdet.inference.run import output_names
 
 ROOT = Path(__file__).resolve().parents[1]
 INFER = ROOT / "tools" / "infer.py"
@@ -183,12 +183,6 @@ def test_output_names_keep_relative_paths(tmp_path: Path) -> None:
     paths = [tmp_path / "a/b/y.png", tmp_path / "a/x.jpg", tmp_path / "c/x.jpg"]
     names = output_names(paths, [tmp_path / "a", str(tmp_path / "c" / "*.jpg")])
     assert [n.as_posix() for n in names] == ["b/y.png", "x.jpg", "x_1.jpg"]
-
-
-def test_read_class_names(tmp_path: Path) -> None:
-    (tmp_path / "n.txt").write_text("cat\n\n dog \n")
-    (tmp_path / "n.json").write_text('["cat", "dog"]')
-    assert read_class_names(tmp_path / "n.txt") == read_class_names(tmp_path / "n.json") == ["cat", "dog"]
 
 
 @pytest.mark.slow

@@ -7,8 +7,8 @@ import argparse
 import time
 
 from effdet.cli.common import check_device, postprocess_settings
-from effdet.inference.run import (InferenceSummary, check_weights_path, load_predictor, prepare_inference,
-                                  read_class_names, run_plan)
+from effdet.data.formats import read_class_names
+from effdet.inference.run import InferenceSummary, check_weights_path, load_predictor, prepare_inference, run_plan
 from effdet.inference.slicing import MAX_TILES
 
 

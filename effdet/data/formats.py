@@ -21,6 +21,7 @@ missing or unreadable are skipped with one warning each and counted.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 import xml.etree.ElementTree as ET
@@ -86,18 +87,25 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 
 def read_class_names(path: str | Path) -> list[str]:
-    """Class names in class-index order: a text file with one name per line, or a YOLO
-    ``data.yaml`` (``.yaml``/``.yml``) with ``names:`` as a list or a ``{index: name}`` dict.
+    """Class names in class-index order, from any of the three files that hold them:
+
+    * a text file with one name per line (line k + 1 names class k; trailing blank lines ignored);
+    * a JSON list of strings (a ``.json`` file, or any file whose text starts with ``[``);
+    * a YOLO ``data.yaml`` (``.yaml``/``.yml``) with ``names:`` as a list or an ``{index: name}`` dict.
+
+    ``effdet predict --class-names`` and ``effdet data convert --class-names`` both read it.
 
     Raises:
         DatasetError: unreadable or oversized file, empty or repeated name, a name with a control
-            character (tab, NUL, ...; with file:line in a text file), ``names`` missing, not
-            0..N-1, or not matching ``nc``.
+            character (tab, NUL, ...; with file:line in a text file), invalid JSON or JSON that is
+            not a list of strings, YAML ``names`` missing, not 0..N-1, or not matching ``nc``.
     """
     path = Path(path)
     text = _read_text(path, "class-names file")
     if path.suffix.lower() in (".yaml", ".yml"):
         return _names_from_yaml(path, text)
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
+        return _names_from_json(path, text)
     lines = text.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
@@ -124,6 +132,24 @@ def _read_text(path: Path, what: str) -> str:
         raise DatasetError(str(error)) from None
 
 
+def _names_from_json(path: Path, text: str) -> list[str]:
+    try:
+        names = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as error:
+        raise DatasetError(f"class-names file {path} is not valid JSON: {error}; write a JSON list of "
+                           "names, or one name per line in a text file") from None
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+        raise DatasetError(f"class-names file {path} must hold a non-empty JSON list of strings")
+    return _unique_names(path, [check_class_name(name, f"{path}: [{index}]").strip()
+                                for index, name in enumerate(names)])
+
+
+def _unique_names(path: Path, names: list[str]) -> list[str]:
+    if len(set(names)) != len(names) or not all(names):
+        raise DatasetError(f"{path}: class names must be unique and not empty, got {names}")
+    return names
+
+
 def _names_from_yaml(path: Path, text: str) -> list[str]:
     try:
         data = load_yaml_text(text, str(path))  # no aliases: a few nested ones expand to gigabytes
@@ -137,9 +163,8 @@ def _names_from_yaml(path: Path, text: str) -> list[str]:
         names = [names[index] for index in range(len(names))]
     if not isinstance(names, list) or not names:
         raise DatasetError(f"{path}: expected a 'names:' list (or {{index: name}} mapping) of class names")
-    names = [check_class_name(name, f"{path}: names[{index}]").strip() for index, name in enumerate(names)]
-    if len(set(names)) != len(names) or not all(names):
-        raise DatasetError(f"{path}: class names must be unique and not empty, got {names}")
+    names = _unique_names(path, [check_class_name(name, f"{path}: names[{index}]").strip()
+                                 for index, name in enumerate(names)])
     if "nc" in data and data["nc"] != len(names):
         raise DatasetError(f"{path}: nc is {data['nc']!r} but 'names' lists {len(names)} classes")
     return names

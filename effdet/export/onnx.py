@@ -45,7 +45,7 @@ from torch import nn
 from effdet.fileio import atomic_path
 from effdet.modeling.efficientdet import EfficientDet
 from effdet.modeling.postprocess import PostprocessSettings, postprocess_padded, select_candidates
-from effdet.inference.backends import ExportedNetwork, decode_metadata
+from effdet.inference.backends import ExportedNetwork
 from effdet.inference.predictor import detect_batch
 
 DEFAULT_OPSET = 17
@@ -242,14 +242,6 @@ def graph_metadata(graph: Graph) -> dict[str, Any]:
                 score_threshold=s.score_threshold, nms_iou=s.nms_iou, max_detections=s.max_detections,
                 max_candidates=s.max_candidates, num_classes=graph.num_classes, config=graph.model.config.to_dict(),
                 **describe(graph))
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``metadata_props`` of an exported file, JSON values decoded."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return decode_metadata({p.key: p.value for p in model.metadata_props})
 
 
 def _add_metadata(path: str | Path, metadata: dict[str, Any]) -> None:

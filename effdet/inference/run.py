@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from effdet.config import resolve
 from effdet.data.coco import MAX_ANNOTATION_BYTES
+from effdet.data.formats import read_class_names
 from effdet.data.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, OUTPUT_MARKER, ImageReadError, find_images,
                                 glob_base, read_image, read_image_reduced)
 from effdet.data.results import detections_to_coco, write_results
@@ -70,24 +71,6 @@ class InferenceSummary:
         return sum(len(video.failed_frames) for video in self.videos)
 
 
-def read_class_names(path: str | Path) -> list[str]:
-    """Class names from a text file (one per line, blank lines ignored) or a JSON list of strings."""
-    path = Path(path)
-    try:
-        text = read_text_bounded(path, "class-names file")
-    except ReadError as error:
-        raise InferenceError(f"{error}; check the --class-names path") from None
-    if text.lstrip().startswith("["):
-        try:
-            names = json.loads(text)
-        except (json.JSONDecodeError, RecursionError, ValueError) as error:
-            raise InferenceError(f"class-names file {path} looks like JSON but is not valid: {error}") from None
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise InferenceError(f"class-names file {path} must hold a JSON list of strings")
-        return names
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
 def load_predictor(weights: str | Path, model: str | None = None, class_names: str | Path | Sequence[str] | None = None,
                    device: str = "cpu", image_size: int | tuple[int, int] | None = None, batch_size: int = 8,
                    settings: PostprocessSettings | None = None, optimize: bool = False,
@@ -98,7 +81,7 @@ def load_predictor(weights: str | Path, model: str | None = None, class_names: s
         weights: this project's checkpoint, or a reference-port state dict (then ``model``, e.g.
             ``tf_efficientdet_d0``, is required; COCO checkpoints get the 90 COCO names and ids).
         model: model name / YAML for reference-port weights (or to override a checkpoint's).
-        class_names: list or file (see :func:`read_class_names`); replaces the checkpoint's names.
+        class_names: list or file (see :func:`effdet.data.formats.read_class_names`); replaces the checkpoint's names.
         image_size: network input (h, w) or side; default the model's. Must be a multiple of
             2^max_level (128 for D0..D7).
         settings: post-processing; default the Predictor's (score threshold 0.05).
