@@ -20,7 +20,8 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is an optional extra: pip
 
 from effdet.cli import main as cli  # noqa: E402
 from effdet.cli import parsers  # noqa: E402
-from effdet.export.onnx import (DetectionGraph, NetworkGraph, _match, box_tolerance, export_onnx)  # noqa: E402
+from effdet.evaluation.matching import match_detections  # noqa: E402
+from effdet.export.onnx import (DetectionGraph, NetworkGraph, box_tolerance, export_onnx)  # noqa: E402
 from effdet.inference import backends  # noqa: E402
 from effdet.inference.backends import BackendError, ExportedNetwork, backend_for, load_exported  # noqa: E402
 from effdet.inference.predictor import Predictor, faster_network, optimize_for_inference  # noqa: E402
@@ -144,10 +145,10 @@ def test_predict_and_val_run_the_quick_start_export(checkpoint: Path, nms_onnx: 
     err = capsys.readouterr().err
     assert "score threshold 0.05 (asked: 0.05)" not in err
 
-    def per_image(detections: list[dict], file_name: str) -> list[np.ndarray]:
+    def per_image(detections: list[dict], file_name: str) -> dict[str, np.ndarray]:
         mine = [d for d in detections if d["file_name"] == file_name]
-        return [np.array([d["bbox"] for d in mine]).reshape(-1, 4), np.array([d["score"] for d in mine]),
-                np.array([d["category_id"] for d in mine])]
+        return dict(boxes=np.array([d["bbox"] for d in mine]).reshape(-1, 4),
+                    scores=np.array([d["score"] for d in mine]), labels=np.array([d["category_id"] for d in mine]))
 
     expected, metrics = runs["torch"]
     assert len(expected) > 0
@@ -155,9 +156,9 @@ def test_predict_and_val_run_the_quick_start_export(checkpoint: Path, nms_onnx: 
         got, got_metrics = runs[name]
         assert len(got) == len(expected)
         for image in images:  # matched one to one as the export check does (JSON rounds to 1e-3 px)
-            unmatched, box_diff, _ = _match(*per_image(expected, image["file_name"]),
-                                            *per_image(got, image["file_name"]), full=False, box_tolerance=3e-3)
-            assert unmatched == 0, (name, image["file_name"], box_diff)
+            agreement = match_detections([per_image(expected, image["file_name"])],
+                                         [per_image(got, image["file_name"])], box_tolerance=3e-3)
+            assert agreement.unmatched == 0, (name, image["file_name"], agreement)
         assert got_metrics["map"] == pytest.approx(metrics["map"], abs=1e-3) and metrics["map"] >= 0
 
 

@@ -1,4 +1,5 @@
-"""effdet benchmark (effdet.cli.benchmark, benchmarking): timing helpers, comparisons and a tiny end-to-end run."""
+"""effdet benchmark (effdet.benchmarking, effdet.cli.benchmark): timing helpers, comparisons, the front's errors
+and a tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import pytest
 import torch
 
 import effdet.cli.benchmark as bench_tool
-from effdet.cli.benchmarking import (ForwardTask, Measurement, PredictTask, TrainStepTask, make_jpegs,
-                                     make_train_batch, peak_memory, time_calls)
+from effdet.benchmarking.compare import add_ratios, detections_agreement
+from effdet.benchmarking.inputs import make_jpegs, make_train_batch
+from effdet.benchmarking.measure import Measurement, interleave, peak_memory
+from effdet.benchmarking.settings import BenchmarkError, BenchmarkSettings
+from effdet.benchmarking.tasks import ForwardTask, PredictTask, TrainStepTask
 from effdet.cli.main import main as effdet_main
+from effdet.inference.timing import time_calls
 from effdet.factory import create_model
 from effdet.inference.predictor import Predictor
 
@@ -40,7 +45,7 @@ class FakeRunner:
 def test_interleave_alternates_in_rounds_and_counts_runs() -> None:
     log: list[str] = []
     runners = {"a": FakeRunner("a", log, 0.1), "b": FakeRunner("b", log, 0.3)}
-    results = bench_tool.interleave(runners, runs=5, rounds=3)
+    results = interleave(runners, runs=5, rounds=3)
     assert log == ["a", "a", "b", "b", "a", "a", "b", "b", "a", "b"]
     assert len(results["a"].times) == len(results["b"].times) == 5
     summary = results["b"].summary()
@@ -53,12 +58,12 @@ def test_interleave_alternates_in_rounds_and_counts_runs() -> None:
 def test_compare_detections() -> None:
     a = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}]
     same = [{k: v.clone() for k, v in a[0].items()}]
-    assert bench_tool.compare_detections(a, same)["equal"]
+    assert detections_agreement(a, same)["equal"]
     moved = [{**same[0], "boxes": torch.tensor([[0.0, 0.0, 12.0, 10.0]])}]
-    assert not bench_tool.compare_detections(a, moved)["equal"]
+    assert not detections_agreement(a, moved)["equal"]
     relabelled = [{**same[0], "labels": torch.tensor([2])}]
-    assert not bench_tool.compare_detections(a, relabelled)["equal"]
-    assert not bench_tool.compare_detections(a, [{k: v[:0] for k, v in a[0].items()}])["equal"]
+    assert not detections_agreement(a, relabelled)["equal"]
+    assert not detections_agreement(a, [{k: v[:0] for k, v in a[0].items()}])["equal"]
 
 
 def test_add_ratios_directions() -> None:
@@ -68,7 +73,7 @@ def test_add_ratios_directions() -> None:
     report = {"results": {
         "forward_b1": {"ours": fig(40.0, 30.0, peak_memory_mb=5.0), "reference": fig(100.0, 60.0, peak_memory_mb=10.0)},
         "train": {"ours": fig(200.0, 100.0, items=4), "reference": fig(400.0, 300.0, items=4)}}}
-    bench_tool.add_ratios(report)
+    add_ratios(report)
     assert report["results"]["forward_b1"]["ratio"] == pytest.approx(0.4)
     assert report["results"]["forward_b1"]["ratio_best"] == pytest.approx(0.5)
     assert report["results"]["forward_b1"]["memory_ratio"] == pytest.approx(0.5)
@@ -136,8 +141,54 @@ def test_cli_tiny_run_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture)
 def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
     assert effdet_main(["benchmark", "--tasks", "forward", "no_such_key=1"]) == 2
     assert "unknown model config key" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="unknown task"):
-        effdet_main(["benchmark", "--tasks", "fly", *TINY_OVERRIDES, "--image-size", "128"])
+    with pytest.raises(SystemExit) as usage:
+        effdet_main(["benchmark", "--tasks", "forward,fly", *TINY_OVERRIDES, "--image-size", "128"])
+    assert usage.value.code == 2
+    assert "unknown task(s) ['fly']; choose from forward,throughput,predict,train,onnx,runtimes" in capsys.readouterr().err
+
+
+def test_settings_are_checked_once_for_library_callers() -> None:
+    with pytest.raises(BenchmarkError, match=r"unknown task\(s\) \['fly'\]"):
+        BenchmarkSettings(tasks=("forward", "fly"))
+    with pytest.raises(BenchmarkError, match="runs 0, warmup -1"):
+        BenchmarkSettings(runs=0, warmup=-1)
+    with pytest.raises(BenchmarkError, match="amp must be one of bf16, fp16"):
+        BenchmarkSettings(amp="fp8")
+
+
+def test_compare_reference_without_the_checkout_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """As from an installed package: refport is neither importable nor in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".") and Path(p).resolve() != ROOT])
+    for name in [m for m in sys.modules if m == "refport" or m.startswith("refport.")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert effdet_main(["benchmark", "--compare-reference", "--tasks", "forward", *TINY_OVERRIDES]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("effdet benchmark: error: --compare-reference needs the reference-port harness "
+                          "refport/bench.py, which is part of a source checkout") and err.count("\n") == 1
+    assert "run the benchmark from the checkout's root folder" in err
+
+
+def test_compare_reference_from_the_checkout_root_finds_the_harness(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".") and Path(p).resolve() != ROOT])
+    for name in [m for m in sys.modules if m == "refport" or m.startswith("refport.")]:
+        monkeypatch.delitem(sys.modules, name)
+    harness = bench_tool.reference_harness()
+    assert Path(harness.__file__).resolve() == ROOT / "refport" / "bench.py"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--weights", "any.pt"], "uses random weights made by the reference; drop --weights"),
+    (["--nms-iou", "0.6"], "--compare-reference needs hard NMS at IoU 0.5, the reference's fixed setting (got 0.6)"),
+])
+def test_compare_reference_refuses_what_the_reference_cannot_match(flags: list[str], message: str,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """Refused in one line before the reference port is installed or anything is built."""
+    assert effdet_main(["benchmark", "--compare-reference", "--tasks", "forward", *flags, *TINY_OVERRIDES]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
 
 
 @pytest.mark.slow

@@ -30,7 +30,8 @@ MODEL_JOBS = frozenset({"train", "val", "predict", "benchmark", "export", "class
 
 _USER_ERRORS = (("effdet.inference.run", "InferenceError"), ("effdet.weights.checkpoint", "CheckpointError"),
                 ("effdet.data.coco", "DatasetError"), ("effdet.data.results", "ResultsError"),
-                ("effdet.inference.backends", "BackendError"), ("effdet.export.onnx", "ExportError"))
+                ("effdet.inference.backends", "BackendError"), ("effdet.export.onnx", "ExportError"),
+                ("effdet.benchmarking.settings", "BenchmarkError"))
 """The user errors of modules that import PyTorch (a data job imports none of them)."""
 
 

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from effdet.evaluation.matching import SCORE_TOLERANCE, match_detections
 from effdet.fileio import atomic_path
 from effdet.modeling.efficientdet import EfficientDet
 from effdet.modeling.postprocess import PostprocessSettings, postprocess_padded, select_candidates
@@ -53,7 +54,6 @@ BOX_TOLERANCE_PX = 1e-3
 """Largest box-coordinate difference (pixels) accepted between ONNX Runtime and PyTorch per 512 px
 of input side (float32 rounding grows with the coordinates): 1e-3 px for D0, 3e-3 px at 1536 px.
 Measured: 3e-5 px (D0, 512 px, random weights)."""
-SCORE_TOLERANCE = 1e-4
 
 
 class ExportError(RuntimeError):
@@ -318,16 +318,15 @@ def verify_onnx(graph: Graph, path: str | Path, images: torch.Tensor,
 def _compare(expected: list[list[np.ndarray]], got: list[list[np.ndarray]], capacity: int, tolerance: float,
              name: str, require_detections: bool = False) -> ExportCheck:
     """Match each image's (boxes, scores, labels) of PyTorch (``expected``) and a runtime (``got``) one to
-    one (:func:`_match`; an image holding ``capacity`` detections is full); ``require_detections``:
-    nothing detected fails the check instead of only being reported."""
-    counts_e = [len(e[1]) for e in expected]
-    counts_g = [len(g[1]) for g in got]
-    unmatched, box_diff, score_diff = 0, 0.0, 0.0
-    for e, g in zip(expected, got):
-        u, b, s = _match(*e, *g, full=len(e[1]) == capacity, box_tolerance=tolerance)
-        unmatched, box_diff, score_diff = unmatched + u, max(box_diff, b), max(score_diff, s)
-    count = sum(counts_e)
-    ok = unmatched == 0 and counts_e == counts_g and (count > 0 or not require_detections)
+    one (:func:`effdet.evaluation.matching.match_detections`; an image holding ``capacity`` detections
+    is full); ``require_detections``: nothing detected fails the check instead of only being reported."""
+    keys = ("boxes", "scores", "labels")
+    agreement = match_detections([dict(zip(keys, e)) for e in expected], [dict(zip(keys, g)) for g in got],
+                                 tolerance, capacity=capacity)
+    counts_e, counts_g = [e for e, _ in agreement.counts], [g for _, g in agreement.counts]
+    unmatched, box_diff, score_diff = agreement.unmatched, agreement.max_box_diff, agreement.max_score_diff
+    count = agreement.compared
+    ok = agreement.equal and (count > 0 or not require_detections)
     message = (f"{count} detections compared: {count - unmatched} matched, max box difference {box_diff:.2e} px "
                f"(tolerance {tolerance:.1e}), max score difference {score_diff:.2e} (tolerance {SCORE_TOLERANCE})")
     if count == 0:
@@ -356,32 +355,6 @@ def verify_network(graph: NetworkGraph, exported: ExportedNetwork, images: torch
 def box_tolerance(image_size: tuple[int, int]) -> float:
     """Box-coordinate tolerance (pixels) of the ONNX Runtime check for an input of ``image_size``."""
     return BOX_TOLERANCE_PX * max(1.0, max(image_size) / 512)
-
-
-def _match(boxes_e: np.ndarray, scores_e: np.ndarray, labels_e: np.ndarray, boxes_g: np.ndarray,
-           scores_g: np.ndarray, labels_g: np.ndarray, full: bool, box_tolerance: float) -> tuple[int, float, float]:
-    """Greedy one-to-one matching of two detection lists of one image (each sorted by score,
-    descending). Returns (unmatched expected detections, max box diff, max score diff) over matches."""
-    used = np.zeros(len(scores_g), dtype=bool)
-    order_g = np.argsort(-scores_g, kind="stable")
-    sorted_neg = -scores_g[order_g]
-    cutoff = scores_e.min() + SCORE_TOLERANCE if full and len(scores_e) else -np.inf
-    unmatched, box_diff, score_diff = 0, 0.0, 0.0
-    for j in range(len(scores_e)):
-        lo, hi = np.searchsorted(sorted_neg, [-scores_e[j] - SCORE_TOLERANCE, -scores_e[j] + SCORE_TOLERANCE],
-                                 side="left")
-        window = order_g[lo:hi + 1] if hi < len(order_g) else order_g[lo:]
-        window = window[~used[window] & (labels_g[window] == labels_e[j])]
-        diffs = np.abs(boxes_g[window] - boxes_e[j]).max(axis=1, initial=0.0)
-        close = window[diffs <= box_tolerance]
-        if close.size:
-            k = close[np.argmin(diffs[diffs <= box_tolerance])]
-            used[k] = True
-            box_diff = max(box_diff, float(np.abs(boxes_g[k] - boxes_e[j]).max()))
-            score_diff = max(score_diff, float(abs(scores_g[k] - scores_e[j])))
-        elif scores_e[j] > cutoff:
-            unmatched += 1
-    return unmatched, box_diff, score_diff
 
 
 def describe(graph: Graph) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from effdet.config import IMAGENET_MEAN, IMAGENET_STD
 from effdet.data.images import ReducedImage, read_image_reduced
 from effdet.data.letterbox import content_size, letterbox, normalize, to_rgb_array
 from effdet.factory import load_model
+from effdet.inference.timing import time_calls
 from effdet.modeling.efficientdet import EfficientDet
 from effdet.modeling.postprocess import PostprocessSettings, postprocess
 
@@ -98,7 +99,6 @@ def faster_network(networks: dict[str, torch.nn.Module], images: torch.Tensor, r
     each, the networks alternating so that a machine busy with other work slows all alike; rounds
     after the first stop once ``budget_s`` seconds have gone (large models on a CPU)."""
     x = normalize(images, *input_statistics(next(iter(networks.values()))))
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in networks}
     began = time.perf_counter()
     with torch.inference_mode():
@@ -108,12 +108,7 @@ def faster_network(networks: dict[str, torch.nn.Module], images: torch.Tensor, r
             if round_ and time.perf_counter() - began > budget_s:
                 break
             for name, net in networks.items():
-                for _ in range(calls):
-                    sync()
-                    start = time.perf_counter()
-                    net(x)
-                    sync()
-                    times[name].append((time.perf_counter() - start) * 1e3)
+                times[name] += [s * 1e3 for s in time_calls(lambda net=net: net(x), calls, x.device)]
     medians = {name: float(np.median(t)) for name, t in times.items()}
     return min(medians, key=medians.get), medians
 

@@ -127,8 +127,9 @@ def add_max_pixels_argument(parser: argparse.ArgumentParser, default: int | None
 
 
 def add_batch_size_argument(parser: argparse.ArgumentParser, default: int | None, what: str = "images per "
-                            "forward pass") -> None:
-    shown = f"default: {default}" if default is not None else "default: the recipe's"
+                            "forward pass", unset: str = "the recipe's") -> None:
+    """``--batch-size N``, at least 1; ``unset`` says what a ``None`` default means."""
+    shown = f"default: {default}" if default is not None else f"default: {unset}"
     parser.add_argument("--batch-size", type=POSITIVE, default=default, help=f"{what} ({shown})")
 
 

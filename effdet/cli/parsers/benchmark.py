@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from effdet.benchmarking.settings import AMP_NAMES, POSTPROCESS, TASKS, BenchmarkError, parse_tasks
 from effdet.cli.parsers import (
-    NON_NEGATIVE, POSITIVE, SEED, add_device_argument, add_image_size_argument, float_in,
+    NON_NEGATIVE, POSITIVE, SEED, add_batch_size_argument, add_device_argument, add_image_size_argument,
+    add_postprocess_arguments, add_threads_argument,
 )
-
-BENCHMARK_TASKS = ("forward", "throughput", "predict", "train", "onnx", "runtimes")
 
 DESCRIPTION = """Measure EfficientDet speed, optionally side by side with the reference port.
 
@@ -35,9 +35,10 @@ for training: channels_last memory format, see --no-train-channels-last); "eager
 optimised network. "ratio" compares median wall-clock times; "best" the fastest runs; "cpu" the
 median process CPU times (all threads); the last two are less sensitive to a busy machine.
 
---compare-reference runs the reference port (PyPI effdet 0.4.1) in a separate process (installed
-by the test harness refport/env.py, so it needs a source checkout of this project) with the
-same random weights (exported by the reference and imported into ours), the same inputs and the
+--compare-reference runs the reference port (PyPI effdet 0.4.1) in a separate process, through the
+reference-port harness refport/ of a source checkout of this project (not part of the installed
+package: run the benchmark from the checkout's root folder, or with the checkout on PYTHONPATH),
+with the same random weights (exported by the reference and imported into ours), the same inputs and the
 same post-processing settings. Timed runs of ours and the reference alternate in --rounds rounds,
 so that a busy machine slows both alike; every figure is printed with its ratio ours / reference,
 and the detections and training losses of both are compared.
@@ -47,7 +48,16 @@ predict and val do; EFFDET_KEEP_FREED_MEMORY=0 turns it off), which spares ours 
 the page faults of re-mapping activations; the reference runs with the C library's defaults, as
 its own tools do, unless --reference-keep-freed-memory gives it the same setting (through glibc's
 MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ environment variables).
+
+--threads sets the threads of ONNX Runtime, OpenVINO and the reference too.
 """
+
+
+def _tasks(text: str) -> tuple[str, ...]:
+    try:
+        return parse_tasks(text)
+    except BenchmarkError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,14 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_image_size_argument(p)
     p.add_argument("--num-classes", type=POSITIVE, default=None, help="classes (default: the config's, 90)")
     add_device_argument(p)
-    p.add_argument("--threads", type=POSITIVE, default=None, metavar="N",
-                   help="CPU threads for PyTorch, OpenCV and ONNX Runtime (default: PyTorch's)")
-    p.add_argument("--batch-size", type=POSITIVE, default=None, help="throughput batch (default 8 on CPU, 32 on CUDA)")
+    add_threads_argument(p)
+    add_batch_size_argument(p, None, "throughput batch", unset="8 on CPU, 32 on CUDA")
     p.add_argument("--train-batch-size", type=POSITIVE, default=None,
                    help="training batch (default 4 on CPU, 32 on CUDA)")
-    p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (CUDA)")
-    p.add_argument("--tasks", default=",".join(BENCHMARK_TASKS),
-                   help=f"comma-separated subset of {','.join(BENCHMARK_TASKS)}")
+    p.add_argument("--amp", choices=AMP_NAMES, default=None, help="autocast dtype (CUDA)")
+    p.add_argument("--tasks", type=_tasks, default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
     p.add_argument("--runs", type=POSITIVE, default=6, help="timed runs per variant and task (default 6)")
     p.add_argument("--train-runs", type=POSITIVE, default=None,
                    help="timed training steps per variant (default: --runs)")
@@ -73,17 +81,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=NON_NEGATIVE, default=2, help="untimed runs first (default 2)")
     p.add_argument("--images", nargs="+", help="image files / folders for the end-to-end figure "
                                                "(default: 4 synthetic JPEGs of COCO-like sizes)")
-    p.add_argument("--score-threshold", type=float_in(0.0, 1.0), default=0.0,
-                   help="post-processing score threshold (default 0: as the reference, which has none)")
-    p.add_argument("--max-candidates", type=POSITIVE, default=5000, help="top-k candidates before NMS (default 5000)")
-    p.add_argument("--max-detections", type=POSITIVE, default=100, help="detections per image (default 100)")
+    add_postprocess_arguments(p, POSTPROCESS, soft_nms=False, why=": the reference port has no threshold")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the optimised network "
                                                           "(reports the compile time)")
     p.add_argument("--no-eager", action="store_true", help="skip the unoptimised (eager) variant")
     p.add_argument("--train-channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="train in channels_last memory format (default on)")
     p.add_argument("--compare-reference", action="store_true",
-                   help="also measure the reference port (PyPI effdet 0.4.1) side by side; needs a source checkout")
+                   help="also measure the reference port (PyPI effdet 0.4.1) side by side; needs the source "
+                        "checkout's refport/ harness (run from the checkout's root)")
     p.add_argument("--reference-keep-freed-memory", action="store_true",
                    help="run the reference with the same malloc setting as ours (freed memory kept for reuse)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the random weights and inputs")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Reference-port side of ``tools/benchmark.py --compare-reference`` (not for direct use).
+"""Reference-port side of ``effdet benchmark --compare-reference``, driven by ``refport/bench.py`` (not for direct use).
 
 Runs under ``PYTHONPATH=<reference dir>`` where ``import effdet`` is the reference port
 (rwightman/efficientdet-pytorch, PyPI ``effdet`` 0.4.1), so it must not import this project.
