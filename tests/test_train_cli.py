@@ -88,7 +88,7 @@ def test_tiny_end_to_end_run_writes_all_outputs(tmp_path: Path, capsys: pytest.C
     assert len(rows) == 1 and rows[0]["map"] != "" and rows[0]["epoch"] == "1"
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"]["num_classes"] == 4 and saved["train"]["epochs"] == 1
-    assert saved["model"]["backbone_weights"] == "none"  # the run records where its backbone started
+    assert saved["train"]["backbone_weights"] == "none"  # the run records where its backbone started
     assert "Finished 1 epoch (all 1 epoch done; 2 steps" in printed  # singular where it is one
     # --resume of a finished run does nothing more, says so, and exits 0
     assert tool.main(["--resume", str(out), "--no-progress"]) == 0

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from effdet.cli.parsers import parse_image_size
-from effdet.config import ConfigError, parse_overrides
+from effdet.config import ConfigError, coerce, field_types, parse_overrides, shown
 from effdet.engine.checkpointing import resume_path, resume_run_config
 from effdet.engine.setup import ANCHOR_FIELDS, claim_next_run_folder
-from effdet.engine.train_config import SIZED_FIELDS, RunConfig, load_run_config, split_overrides
+from effdet.engine.train_config import SECTIONS, SIZED_FIELDS, RunConfig, load_run_config, split_overrides
 from effdet.engine.trainer import Trainer, TrainingDiverged
 from effdet.weights.backbones import default_backbone_weights
 from effdet.weights.reference import REFERENCE_MODELS, is_reference_weights_name
@@ -26,30 +26,63 @@ from effdet.weights.reference import REFERENCE_MODELS, is_reference_weights_name
 FLAG_FIELDS = {"train_ann": "data.train_ann", "train_images": "data.train_images", "val_ann": "data.val_ann",
                "val_images": "data.val_images", "epochs": "train.epochs", "batch_size": "train.batch_size",
                "lr": "train.lr", "workers": "train.workers", "seed": "train.seed", "max_pixels": "data.max_pixels",
-               "image_size": "model.image_size", "backbone_weights": "model.backbone_weights", "freeze": "train.freeze", "freeze_epochs": "train.freeze_epochs",
+               "image_size": "model.image_size", "backbone_weights": "train.backbone_weights",
+               "freeze": "train.freeze", "freeze_epochs": "train.freeze_epochs",
                "backbone_lr_mult": "train.backbone_lr_mult", "freeze_backbone_bn": "train.freeze_backbone_bn",
                "patience": "train.patience", "time": "train.time"}
 
 
+def _image_size_flag(value: list[str]) -> int | list[int]:
+    """``--image-size`` as typed (``256``, ``256x384``, ``256 384``) as the ``model.image_size`` value."""
+    if len(value) > 2:
+        raise ConfigError("--image-size takes one value (square) or two (HEIGHT WIDTH)")
+    try:
+        sizes = [parse_image_size(v) for v in value]
+    except argparse.ArgumentTypeError as error:
+        raise ConfigError(f"--image-size: {error}") from None
+    if len(sizes) == 2:
+        return [sizes[0][0], sizes[1][0]]
+    return sizes[0][0] if sizes[0][0] == sizes[0][1] else list(sizes[0])
+
+
+def _same_value(key: str, a: Any, b: Any) -> bool:
+    """Whether two values of the recipe field ``key`` (``"train.lr"``) mean the same: equal once
+    coerced to the field's type (``1`` and ``1.0``; ``256`` and ``[256, 256]`` for an image size)."""
+    section, _, name = key.partition(".")
+    hint = field_types(SECTIONS[section])[name]
+
+    def normal(value: Any) -> Any:
+        if name == "image_size" and isinstance(value, int) and not isinstance(value, bool):
+            value = [value, value]
+        try:
+            return coerce(hint, value, key)
+        except ConfigError:
+            return value
+    return normal(a) == normal(b)
+
+
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Positional ``key=value`` strings plus the explicit flags (flags win)."""
+    """Positional ``key=value`` strings plus the explicit flags, keyed as :func:`split_overrides` takes them.
+
+    Raises:
+        ConfigError: a flag and an override give one field different values (``--epochs 3`` with
+            ``epochs=5``): one of them would be ignored, so neither is.
+    """
     overrides = parse_overrides(args.overrides)
+    given = {f"{section}.{name}": value for section, fields in split_overrides(overrides).items()
+             for name, value in fields.items()}
     for flag, key in FLAG_FIELDS.items():
         value = getattr(args, flag)
         if value is None:
             continue
         if flag == "image_size":
-            if len(value) > 2:
-                raise ConfigError("--image-size takes one value (square) or two (HEIGHT WIDTH)")
-            try:
-                sizes = [parse_image_size(v) for v in value]
-            except argparse.ArgumentTypeError as error:
-                raise ConfigError(f"--image-size: {error}") from None
-            if len(sizes) == 2:
-                value = [sizes[0][0], sizes[1][0]]
-            else:
-                value = sizes[0][0] if sizes[0][0] == sizes[0][1] else list(sizes[0])
-        overrides[key] = value
+            value = _image_size_flag(value)
+        if key not in given:
+            overrides[key] = value
+        elif not _same_value(key, given[key], value):
+            typed = " ".join(getattr(args, flag)) if flag == "image_size" else str(getattr(args, flag))
+            raise ConfigError(f"--{flag.replace('_', '-')} {typed} and the override {key}={shown(given[key])} "
+                              f"disagree; give the value once")
     return overrides
 
 
@@ -126,10 +159,11 @@ def build_trainer(args: argparse.Namespace, main_rank: bool = True) -> Trainer:
         if recipe and main_rank:
             print(f"training recipe: {recipe} (--recipe {'coco' if recipe == 'finetune' else 'finetune'} for the "
                   f"{'official COCO' if recipe == 'finetune' else 'fine-tuning'} recipe)", file=sys.stderr)
-        if run.backbone_weights is None and args.weights is None:
-            run = dataclasses.replace(run, backbone_weights=default_backbone_weights(run.model))
+        if run.train.backbone_weights is None and args.weights is None:
+            train = dataclasses.replace(run.train, backbone_weights=default_backbone_weights(run.model))
+            run = dataclasses.replace(run, train=train)
             if main_rank:
-                print(f"backbone weights: {run.backbone_weights} (the ImageNet weights for {run.model.backbone}; "
+                print(f"backbone weights: {train.backbone_weights} (the ImageNet weights for {run.model.backbone}; "
                       "--backbone-weights none trains from scratch)", file=sys.stderr)
         if args.model is not None or not args.config:
             run = cpu_sized(run, args, overrides, main_rank)

