@@ -20,7 +20,7 @@ from pycocotools.coco import COCO
 from effdet import create_model
 from effdet.data.images import OUTPUT_MARKER
 from effdet.weights.checkpoint import save_checkpoint
-from effdet.inference.run import output_names
+from effdet.inference.run import InferenceError, check_outputs, output_names
 
 ROOT = Path(__file__).resolve().parents[1]
 INFER = ROOT / "tools" / "infer.py"
@@ -174,6 +174,28 @@ def test_cli_missing_weights_no_traceback(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2
     assert "nope.pt does not exist" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_check_outputs_refuses_inputs_links_and_repeats(tmp_path: Path) -> None:
+    """The one output check of predict and val: an output may not be an input (named or not, also
+    through a link) nor another output; anything else passes."""
+    weights, image = tmp_path / "w.pt", tmp_path / "a.jpg"
+    weights.write_bytes(b"w")
+    image.write_bytes(b"i")
+    (tmp_path / "link.json").symlink_to(weights)
+    named = [("--weights", weights), ("--ann", None)]
+    check_outputs([("--json", tmp_path / "d.json"), ("--output-json", tmp_path / "m.json")], named, [image])
+    for outputs, message in (
+            ([("--json", tmp_path / "link.json")], f"--json {tmp_path / 'link.json'} would replace the --weights input "
+                                                   f"{weights}"),
+            ([("--output: the annotated copy", image)], f"--output: the annotated copy {image} would replace the "
+                                                       f"input {image}"),
+            ([("--output-json", tmp_path / "m.json"), ("--detections-json", tmp_path / "m.json")],
+             f"--detections-json {tmp_path / 'm.json'} is also --output-json {tmp_path / 'm.json'}; give them "
+             "different names")):
+        with pytest.raises(InferenceError) as error:
+            check_outputs(outputs, named, [image])
+        assert str(error.value).startswith(message), str(error.value)
 
 
 def test_output_names_keep_relative_paths(tmp_path: Path) -> None:

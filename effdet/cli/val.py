@@ -23,7 +23,7 @@ from effdet.evaluation.plots import write_eval_plots
 from effdet.inference.backends import ExportedNetwork, load_network
 from effdet.data.images import IMAGE_EXTENSIONS
 from effdet.fileio import check_output_file, check_output_spares_inputs
-from effdet.inference.run import InferenceError, check_weights_path
+from effdet.inference.run import InferenceError, check_outputs, check_weights_path
 
 
 def default_output(args: argparse.Namespace) -> Path:
@@ -96,23 +96,18 @@ def output_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
                                             ("--detections-json", args.detections_json), *pictures) if p]
 
 
-def check_outputs(args: argparse.Namespace) -> None:
-    """Before any work: no output (metrics, detections, pictures) is an input (the annotation file,
-    the results file, the checkpoint), an image file in ``--images`` (or a new one there with an
-    image suffix), or another output: writing it would destroy it. Never relaxed."""
+def check_val_outputs(args: argparse.Namespace) -> None:
+    """Before any work (:func:`effdet.inference.run.check_outputs`): no output (metrics, detections,
+    pictures) is an input (the annotation file, the results file, the checkpoint), an image file in
+    ``--images`` (or a new one there with an image suffix), or another output: writing it would
+    destroy it. Never relaxed."""
     inputs = [("--ann", args.ann), ("--results", args.results), ("--weights", args.weights),
               ("--images", args.images)]
-    files = {Path(p).resolve(): flag for flag, p in inputs[:3] if p}
     outputs = output_files(args)
+    check_outputs(outputs, inputs[:3])
     for flag, path in outputs:
-        if path.resolve() in files:
-            raise InferenceError(f"{flag} {path} is the {files[path.resolve()]} input file; writing there would "
-                                 "destroy it: choose another file name")
         check_output_spares_inputs(path, flag, inputs, IMAGE_EXTENSIONS)  # also through links, or in --images
         check_output_file(path, flag)  # not a folder, in a writable folder
-    if args.detections_json and Path(args.detections_json).resolve() == outputs[0][1].resolve():
-        raise InferenceError(f"--output-json and --detections-json are the same file {outputs[0][1]}; "
-                             "give them different names")
 
 
 def check_outputs_spare_listed(args: argparse.Namespace, dataset: CocoDetection) -> None:
@@ -149,7 +144,7 @@ def draw_pictures(args: argparse.Namespace, details: dict[str, Any], output: Pat
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    check_outputs(args)  # every input and output is checked before the model is loaded
+    check_val_outputs(args)  # every input and output is checked before the model is loaded
     dataset = open_dataset(args)
     check_outputs_spare_listed(args, dataset)
     details: dict[str, Any] = {}

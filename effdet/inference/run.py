@@ -272,7 +272,7 @@ def prepare_inference(sources: Sequence[str | Path], output_dir: str | Path | No
     folders = [(f"source folder {source}" if Path(source).is_dir() else f"pattern {source}",
                 Path(source) if Path(source).is_dir() else glob_base(str(source)))
                for source in image_sources if not Path(source).is_file()]
-    check_outputs(plan, named, folders)
+    check_plan_outputs(plan, named, folders)
     if videos:
         check_output_folder(frames_dir, "--output")
     plan.ids = annotation_image_ids(ann_file, names) if ann_file is not None and paths else \
@@ -282,45 +282,52 @@ def prepare_inference(sources: Sequence[str | Path], output_dir: str | Path | No
     return plan
 
 
-def check_outputs(plan: InferencePlan, named: Sequence[tuple[str, str | Path | None]],
-                  folders: Sequence[tuple[str, Path]] = ()) -> None:
-    """Refuse outputs that would replace an input, before any work (never relaxed): an annotated
-    copy, video or JSON lines file landing on an input image or video, or on a ``named`` input
-    (``--weights``, ``--class-names``, ``--ann``); a results JSON that is any input, or lies in a
-    source folder (or a pattern's base folder) with a suffix the search reads; two outputs of one
-    name. Raises :class:`InferenceError` or :class:`effdet.fileio.WriteError` naming both files."""
-    inputs = {path.resolve(): f"the input {path}" for path in [*plan.paths, *(v.path for v in plan.videos if v.path)]}
-    inputs.update({Path(p).resolve(): f"the {flag} input {p}" for flag, p in named if p is not None})
-    outputs: dict[Path, str] = {}
+def check_outputs(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, str | Path | None]],
+                  input_files: Iterable[Path] = ()) -> None:
+    """Refuse, before any work (never relaxed), an output that would replace an input or another output.
 
-    def claim(target: Path, what: str) -> None:
-        resolved = target.resolve()
-        if resolved in inputs:
-            raise InferenceError(f"{what} {target} would replace {inputs[resolved]}; choose an output folder that "
-                                 "holds none of the inputs")
-        if resolved in outputs:
-            raise InferenceError(f"{what} {target} is also {outputs[resolved]}; give them different names")
-        outputs[resolved] = f"{what} {target}"
+    ``outputs``: (what, path) of every file a job will write, e.g. ``("--json", path)``;
+    ``inputs``: (flag, path) of the named input files (``("--weights", path)``; None: not given);
+    ``input_files``: the other files read (images, videos). Paths are compared resolved (through links).
 
-    for frame_file in plan.frame_files:
-        claim(frame_file, "--output: the video JSON lines")
+    Raises:
+        InferenceError: naming the output and the input (or the other output) it would replace.
+    """
+    taken = {Path(p).resolve(): f"the input {p}" for p in input_files}
+    taken.update({Path(p).resolve(): f"the {flag} input {p}" for flag, p in inputs if p is not None})
+    claimed: dict[Path, str] = {}
+    for what, path in outputs:
+        resolved = Path(path).resolve()
+        if resolved in taken:
+            raise InferenceError(f"{what} {path} would replace {taken[resolved]}; writing there would destroy it: "
+                                 "choose an output that is none of the inputs")
+        if resolved in claimed:
+            raise InferenceError(f"{what} {path} is also {claimed[resolved]}; give them different names")
+        claimed[resolved] = f"{what} {path}"
+
+
+def check_plan_outputs(plan: InferencePlan, named: Sequence[tuple[str, str | Path | None]],
+                       folders: Sequence[tuple[str, Path]] = ()) -> None:
+    """The outputs of a run (:func:`check_outputs`): no annotated copy, video, JSON lines file or
+    results JSON replaces an input image or video, a ``named`` input (``--weights``,
+    ``--class-names``, ``--ann``) or another output; the results JSON is not a folder and does not lie
+    in a source folder (or a pattern's base folder) with a suffix the search reads; ``--output`` is
+    a folder. Raises :class:`InferenceError` or :class:`effdet.fileio.WriteError` naming both files."""
+    if plan.output_dir is not None and plan.output_dir.is_file():
+        raise InferenceError(f"--output {plan.output_dir} is a file; annotated images go to a folder: choose a "
+                             "folder name (or --no-images)")
+    if plan.json_path is not None and plan.json_path.is_dir():
+        raise InferenceError(f"--json {plan.json_path} is a folder; give a file name such as "
+                             f"{plan.json_path / 'detections.json'}")
+    outputs = [("--output: the video JSON lines", frame_file) for frame_file in plan.frame_files]
     if plan.output_dir is not None:
-        if plan.output_dir.is_file():
-            raise InferenceError(f"--output {plan.output_dir} is a file; annotated images go to a folder: choose a "
-                                 "folder name (or --no-images)")
-        for picture in plan.pictures:
-            claim(plan.output_dir / picture, "--output: the annotated copy")
-        for video, name in zip(plan.videos, plan.video_names):
-            claim(plan.output_dir / name, "--output: the annotated video")
+        outputs += [("--output: the annotated copy", plan.output_dir / picture) for picture in plan.pictures]
+        outputs += [("--output: the annotated video", plan.output_dir / name) for name in plan.video_names]
     if plan.json_path is not None:
-        if plan.json_path.is_dir():
-            raise InferenceError(f"--json {plan.json_path} is a folder; give a file name such as "
-                                 f"{plan.json_path / 'detections.json'}")
         check_output_spares_inputs(plan.json_path, "--json", [*named, *folders], SOURCE_SUFFIXES)
-        taken = inputs.get(plan.json_path.resolve()) or outputs.get(plan.json_path.resolve())
-        if taken is not None:
-            raise InferenceError(f"--json {plan.json_path} is {taken}; writing the results there would destroy it: "
-                                 "choose another file name")
+        outputs.append(("--json", plan.json_path))
+    check_outputs(outputs, named, [*plan.paths, *(video.path for video in plan.videos if video.path)])
+    if plan.json_path is not None:
         check_output_file(plan.json_path, "--json")
     if plan.output_dir is not None:
         check_output_folder(plan.output_dir, "--output")
@@ -391,7 +398,7 @@ def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_di
     Unreadable files (images, videos that cannot be opened) are skipped with a warning and listed
     in the summary; undecodable frames are skipped and counted. When nothing at all could be read,
     the run is an :class:`InferenceError` and ``json_path`` is left as it was. Outputs never
-    replace an input (:func:`check_outputs`). ``output_dir`` (and ``frames_dir``) get the marker
+    replace an input (:func:`check_plan_outputs`). ``output_dir`` (and ``frames_dir``) get the marker
     file :data:`~effdet.data.images.OUTPUT_MARKER`, so that a later run over a folder that contains
     it does not read the annotated copies back as input.
     """
