@@ -530,14 +530,15 @@ def from_dict(data: Mapping[str, Any], source: str = "config") -> EfficientDetCo
     return updated(EfficientDetConfig(), data, source)
 
 
-def take_moved_keys(section: dict[str, Any], source: str) -> dict[str, Any]:
+def take_moved_keys(section: dict[str, Any], source: str, warn: bool = True) -> dict[str, Any]:
     """Remove the :data:`MOVED_MODEL_KEYS` from a recipe's ``model:`` ``section`` (in place) and
-    return them, with a :class:`MovedKeyWarning` for each naming ``source`` and where the key goes."""
+    return them; with ``warn``, a :class:`MovedKeyWarning` for each naming ``source`` and where the
+    key goes (a checkpoint's stored config, which cannot be edited, is read without)."""
     moved = {key: section.pop(key) for key in MOVED_MODEL_KEYS if key in section}
-    for key in moved:
-        section, _, field = MOVED_MODEL_KEYS[key].partition(".")
-        warnings.warn(f"{source}: {key} is a {section}: setting now; move it from model: to {section}: "
-                      f"({section}.{field}), it was read from model: this time", MovedKeyWarning, stacklevel=3)
+    for key in moved if warn else ():
+        new_section, _, field = MOVED_MODEL_KEYS[key].partition(".")
+        warnings.warn(f"{source}: {key} is a {new_section}: setting now; move it from model: to {new_section}: "
+                      f"({new_section}.{field}), it was read from model: this time", MovedKeyWarning, stacklevel=3)
     return moved
 
 
@@ -550,7 +551,8 @@ def model_from_section(section: Any, source: str | None = None) -> EfficientDetC
             message begins with ``source`` when given.
     """
     if not isinstance(section, Mapping):
-        raise ConfigError(f"{source or 'config'}: model: must be a mapping of config keys, got {type(section).__name__}")
+        raise ConfigError(f"{source or 'config'}: model: must be a mapping of config keys, "
+                          f"got {type(section).__name__}")
     data = dict(section)
     base = data.pop("base", None)
     return updated(get_config(base) if base else EfficientDetConfig(), data, source)
@@ -646,8 +648,9 @@ def write_yaml(cfg: EfficientDetConfig, path: str | Path) -> None:
 
 
 __all__ = [
-    "ACTIVATIONS", "BACKBONES", "EVAL_SETTINGS", "MOVED_MODEL_KEYS", "MovedKeyWarning", "coerce", "coerce_fields",
-    "describe", "field_types", "model_from_section", "require", "take_moved_keys", "to_plain", "updated", "PostprocessSettings", "IMAGENET_MEAN", "IMAGENET_STD", "ConfigError", "EfficientDetConfig", "MODEL_CONFIGS", "get_config", "model_names", "replace",
-    "from_dict", "resolve", "parse_overrides", "load_yaml", "load_yaml_text", "write_yaml", "LIMITS",
-    "MAX_HEAD_PARAMETERS", "MAX_RECIPE_BYTES", "head_parameters", "shown",
+    "ACTIVATIONS", "BACKBONES", "EVAL_SETTINGS", "IMAGENET_MEAN", "IMAGENET_STD", "LIMITS", "MAX_HEAD_PARAMETERS",
+    "MAX_RECIPE_BYTES", "MODEL_CONFIGS", "MOVED_MODEL_KEYS", "ConfigError", "EfficientDetConfig", "MovedKeyWarning",
+    "PostprocessSettings", "coerce", "coerce_fields", "describe", "field_types", "from_dict", "get_config",
+    "head_parameters", "load_yaml", "load_yaml_text", "model_from_section", "model_names", "parse_overrides",
+    "replace", "require", "resolve", "shown", "take_moved_keys", "to_plain", "updated", "write_yaml",
 ]

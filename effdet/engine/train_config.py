@@ -144,7 +144,8 @@ class TrainConfig:
         require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
         require(0 <= self.hflip <= 1, "train.hflip", "must be in [0, 1] (a probability)", self.hflip)
         low, high = self.scale_range
-        require(0 < low <= high, "train.scale_range", "must be [low, high] with 0 < low <= high", list(self.scale_range))
+        require(0 < low <= high, "train.scale_range", "must be [low, high] with 0 < low <= high",
+                list(self.scale_range))
         require(self.eval_batch_size is None or self.eval_batch_size >= 1, "train.eval_batch_size",
                 "must be at least 1 or null", self.eval_batch_size)
         require(self.freeze_epochs is None or self.freeze_epochs >= 0, "train.freeze_epochs",
@@ -278,11 +279,12 @@ def _put(out: dict[str, dict[str, Any]], section: str, field: str, value: Any) -
 
 
 def _file_sections(source: str | Path | Mapping[str, Any] | None) -> tuple[str, dict[str, dict[str, Any]]]:
-    """Where the values come from and the model:, data: and train: mappings it holds (a variant
-    name or None: ``{"model": {"base": name}}``). A recipe's ``model.backbone_weights`` moves to
-    ``train:`` (with a warning; a stored config, which cannot be edited, without)."""
+    """Where the values come from (a file, ``stored run config``, or ``""`` for a variant name or
+    None) and the model:, data: and train: mappings it holds (a name: ``{"model": {"base": name}}``).
+    A recipe's ``model.backbone_weights`` moves to ``train:`` (with a warning; a stored config,
+    which cannot be edited, without)."""
     if source is None or not (isinstance(source, Mapping) or str(source).endswith((".yaml", ".yml"))):
-        return "config", {"model": {"base": str(source or "efficientdet_d0")}, "data": {}, "train": {}}
+        return "", {"model": {"base": str(source or "efficientdet_d0")}, "data": {}, "train": {}}
     where = "stored run config" if isinstance(source, Mapping) else str(source)
     data = dict(source) if isinstance(source, Mapping) else load_yaml(source)
     if "model" not in data:  # a YAML of model fields only
@@ -296,10 +298,7 @@ def _file_sections(source: str | Path | Mapping[str, Any] | None) -> tuple[str, 
         if not isinstance(values, Mapping):
             raise ConfigError(f"{where}: {name}: must be a mapping of keys to values, got {type(values).__name__}")
         sections[name] = dict(values)
-    if isinstance(source, Mapping):
-        moved = {key: sections["model"].pop(key) for key in MOVED_MODEL_KEYS if key in sections["model"]}
-    else:
-        moved = take_moved_keys(sections["model"], where)
+    moved = take_moved_keys(sections["model"], where, warn=not isinstance(source, Mapping))
     for key, value in moved.items():
         section, _, field = MOVED_MODEL_KEYS[key].partition(".")
         if field in sections[section] and sections[section][field] != value:
@@ -318,8 +317,12 @@ def _build(section: str, build: Any, file_values: Mapping[str, Any], overrides: 
     except ConfigError as error:
         field = error.field
         if field in overrides:
-            raise error.prefixed(f"override {section}.{field}={shown(overrides[field])}") from None
-        raise error.prefixed(f"{where} + overrides" if overrides and field is None else where) from None
+            prefix = f"override {section}.{field}={shown(overrides[field])}"
+        elif field is None and overrides:  # a rule across fields, or a name the file gave
+            prefix = f"{where} + overrides" if where else "overrides"
+        else:
+            prefix = where
+        raise (error.prefixed(prefix) if prefix else error) from None
 
 
 def load_run_config(source: str | Path | Mapping[str, Any] | None = None,
@@ -343,11 +346,9 @@ def load_run_config(source: str | Path | Mapping[str, Any] | None = None,
         raise ConfigError(f"unknown training recipe {recipe!r}; choose one of {', '.join(TRAIN_RECIPES)}")
     parts = split_overrides(overrides or {})
     where, sections = _file_sections(source)
-    named = where == "config"
-    model = _build("model", model_from_section, sections["model"], parts["model"],
-                   where)
+    model = _build("model", model_from_section, sections["model"], parts["model"], where)
     data = _build("data", lambda values: updated(DataConfig(), values), sections["data"], parts["data"], where)
-    base_train = TRAIN_RECIPES[recipe] if named else TrainConfig()
+    base_train = TrainConfig() if where else TRAIN_RECIPES[recipe]  # a file or stored config: its own train:
     train = _build("train", lambda values: updated(base_train, values), sections["train"], parts["train"], where)
     return RunConfig(model=model, data=data, train=train)
 
@@ -425,5 +426,6 @@ def write_run_config(run: RunConfig, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["SIZED_FIELDS", "fit_to_budget", "TRAIN_RECIPES", "TrainConfig", "DataConfig", "RunConfig", "OPTIMIZERS", "FREEZE_CHOICES", "load_run_config",
-           "split_overrides", "with_model", "write_run_config", "fit_batch_to_data"]
+__all__ = ["FREEZE_CHOICES", "LOGGERS", "OPTIMIZERS", "SECTIONS", "SIZED_FIELDS", "TRAIN_RECIPES", "DataConfig",
+           "RunConfig", "TrainConfig", "fit_batch_to_data", "fit_to_budget", "load_run_config", "split_overrides",
+           "with_model", "write_run_config"]
