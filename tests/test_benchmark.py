@@ -17,6 +17,7 @@ from effdet.benchmarking.measure import Measurement, interleave, peak_memory
 from effdet.benchmarking.settings import BenchmarkError, BenchmarkSettings
 from effdet.benchmarking.tasks import ForwardTask, PredictTask, TrainStepTask
 from effdet.cli.main import main as effdet_main
+from effdet.cli.main import parse
 from effdet.inference.timing import time_calls
 from effdet.factory import create_model
 from effdet.inference.predictor import Predictor
@@ -145,6 +146,18 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
         effdet_main(["benchmark", "--tasks", "forward,fly", *TINY_OVERRIDES, "--image-size", "128"])
     assert usage.value.code == 2
     assert "unknown task(s) ['fly']; choose from forward,throughput,predict,train,onnx,runtimes" in capsys.readouterr().err
+
+
+def test_a_flag_and_an_override_of_one_field_must_agree(capsys: pytest.CaptureFixture) -> None:
+    args = parse(["benchmark", "--image-size", "128", "--num-classes", "3", "image_size=128", "num_classes=3"])
+    assert bench_tool.model_overrides(args) == {"image_size": [128, 128], "num_classes": 3}
+    args = parse(["benchmark", "--image-size", "128x192", "image_size=[128, 192]"])
+    assert bench_tool.model_overrides(args) == {"image_size": [128, 192]}
+    assert effdet_main(["benchmark", "--image-size", "128", "image_size=256", "--tasks", "forward"]) == 2
+    err = capsys.readouterr().err
+    assert "--image-size 128x128 and the override image_size=256 disagree; give the value once" in err
+    assert effdet_main(["benchmark", "--num-classes", "3", "num_classes=4", "--tasks", "forward"]) == 2
+    assert "--num-classes 3 and the override num_classes=4 disagree" in capsys.readouterr().err
 
 
 def test_settings_are_checked_once_for_library_callers() -> None:

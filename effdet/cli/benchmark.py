@@ -19,7 +19,7 @@ from typing import Any
 from effdet.benchmarking.settings import BenchmarkError, BenchmarkSettings
 from effdet.benchmarking.suite import Reference, run_benchmark
 from effdet.cli.common import check_device, postprocess_settings
-from effdet.config import parse_overrides
+from effdet.config import ConfigError, parse_overrides, shown
 from effdet.data.results import write_json
 
 HARNESS = "refport.bench"
@@ -49,14 +49,37 @@ def reference_harness() -> ModuleType:
                          "(or with the checkout on PYTHONPATH)")
 
 
+def _side_pair(value: Any) -> Any:
+    """An image size as (H, W) where it is one (``256``, ``[256, 384]``), else as given."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``key=value`` overrides with ``--image-size`` and ``--num-classes`` joined in.
+
+    Raises:
+        ConfigError: a flag and an override give one field different values (``--image-size 128``
+            with ``image_size=256``): one of them would be ignored, so neither is.
+    """
+    overrides = parse_overrides(args.overrides)
+    for flag, key, value in (("--num-classes", "num_classes", args.num_classes),
+                             ("--image-size", "image_size", args.image_size)):
+        if value is None:
+            continue
+        if key in overrides and _side_pair(overrides[key]) != _side_pair(value):
+            typed = "x".join(str(v) for v in value) if key == "image_size" else str(value)
+            raise ConfigError(f"{flag} {typed} and the override {key}={shown(overrides[key])} disagree; "
+                              "give the value once")
+        overrides[key] = list(value) if key == "image_size" else value
+    return overrides
+
+
 def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
     """The flags as :class:`BenchmarkSettings` (``auto`` device resolved; ``--image-size`` and
-    ``--num-classes`` join the ``key=value`` overrides)."""
-    overrides = parse_overrides(args.overrides)
-    if args.num_classes is not None:
-        overrides["num_classes"] = args.num_classes
-    if args.image_size:
-        overrides["image_size"] = list(args.image_size)
+    ``--num-classes`` joined to the ``key=value`` overrides by :func:`model_overrides`)."""
+    overrides = model_overrides(args)
     return BenchmarkSettings(
         model=args.model, weights=args.weights, overrides=overrides, device=str(check_device(args.device)),
         threads=args.threads, tasks=tuple(args.tasks), batch_size=args.batch_size,
