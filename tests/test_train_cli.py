@@ -63,11 +63,13 @@ def test_usage_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_flags_become_overrides() -> None:
-    args = parse(["train", "--epochs", "3", "--image-size", "256", "384", "--lr", "0.01",
-                  "--train-ann", "a.json", "optimizer=adamw", "train.epochs=9"])
-    overrides = collect_overrides(args)
+    argv = ["train", "--epochs", "3", "--image-size", "256", "384", "--lr", "0.01", "--train-ann", "a.json",
+            "optimizer=adamw"]
+    overrides = collect_overrides(parse([*argv, "train.epochs=3"]))  # the same value twice: one value
     assert overrides == {"optimizer": "adamw", "train.epochs": 3, "model.image_size": [256, 384],
                          "train.lr": 0.01, "data.train_ann": "a.json"}
+    with pytest.raises(ConfigError, match=r"^--epochs 3 and the override train\.epochs=9 disagree"):
+        collect_overrides(parse([*argv, "train.epochs=9"]))  # neither wins without a word
 
 
 def test_tiny_end_to_end_run_writes_all_outputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
