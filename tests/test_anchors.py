@@ -6,7 +6,9 @@ import math
 
 import torch
 
-from effdet.modeling.anchors import decode_boxes, encode_boxes, flatten_outputs, generate_anchors, num_anchors_per_level
+from effdet.factory import create_model
+from effdet.modeling.anchors import (decode_boxes, encode_boxes, flatten_outputs, generate_anchors, level_grid,
+                                     num_anchors_per_level)
 
 
 def test_anchor_grid_hand_computed() -> None:
@@ -32,6 +34,18 @@ def test_non_square_grid_and_anchor_scale() -> None:
     assert anchors.shape[0] == (16 * 32 + 8 * 16) * 9
     last_l3 = anchors[16 * 32 * 9 - 9]  # y=15, x=31, anchor 0
     assert torch.allclose(last_l3, torch.tensor([252.0 - 20, 124.0 - 20, 252.0 + 20, 124.0 + 20]))
+
+
+def test_level_grid_is_the_networks_feature_map() -> None:
+    """ceil(side / 2^level) per side, hand-computed, and the class map sizes of a network whose
+    upper levels do not divide the input (160 x 96: P6 3 x 2, P7 2 x 1)."""
+    assert [level_grid((160, 96), level) for level in range(3, 8)] == [(20, 12), (10, 6), (5, 3), (3, 2), (2, 1)]
+    assert num_anchors_per_level((160, 96), 6, 7, 9) == [3 * 2 * 9, 2 * 1 * 9]
+    model = create_model("efficientdet_d0", num_classes=2, image_size=(160, 96), fpn_channels=8, fpn_cells=1,
+                         head_repeats=1).eval()
+    with torch.no_grad():
+        class_maps, _ = model(torch.zeros(1, 3, 160, 96))
+    assert [tuple(m.shape[-2:]) for m in class_maps] == [level_grid((160, 96), level) for level in range(3, 8)]
 
 
 def test_encode_decode_round_trip() -> None:

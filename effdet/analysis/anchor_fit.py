@@ -43,7 +43,7 @@ from tqdm import tqdm
 from effdet.config import EfficientDetConfig
 from effdet.data.coco import CocoDetection, DatasetError
 from effdet.fileio import atomic_write
-from effdet.modeling.anchors import AnchorGenerator, num_anchors_per_level
+from effdet.modeling.anchors import AnchorGenerator, level_grid, num_anchors_per_level
 
 COVERED_IOU = 0.5
 """A box is covered when its best shape-only IoU with an anchor is at least this (the labeler's
@@ -148,8 +148,8 @@ def level_strides(cfg: EfficientDetConfig, image_size: tuple[int, int] | None = 
     """{level: stride} of ``cfg``'s anchor grid at ``image_size``: the mean of the y and x strides
     ``side / ceil(side / 2^level)`` (``2^level`` when the side divides)."""
     h, w = tuple(image_size or cfg.image_size)
-    return {lv: 0.5 * (h / math.ceil(h / 2 ** lv) + w / math.ceil(w / 2 ** lv))
-            for lv in range(cfg.min_level, cfg.max_level + 1)}
+    grids = {lv: level_grid((h, w), lv) for lv in range(cfg.min_level, cfg.max_level + 1)}
+    return {lv: 0.5 * (h / rows + w / cols) for lv, (rows, cols) in grids.items()}
 
 
 def anchor_coverage(box_wh: np.ndarray, anchor_wh: np.ndarray) -> tuple[np.ndarray, float]:

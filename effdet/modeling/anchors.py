@@ -16,6 +16,14 @@ import torch
 _MAX_LOG_SIZE = math.log(1000.0 / 16)
 
 
+def level_grid(image_size: tuple[int, int], level: int) -> tuple[int, int]:
+    """(rows, cols) of pyramid level ``level`` for an input of ``image_size`` (H, W) pixels:
+    ``(ceil(H / 2^level), ceil(W / 2^level))``. The network's feature map at that level has this
+    size (its stride-2 convolutions and pools round up), and so does the level's anchor grid."""
+    h, w = image_size
+    return -(-int(h) // 2 ** level), -(-int(w) // 2 ** level)
+
+
 def anchor_shapes(num_scales: int, aspect_ratios: tuple[tuple[float, float], ...], anchor_scale: float,
                   stride: float | tuple[float, float]) -> torch.Tensor:
     """(A, 2) widths and heights of the anchors at one level, octave-major; ``stride`` (y, x) or one."""
@@ -41,7 +49,7 @@ def generate_anchors(image_size: tuple[int, int], min_level: int = 3, max_level:
     h, w = image_size
     per_level = []
     for level in range(min_level, max_level + 1):
-        rows, cols = math.ceil(h / 2 ** level), math.ceil(w / 2 ** level)
+        rows, cols = level_grid(image_size, level)
         stride_y, stride_x = h / rows, w / cols
         shapes = anchor_shapes(num_scales, aspect_ratios, anchor_scale, (stride_y, stride_x))  # (A, 2)
         ys = (torch.arange(rows, dtype=torch.float64) + 0.5) * stride_y
@@ -88,8 +96,8 @@ class AnchorGenerator:
 
 
 def num_anchors_per_level(image_size: tuple[int, int], min_level: int, max_level: int, num_anchors: int) -> list[int]:
-    h, w = image_size
-    return [math.ceil(h / 2 ** l) * math.ceil(w / 2 ** l) * num_anchors for l in range(min_level, max_level + 1)]
+    """Anchors at each level min..max: rows x cols x ``num_anchors`` (:func:`level_grid`)."""
+    return [math.prod(level_grid(image_size, level)) * num_anchors for level in range(min_level, max_level + 1)]
 
 
 def encode_boxes(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:

@@ -6,12 +6,11 @@ import torch
 from torch import nn
 
 from effdet.config import IMAGENET_MEAN, IMAGENET_STD, EfficientDetConfig
-from effdet.modeling.anchors import AnchorGenerator
+from effdet.modeling.anchors import AnchorGenerator, level_grid
 from effdet.modeling.backbone import EfficientNetFeatures, efficientnet_features
 from effdet.modeling.bifpn import BiFpn
 from effdet.modeling.fused import Size
 from effdet.modeling.head import FusedHead, HeadNet, StackedHeads
-from effdet.modeling.layers import conv_output_size
 
 PRIOR_PROB = 0.01
 
@@ -82,7 +81,7 @@ class EfficientDet(nn.Module):
         param = next(self.parameters())
         self.eval()
         levels = range(self.anchors.min_level, self.anchors.max_level + 1)
-        level_sizes = [conv_output_size(size, 2 ** level) for level in levels]
+        level_sizes = [level_grid(size, level) for level in levels]
         with torch.no_grad():
             self.backbone.fuse(size)
             self.fpn.fuse(level_sizes)

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-Size = tuple[int, int]
+from effdet.config import ACTIVATIONS
 
-ACTIVATIONS = ("silu", "relu6")
+Size = tuple[int, int]
 
 # oneDNN post-op name and scalars of each activation
 _ONEDNN_ACT = {"silu": ("swish", []), "relu6": ("hardtanh", [0.0, 6.0]), None: ("none", [])}
@@ -110,8 +110,9 @@ def _pack(weight: torch.Tensor, padding: list[int], stride: list[int], dilation:
                                                      dilation, groups, list(input_shape))
 
 
-def _tracing() -> bool:
-    """Inside torch.jit tracing / ONNX export / torch.compile, or under CPU autocast: use plain ops."""
+def _needs_plain_ops() -> bool:
+    """Inside torch.jit tracing / ONNX export / torch.compile, or under CPU autocast: the private
+    oneDNN op and batch-dependent weight folding are not recorded or not float32 there."""
     return (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
             or torch.is_autocast_enabled("cpu"))
 
@@ -174,11 +175,11 @@ class FusedConv(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
-        fold_scale = scale is not None and x.shape[0] == 1 and not _tracing()
+        fold_scale = scale is not None and x.shape[0] == 1 and not _needs_plain_ops()
         if scale is not None and not fold_scale:
             x = x.mul_(scale)  # in place: the input is the block's own intermediate (MBConv's expanded map)
         weight = self.weight * scale.reshape(1, -1, 1, 1) if fold_scale else None
-        if (self.fused and x.device.type == "cpu" and x.dtype == torch.float32 and not _tracing()
+        if (self.fused and x.device.type == "cpu" and x.dtype == torch.float32 and not _needs_plain_ops()
                 and x.shape[-2] * x.shape[-1] >= FUSED_MIN_PIXELS * self.stride[0] * self.stride[1]):
             w = self.packed_weight(x) if weight is None else weight
             if residual is not None and self.act is None:
@@ -223,5 +224,5 @@ def as_conv(fused: FusedConv) -> nn.Conv2d:
     return conv
 
 
-__all__ = ["ACTIVATIONS", "FUSED_MIN_PIXELS", "FusedConv", "as_conv", "fold_conv_bn", "onednn_fusion_available",
+__all__ = ["FUSED_MIN_PIXELS", "FusedConv", "as_conv", "fold_conv_bn", "onednn_fusion_available",
            "same_pad_amounts", "stack_convs", "static_conv"]
