@@ -139,6 +139,26 @@ def test_cli_tiny_run_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert "forward b1 (ms)" in printed and "train step b2 (img/s)" in printed
 
 
+@pytest.mark.slow
+def test_cli_onnx_and_runtimes_figures(tmp_path: Path) -> None:
+    """The exported detector under ONNX Runtime, and the exported network in every runtime, each checked
+    against PyTorch before it is timed."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is an optional extra: pip install effdet[export]")
+    pytest.importorskip("openvino", reason="openvino is an optional extra: pip install effdet[export]")
+    out = tmp_path / "bench.json"
+    assert effdet_main(["benchmark", "--threads", "1", "--image-size", "128", "--runs", "2", "--rounds", "1",
+                        "--warmup", "1", "--tasks", "onnx,runtimes", "--json", str(out), *TINY_OVERRIDES]) == 0
+    report = json.loads(out.read_text())
+    assert report["errors"] == {}
+    assert set(report["results"]["onnx_b1"]) == {"ours", "eager"}
+    assert all("check: " in r["exported_by"] and len(r["times_ms"]) == 2 for r in report["results"]["onnx_b1"].values())
+    runtimes = report["results"]["runtimes_b1"]
+    assert {"ours", "onnxruntime", "openvino", "openvino-int8"} <= set(runtimes)  # more where more runtimes are installed
+    for name, message in report["checks"]["runtimes_vs_pytorch"].items():
+        compared, matched = message.split(" detections compared: ")[0], message.split(": ")[1].split(" matched")[0]
+        assert int(compared) > 0 and matched == compared, (name, message)
+
+
 def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
     assert effdet_main(["benchmark", "--tasks", "forward", "no_such_key=1"]) == 2
     assert "unknown model config key" in capsys.readouterr().err
