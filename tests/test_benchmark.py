@@ -18,6 +18,7 @@ from effdet.benchmarking.settings import BenchmarkError, BenchmarkSettings
 from effdet.benchmarking.tasks import ForwardTask, PredictTask, TrainStepTask
 from effdet.cli.main import main as effdet_main
 from effdet.cli.main import parse
+from effdet.config import ConfigError
 from effdet.inference.timing import time_calls
 from effdet.factory import create_model
 from effdet.inference.predictor import Predictor
@@ -153,7 +154,7 @@ def test_cli_onnx_and_runtimes_figures(tmp_path: Path) -> None:
     assert set(report["results"]["onnx_b1"]) == {"ours", "eager"}
     assert all("check: " in r["exported_by"] and len(r["times_ms"]) == 2 for r in report["results"]["onnx_b1"].values())
     runtimes = report["results"]["runtimes_b1"]
-    assert {"ours", "onnxruntime", "openvino", "openvino-int8"} <= set(runtimes)  # more where more runtimes are installed
+    assert {"ours", "onnxruntime", "openvino", "openvino-int8"} <= set(runtimes)  # more with more runtimes installed
     for name, message in report["checks"]["runtimes_vs_pytorch"].items():
         compared, matched = message.split(" detections compared: ")[0], message.split(": ")[1].split(" matched")[0]
         assert int(compared) > 0 and matched == compared, (name, message)
@@ -165,7 +166,8 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as usage:
         effdet_main(["benchmark", "--tasks", "forward,fly", *TINY_OVERRIDES, "--image-size", "128"])
     assert usage.value.code == 2
-    assert "unknown task(s) ['fly']; choose from forward,throughput,predict,train,onnx,runtimes" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown task(s) ['fly']; choose from forward,throughput,predict,train,onnx,runtimes" in err
 
 
 def test_a_flag_and_an_override_of_one_field_must_agree(capsys: pytest.CaptureFixture) -> None:
@@ -183,8 +185,21 @@ def test_a_flag_and_an_override_of_one_field_must_agree(capsys: pytest.CaptureFi
 def test_settings_are_checked_once_for_library_callers() -> None:
     with pytest.raises(BenchmarkError, match=r"unknown task\(s\) \['fly'\]"):
         BenchmarkSettings(tasks=("forward", "fly"))
-    with pytest.raises(BenchmarkError, match="runs 0, warmup -1"):
-        BenchmarkSettings(runs=0, warmup=-1)
+    with pytest.raises(ConfigError, match="benchmark runs must be an integer of at least 1, got 0"):
+        BenchmarkSettings(runs=0)
+    with pytest.raises(ConfigError, match="benchmark warmup must be an integer of at least 0, got -1"):
+        BenchmarkSettings(warmup=-1)
+    with pytest.raises(ConfigError, match="benchmark threads must be an integer of at least 1, got 2.5"):
+        BenchmarkSettings(threads=2.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("flag, value, least", [("--runs", "0", 1), ("--rounds", "0", 1), ("--warmup", "-1", 0),
+                                                 ("--train-runs", "0", 1), ("--train-batch-size", "0", 1)])
+def test_counts_are_checked_by_the_settings_and_name_the_flag(flag: str, value: str, least: int,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    assert effdet_main(["benchmark", flag, value, "--tasks", "forward", *TINY_OVERRIDES]) == 2
+    assert capsys.readouterr().err == (f"effdet benchmark: error: {flag} {value}: must be an integer of at least "
+                                       f"{least}; use e.g. {flag} {least}\n")
     with pytest.raises(BenchmarkError, match="amp must be one of bf16, fp16"):
         BenchmarkSettings(amp="fp8")
 

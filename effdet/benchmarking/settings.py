@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from effdet.config import PostprocessSettings
+from effdet.config import ConfigError, PostprocessSettings
 
 TASKS: tuple[str, ...] = ("forward", "throughput", "predict", "train", "onnx", "runtimes")
 """What a run can measure, in the order it measures them (``onnx`` and ``runtimes`` on the CPU only)."""
@@ -16,6 +16,11 @@ AMP_NAMES: tuple[str, ...] = ("bf16", "fp16")
 POSTPROCESS = PostprocessSettings(score_threshold=0.0, max_candidates=5000, max_detections=100)
 """The benchmark's post-processing: no score threshold, as the reference port has none; the
 reference's 5000 candidates and 100 detections."""
+
+
+COUNTS: dict[str, int] = {"runs": 1, "rounds": 1, "warmup": 0, "train_runs": 1, "batch_size": 1,
+                          "train_batch_size": 1, "threads": 1, "seed": 0}
+"""The counts of :class:`BenchmarkSettings` and the least value of each (None: the default, where allowed)."""
 
 
 class BenchmarkError(ValueError):
@@ -57,7 +62,8 @@ class BenchmarkSettings:
         command_line: recorded in the report.
 
     Raises:
-        BenchmarkError: an unknown task or autocast dtype, or a count out of range.
+        BenchmarkError: an unknown task or autocast dtype.
+        ConfigError: a count below its least value (:data:`COUNTS`), naming the field.
     """
 
     model: str = "efficientdet_d0"
@@ -87,12 +93,11 @@ class BenchmarkSettings:
         parse_tasks(",".join(self.tasks))
         if self.amp is not None and self.amp not in AMP_NAMES:
             raise BenchmarkError(f"amp must be one of {', '.join(AMP_NAMES)} or None, got {self.amp!r}")
-        counts = dict(runs=self.runs, rounds=self.rounds, batch_size=self.batch_size,
-                      train_batch_size=self.train_batch_size, train_runs=self.train_runs, threads=self.threads)
-        low = [f"{name} {value}" for name, value in counts.items() if value is not None and value < 1]
-        if low or self.warmup < 0:
-            raise BenchmarkError(f"benchmark counts must be at least 1 (warmup at least 0), got "
-                                 f"{', '.join(low + ([f'warmup {self.warmup}'] if self.warmup < 0 else []))}")
+        for name, least in COUNTS.items():
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ConfigError(f"benchmark {name} must be an integer of at least {least}, got {value!r}",
+                                  field=name, reason=f"must be an integer of at least {least}", example=str(least))
 
 
-__all__ = ["AMP_NAMES", "POSTPROCESS", "TASKS", "BenchmarkError", "BenchmarkSettings", "parse_tasks"]
+__all__ = ["AMP_NAMES", "COUNTS", "POSTPROCESS", "TASKS", "BenchmarkError", "BenchmarkSettings", "parse_tasks"]

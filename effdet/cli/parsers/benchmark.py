@@ -1,4 +1,5 @@
-"""``effdet benchmark``'s flags."""
+"""``effdet benchmark``'s flags. The counts (``--runs``, ``--rounds``, ``--warmup``, ...) only parse here:
+:class:`effdet.benchmarking.settings.BenchmarkSettings` checks them, once, and its error names the flag."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import argparse
 
 from effdet.benchmarking.settings import AMP_NAMES, POSTPROCESS, TASKS, BenchmarkError, parse_tasks
 from effdet.cli.parsers import (
-    NON_NEGATIVE, POSITIVE, SEED, add_batch_size_argument, add_device_argument, add_image_size_argument,
-    add_postprocess_arguments, add_threads_argument,
+    POSITIVE, add_batch_size_argument, add_device_argument, add_image_size_argument, add_postprocess_arguments,
+    add_threads_argument, integer,
 )
 
 DESCRIPTION = """Measure EfficientDet speed, optionally side by side with the reference port.
@@ -70,15 +71,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_argument(p)
     add_threads_argument(p)
     add_batch_size_argument(p, None, "throughput batch", unset="8 on CPU, 32 on CUDA")
-    p.add_argument("--train-batch-size", type=POSITIVE, default=None,
+    p.add_argument("--train-batch-size", type=integer, default=None,
                    help="training batch (default 4 on CPU, 32 on CUDA)")
     p.add_argument("--amp", choices=AMP_NAMES, default=None, help="autocast dtype (CUDA)")
     p.add_argument("--tasks", type=_tasks, default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
-    p.add_argument("--runs", type=POSITIVE, default=6, help="timed runs per variant and task (default 6)")
-    p.add_argument("--train-runs", type=POSITIVE, default=None,
+    p.add_argument("--runs", type=integer, default=6, help="timed runs per variant and task (default 6)")
+    p.add_argument("--train-runs", type=integer, default=None,
                    help="timed training steps per variant (default: --runs)")
-    p.add_argument("--rounds", type=POSITIVE, default=3, help="alternate the variants in this many rounds (default 3)")
-    p.add_argument("--warmup", type=NON_NEGATIVE, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--rounds", type=integer, default=3, help="alternate the variants in this many rounds (default 3)")
+    p.add_argument("--warmup", type=integer, default=2, help="untimed runs first (default 2)")
     p.add_argument("--images", nargs="+", help="image files / folders for the end-to-end figure "
                                                "(default: 4 synthetic JPEGs of COCO-like sizes)")
     add_postprocess_arguments(p, POSTPROCESS, soft_nms=False, why=": the reference port has no threshold")
@@ -92,7 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "checkout's refport/ harness (run from the checkout's root)")
     p.add_argument("--reference-keep-freed-memory", action="store_true",
                    help="run the reference with the same malloc setting as ours (freed memory kept for reuse)")
-    p.add_argument("--seed", type=SEED, default=0, help="seed of the random weights and inputs")
+    p.add_argument("--seed", type=integer, default=0, help="seed of the random weights and inputs")
     p.add_argument("--work-dir", help="folder for inputs and exported files (default: a temporary folder)")
     p.add_argument("--json", help="write all figures to this JSON file")
     p.add_argument("overrides", nargs="*", help="model config key=value overrides")
