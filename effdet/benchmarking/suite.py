@@ -10,8 +10,9 @@ reference port), then times each task in turn; a task that fails is recorded in 
   training, the ``channels_last`` step;
 * ``eager``: the plain network (training: the default memory format);
 * ``compiled``: ``torch.compile`` of the fused network;
-* ``reference``: the reference port, through a :class:`Reference` (the source checkout's
-  ``refport/bench.py``; the package itself never looks for it).
+* ``reference``: the reference port, through a :class:`Reference` passed in (``effdet benchmark
+  --compare-reference`` passes the source checkout's ``refport/bench.py``; this module never looks
+  for it).
 
 The report is a dict: ``settings`` (what ran), ``results`` (per figure, per variant
 :meth:`effdet.benchmarking.measure.Measurement.summary`, and the ratios of
