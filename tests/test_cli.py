@@ -25,7 +25,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 def test_help_of_every_job_answers_without_importing_torch() -> None:
     names = [job.name for job in JOBS]
-    assert names == ["train", "val", "predict", "export", "benchmark", "classify", "data"]
+    assert names == ["train", "val", "predict", "track", "export", "benchmark", "classify", "data"]
     code = ("import sys, contextlib, io\n"
             "from effdet.cli.main import main\n"
             f"for argv in [['--help'], *[[n, '--help'] for n in {names!r}], ['data', 'demo', '--help']]:\n"

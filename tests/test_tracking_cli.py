@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -16,11 +17,12 @@ import pytest
 from effdet.cli.main import main as effdet
 from effdet.cli.main import parse
 from effdet.cli.track import tracker_settings
+from effdet.config import PostprocessSettings
 from effdet.data.images import OUTPUT_MARKER
 from effdet.data.synthetic import CATEGORIES
 from effdet.data.synthetic_clips import plan_clip, render_clip
 from effdet.evaluation.mot import read_mot_file
-from effdet.inference.tracking import TrackerSettings
+from effdet.inference import Predictor, Tracker, TrackerSettings, track
 from tests.test_infer import weights  # noqa: F401  (fixture: a tiny random checkpoint, 4 classes)
 from tests.test_predict_video import FRAMES, FPS, HEIGHT, WIDTH, _lines, _video_info, write_video
 
@@ -41,7 +43,8 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
     (folder / "shapes_gt.txt").write_text("".join(
-        f"{g.frame},{g.track_id},{g.box[0]},{g.box[1]},{g.box[2] - g.box[0]},{g.box[3] - g.box[1]},1,-1,-1\n"
+        f"{g.frame},{g.track_id},{g.box[0]},{g.box[1]},{g.box[2] - g.box[0]},{g.box[3] - g.box[1]},1,{g.category_id},"
+        f"{g.visibility}\n"
         for g in truth))
     names = dict(CATEGORIES)
     lines = [{"frame": f, "time": f / 30, "detections": []} for f in range(CLIP_FRAMES)]
@@ -198,3 +201,54 @@ def test_sources_without_a_video_and_bad_gt(clip: tuple[Path, Path, Path], tmp_p
     assert effdet(["track", str(clip[0]), "--detections", str(clip[2]), "--gt", str(bad_gt), "--no-images",
                    "--output", str(tmp_path / "o2"), "--quiet"]) == 2
     assert f"--gt file {bad_gt} line 1: expected at least 7 numbers" in capsys.readouterr().err
+
+
+def test_python_track_and_tracker_in_a_loop_agree(weights: Path, tmp_path: Path) -> None:
+    """effdet.inference.track over a video, and a Tracker fed by a Predictor frame by frame (the
+    README's loop), give the same tracks (batches of 1 frame: both see the same scores to the last bit)."""
+    predictor = Predictor.from_checkpoint(weights, batch_size=1, settings=PostprocessSettings(score_threshold=0.3))
+    settings = TrackerSettings(high_threshold=0.3, new_track_threshold=0.3)
+    video = write_video(tmp_path / "clip.mp4")
+    [result] = track(predictor, [video], tmp_path / "out", settings, progress=False)
+    assert (result.frames, result.mot_path, result.video_path) == (FRAMES, tmp_path / "out" / "clip.txt",
+                                                                   tmp_path / "out" / "clip.mp4")
+    tracker, lines = Tracker(settings), []
+    capture = cv2.VideoCapture(str(video))
+    for frame_number in range(1, FRAMES + 1):
+        ok, bgr = capture.read()
+        assert ok
+        det = predictor([cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)])[0]
+        lines += [(frame_number, t.track_id, *t.box) for t in tracker.update(det["boxes"], det["scores"],
+                                                                             det["labels"])]
+    capture.release()
+    written = [(b.frame, b.track_id, *b.box) for b in read_mot_file(result.mot_path)]
+    assert lines and [line[:2] for line in lines] == [line[:2] for line in written]
+    np.testing.assert_allclose([line[2:] for line in lines], [line[2:] for line in written], atol=0.02)
+
+
+def test_counting_recipe_counts_the_crossings(clip: tuple[Path, Path, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """docs/tracking.md's counting block, run as written on the clip's tracks, counts the objects
+    whose box centre crosses the line, as the ground truth does."""
+    video, gt, detections = clip
+    assert effdet(["track", str(video), "--detections", str(detections), "--no-images", "--output", str(tmp_path),
+                   "--quiet"]) == 0
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tracking.md").read_text()
+    block = text.split("## Counting objects that cross a line", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    line_y = CLIP_SIZE[0] / 2
+    call = 'print(count_line_crossings("runs/track/clip.jsonl", line_y=120))'
+    assert call in block
+    capsys.readouterr()
+    namespace: dict = {}
+    exec(block.replace(call, ""), namespace)  # noqa: S102 - the documented recipe itself
+    counts = namespace["count_line_crossings"](str(tmp_path / "shapes.jsonl"), line_y=line_y)
+    side: dict[int, bool] = {}
+    crossed: dict[int, int] = {}
+    for box in read_mot_file(gt):  # frame order: the ground truth's own crossings
+        below = (box.box[1] + box.box[3]) / 2 > line_y
+        if box.track_id in side and side[box.track_id] != below:
+            crossed.setdefault(box.track_id, box.frame)
+        side[box.track_id] = below
+    category = {int(line.split(",")[1]): int(line.split(",")[7]) for line in gt.read_text().splitlines()}
+    names = dict(CATEGORIES)
+    assert crossed and counts == Counter(names[category[track_id]] for track_id in crossed)

@@ -2,6 +2,7 @@
 
     python tools/measure_tracking.py --output runs/track_bench [--clips 6 --frames 150 --seed 0]
         [--weights best.pt]    # also track the detector's own detections (effdet predict's JSON lines)
+    python tools/measure_tracking.py --output runs/track_shapes --training-set   # a COCO set to train that detector
 
 Writes, under --output: clips/clipN.mp4 with clipN_gt.txt (MOTChallenge ground truth:
 frame,id,x,y,w,h,1,category,visibility), noisy/clipN.jsonl (detections made from the ground truth
@@ -99,6 +100,36 @@ def gt_lines(truth: list[GroundTruthBox]) -> str:
                    f"{g.box[3] - g.box[1]:.0f},1,{g.category_id},{g.visibility}\n" for g in truth)
 
 
+def write_training_set(output: Path, seed: int, clips: tuple[int, int] = (60, 20), frames: int = 60,
+                       every: int = 6) -> None:
+    """COCO train/val sets (``output/{train,val}/``, ``output/annotations/{train,val}.json``) of every
+    ``every``-th frame of synthetic clips made with seeds other than the measurement's (objects
+    less than 20% visible are not labelled)."""
+    rng = np.random.default_rng(seed + 1000)
+    photos = _photos()
+    for split, count in zip(("train", "val"), clips):
+        (output / split).mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for n in range(count):
+            objects = plan_clip(rng, frames, SIZE, num_pairs=int(rng.integers(1, 5)))
+            pictures, truth = render_clip(rng, objects, frames, SIZE, photo_background(rng, photos, *SIZE))
+            for index in range(0, frames, every):
+                image_id = len(images) + 1
+                name = f"clip{n}_{index:03d}.jpg"
+                cv2.imwrite(str(output / split / name), cv2.cvtColor(pictures[index], cv2.COLOR_RGB2BGR))
+                images.append({"id": image_id, "file_name": name, "width": SIZE[1], "height": SIZE[0]})
+                for g in truth:
+                    if g.frame == index + 1 and g.visibility >= 0.2:
+                        w, h = g.box[2] - g.box[0], g.box[3] - g.box[1]
+                        annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                            "category_id": g.category_id, "bbox": [g.box[0], g.box[1], w, h],
+                                            "area": w * h, "iscrowd": 0})
+        (output / "annotations").mkdir(exist_ok=True)
+        (output / "annotations" / f"{split}.json").write_text(json.dumps({
+            "images": images, "annotations": annotations,
+            "categories": [{"id": c, "name": name} for c, name in CATEGORIES]}))
+
+
 def make_clips(output: Path, clips: int, frames: int, seed: int) -> list[tuple[Path, Path, Path]]:
     """(video, ground truth, noisy detections) per clip."""
     rng = np.random.default_rng(seed)
@@ -145,7 +176,7 @@ def track_all(clips: list[tuple[Path, Path, Path]], detections: list[Path], out:
     return runs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--clips", type=int, default=6)
@@ -153,7 +184,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", help="a detector trained on the demo shapes (effdet data demo)")
     parser.add_argument("--predict-flags", default="", help="extra effdet predict flags, e.g. '--device cuda'")
-    args = parser.parse_args()
+    parser.add_argument("--training-set", action="store_true",
+                        help="only write a COCO training set of other synthetic clips (for --weights)")
+    args = parser.parse_args(argv)
+    if args.training_set:
+        write_training_set(args.output, args.seed)
+        return
     clips = make_clips(args.output, args.clips, args.frames, args.seed)
     sources = {"ground truth + noise": [noisy for _, _, noisy in clips]}
     if args.weights:

@@ -17,7 +17,7 @@ from effdet.evaluation.mot import MotFileError, evaluate_mot, format_metrics, re
 from effdet.inference.run import InferenceError, check_weights_path, load_predictor
 from effdet.inference.slicing import sliced_detector
 from effdet.inference.tracking import TrackerSettings
-from effdet.inference.video_tracking import TrackedVideo, prepare_tracking, track
+from effdet.inference.video_tracking import TrackedVideo, prepare_tracking, run_tracking
 
 
 def tracker_settings(args: argparse.Namespace) -> TrackerSettings:
@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
         categories = predictor.category_ids or list(range(predictor.config.num_classes))
         class_names = predictor.class_names
     classes = {int(c) if c.isdigit() else c for c in args.classes} if args.classes else None
-    results = track(detect, plan, settings, categories, class_names, args.detections, classes, args.batch_size,
-                    args.max_frames, progress=not args.quiet, on_video=_print_video)
+    results = run_tracking(detect, plan, settings, categories, class_names, args.detections, classes,
+                           args.batch_size, args.max_frames, progress=not args.quiet, on_video=_print_video)
     frames = sum(r.frames for r in results)
     print(f"{len(results)} source(s), {frames} frames, {sum(r.tracks for r in results)} track(s) in "
           f"{time.perf_counter() - start:.1f} s")

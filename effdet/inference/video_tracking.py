@@ -91,7 +91,7 @@ class Record:
 
 
 def prepare_tracking(sources: Sequence[str | Path], output_dir: str | Path = "runs/track", draw: bool = True,
-                     slice: int | None = None, slice_overlap: float = 0.2, max_tiles: int = 1024,
+                     slice_size: int | None = None, slice_overlap: float = 0.2, max_tiles: int = 1024,
                      inputs: Iterable[tuple[str, str | Path | None]] = ()) -> TrackPlan:
     """Find the videos, cameras and streams of ``sources`` and check every output against every
     input (``inputs``: ``(flag, path)`` of the other input files: weights, ``--detections``,
@@ -102,7 +102,7 @@ def prepare_tracking(sources: Sequence[str | Path], output_dir: str | Path = "ru
             would replace an input; :class:`effdet.fileio.WriteError` for an unwritable folder.
     """
     inputs = list(inputs)
-    plan = prepare_inference(sources, output_dir if draw else None, frames_dir=output_dir, slice=slice,
+    plan = prepare_inference(sources, output_dir if draw else None, frames_dir=output_dir, slice_size=slice_size,
                              slice_overlap=slice_overlap, max_tiles=max_tiles, inputs=inputs)
     if not plan.videos:
         raise InferenceError(f"no video, camera or stream among {', '.join(map(str, sources))}: effdet track "
@@ -209,6 +209,10 @@ def draw_tracks(frame: np.ndarray, record: Record, tracks: Sequence[Any], trails
     for track in tracks:
         x1, y1, x2, y2 = track.box
         trails.setdefault(track.track_id, deque(maxlen=TRAIL_LENGTH)).append((int((x1 + x2) / 2), int((y1 + y2) / 2)))
+    for track_id in set(trails) - {t.track_id for t in tracks}:
+        trails[track_id].popleft()  # an unseen track's trail fades, one point per frame
+        if not trails[track_id]:
+            del trails[track_id]
     out = frame.copy()
     thickness = max(1, round(math.sqrt(frame.shape[0] * frame.shape[1]) / 320))
     for track in tracks:
@@ -302,7 +306,46 @@ def _with_frames(records: Iterator[Record], frames: Iterator[tuple[int, np.ndarr
             yield record, None
 
 
-def track(detect: Detect | None, plan: TrackPlan, settings: TrackerSettings = TrackerSettings(),
+def track(detector: Any, sources: Sequence[str | Path], output_dir: str | Path = "runs/track",
+          settings: TrackerSettings = TrackerSettings(), detections: str | Path | None = None,
+          classes: Collection[int | str] | None = None, draw: bool = True, max_frames: int | None = None,
+          progress: bool = True) -> list[TrackedVideo]:
+    """Track objects through whole videos, cameras and streams (the Python side of ``effdet track``).
+
+    Example::
+
+        from effdet.config import PostprocessSettings
+        from effdet.inference import track
+        from effdet.inference.run import load_predictor
+
+        predictor = load_predictor("runs/train/best.pt", settings=PostprocessSettings(score_threshold=0.1))
+        for video in track(predictor, ["clip.mp4"], "runs/track"):
+            print(video.label, video.tracks, video.mot_path)
+
+    Args:
+        detector: a :class:`~effdet.inference.predictor.Predictor` (its category ids and class
+            names go into the JSON lines; keep its score threshold at or below the tracker's
+            ``low_threshold``), or None with ``detections``.
+        sources: video files, folders, glob patterns, camera indices, stream URLs (as
+            :func:`effdet.inference.run.prepare_inference` finds them; images are not tracked).
+        output_dir: each source's ``NAME.mp4`` (with ``draw``), ``NAME.txt`` and ``NAME.jsonl``.
+        settings, detections, classes, max_frames: see :func:`run_tracking`.
+
+    Returns:
+        One :class:`TrackedVideo` per source read. Raises :class:`InferenceError` (no video,
+        an output that would replace an input, nothing readable) or
+        :class:`effdet.fileio.WriteError`.
+    """
+    plan = prepare_tracking(sources, output_dir, draw, inputs=[("--detections", detections)])
+    categories, names = (), None
+    if detector is not None:
+        categories = detector.category_ids or list(range(detector.config.num_classes))
+        names = detector.class_names
+    return run_tracking(detector, plan, settings, categories, names, detections, classes, detector.batch_size
+                        if detector is not None else 8, max_frames, progress)
+
+
+def run_tracking(detect: Detect | None, plan: TrackPlan, settings: TrackerSettings = TrackerSettings(),
           category_ids: Sequence[int] = (), class_names: Sequence[str] | None = None,
           detections: str | Path | None = None, classes: Collection[int | str] | None = None, batch_size: int = 8,
           max_frames: int | None = None, progress: bool = True,
@@ -390,5 +433,5 @@ def _track_one(detect: Detect | None, video: VideoSource, result: TrackedVideo, 
 
 
 __all__ = ["MAX_DETECTION_LINES_BYTES", "Record", "TRAIL_LENGTH", "TrackPlan", "TrackedVideo", "detector_records",
-           "draw_tracks", "parse_record", "prepare_tracking", "read_detection_lines", "track", "track_records",
-           "track_source"]
+           "draw_tracks", "parse_record", "prepare_tracking", "read_detection_lines", "run_tracking", "track",
+           "track_records", "track_source"]
