@@ -12,7 +12,7 @@ from PIL import Image
 
 from effdet.cli.main import main as effdet_main
 from effdet.data import CocoDetection, DatasetError
-from effdet.data.formats import (coco_to_yolo, image_size, read_class_names, read_voc, read_yolo_labels,
+from effdet.data.formats import (coco_to_yolo, image_width_height, read_class_names, read_voc, read_yolo_labels,
                                  voc_to_coco, yolo_to_coco)
 from effdet.data.summary import split_coco, summarize
 
@@ -238,7 +238,7 @@ def test_exif_rotated_image_size_matches_training(tmp_path: Path) -> None:
     labels.mkdir()
     write_image(images / "r.jpg", 40, 24, orientation=8)
     (labels / "r.txt").write_text("0 0.5 0.5 0.5 0.25\n")
-    assert image_size(images / "r.jpg") == (24, 40)
+    assert image_width_height(images / "r.jpg") == (24, 40)
     coco = yolo_to_coco(labels, images, ["a"]).coco
     assert coco["images"][0]["width"] == 24 and coco["annotations"][0]["bbox"] == [6.0, 15.0, 12.0, 10.0]
     (tmp_path / "r.json").write_text(json.dumps(coco))

@@ -10,7 +10,7 @@ import torch
 from effdet import count_parameters, create_model, model_names
 from effdet.modeling.backbone import round_channels, scaled_stages
 from effdet.modeling.bifpn import bifpn_nodes
-from effdet.config import ConfigError
+from effdet.config import ConfigError, get_config
 
 # Parameter counts of the reference port (effdet 0.4.1, tf_efficientdet_dN, 90 classes).
 REFERENCE_PARAMS = {
@@ -18,10 +18,10 @@ REFERENCE_PARAMS = {
     "efficientdet_d3": 12_032_296, "efficientdet_d4": 20_723_675, "efficientdet_d5": 33_653_315,
     "efficientdet_d6": 51_871_782, "efficientdet_d7": 51_871_782, "efficientdet_d7x": 77_147_166,
 }
-FACTS_PARAMS_M = {  # the table in EFFICIENTDET_FACTS.md, in millions
-    "efficientdet_d0": 3.880, "efficientdet_d1": 6.626, "efficientdet_d2": 8.097, "efficientdet_d3": 12.032,
-    "efficientdet_d4": 20.724, "efficientdet_d5": 33.653, "efficientdet_d6": 51.872, "efficientdet_d7": 51.872,
-    "efficientdet_d7x": 77.147,
+PAPER_PARAMS_M = {  # EfficientDet paper (Tan, Pang, Le 2020) Table 2; D7x: google/automl's README; as printed
+    "efficientdet_d0": "3.9", "efficientdet_d1": "6.6", "efficientdet_d2": "8.1", "efficientdet_d3": "12",
+    "efficientdet_d4": "21", "efficientdet_d5": "34", "efficientdet_d6": "52", "efficientdet_d7": "52",
+    "efficientdet_d7x": "77",
 }
 # The reference port's tf_efficientdet_lite* (90 classes): equal, not close.
 LITE_PARAMS = {
@@ -36,10 +36,12 @@ def _count(name: str) -> int:
     return count_parameters(create_model(name))
 
 
-@pytest.mark.parametrize("name", list(FACTS_PARAMS_M))
+@pytest.mark.parametrize("name", list(REFERENCE_PARAMS))
 def test_parameter_counts_match_reference(name: str) -> None:
     n = _count(name)
-    assert abs(n / (FACTS_PARAMS_M[name] * 1e6) - 1) < 1e-3, n  # the paper's table, rounded to 0.1M
+    printed = PAPER_PARAMS_M[name]
+    decimals = len(printed.partition(".")[2])
+    assert abs(n / 1e6 - float(printed)) <= 0.5 * 10 ** -decimals, n  # the paper's count, to its printed digits
     assert n == REFERENCE_PARAMS[name]  # the reference port's count, exactly
 
 
@@ -125,8 +127,22 @@ def test_bifpn_topology_levels_3_to_7() -> None:
 
 
 def test_d6_d7_fuse_by_sum_without_weights() -> None:
-    model = create_model("efficientdet_d0", image_size=128, fpn_weight_method="sum")
+    """D6, D7 and D7x fuse BiFPN inputs by a plain sum (no edge weights), D0-D5 by fast attention.
+    The network built from D6's config (narrowed to a B0 backbone and 16 channels, to stay small)
+    has no fusion weights, and its nodes sum their inputs."""
+    methods = {name: get_config(name).fpn_weight_method for name in REFERENCE_PARAMS}
+    assert methods == {name: "sum" if name in ("efficientdet_d6", "efficientdet_d7", "efficientdet_d7x")
+                       else "fastattn" for name in REFERENCE_PARAMS}
+    model = create_model("efficientdet_d6", backbone="efficientnet_b0", image_size=128, fpn_channels=16,
+                         fpn_cells=1, head_repeats=1).eval()
+    assert model.config.fpn_weight_method == "sum"
     assert not any("edge_weights" in n for n, _ in model.named_parameters())
+    node = model.fpn.cells[0].nodes[0]
+    assert node.fusion_weights() is None
+    a, b = torch.randn(1, 16, 4, 4), torch.randn(1, 16, 2, 2)
+    with torch.no_grad():
+        expected = node.bn(node.conv(node.act(a + torch.nn.functional.interpolate(b, size=(4, 4), mode="nearest"))))
+        torch.testing.assert_close(node([a, b], (4, 4)), expected)
 
 
 def test_first_cell_resamples_backbone_inputs_per_use() -> None:

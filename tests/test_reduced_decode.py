@@ -157,7 +157,7 @@ def test_predict_without_drawings_decodes_reduced(tmp_path: Path, factors: list[
     run_inference(predictor, sources, output_dir=tmp_path / "drawn", json_path=tmp_path / "full.json",
                   progress=False)
     run_inference(predictor, sources, output_dir=None, json_path=tmp_path / "sliced.json", progress=False,
-                  slice=1024)
+                  slice_size=1024)
     assert factors == [4, 2]  # drawings and tiles need every pixel: read whole
     reduced, full = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("reduced", "full"))
     assert [(r["image_id"], r["category_id"]) for r in reduced] == [(r["image_id"], r["category_id"]) for r in full]

@@ -116,7 +116,7 @@ def test_box_in_a_tile_maps_to_full_image_pixels() -> None:
     """One object well inside an inner tile: found at its exact full-image position."""
     image = _scene(600, 800, [(431, 297, 471, 355, 2)])
     oracle = OracleDetector()
-    det = sliced_predict(oracle, image, slice=256, overlap=0.25, full_pass=False)
+    det = sliced_predict(oracle, image, slice_size=256, overlap=0.25, full_pass=False)
     assert det["boxes"].tolist() == [[431.0, 297.0, 471.0, 355.0]]
     assert det["labels"].tolist() == [2] and det["names"] == ["blue"]
     assert det["boxes"].dtype == torch.float32 and det["labels"].dtype == torch.int64
@@ -125,7 +125,7 @@ def test_box_in_a_tile_maps_to_full_image_pixels() -> None:
 def test_all_tiles_of_an_image_in_one_call_plus_the_full_pass() -> None:
     image = _scene(600, 800, [(10, 10, 50, 50, 0)])
     oracle = OracleDetector()
-    sliced_predict(oracle, image, slice=256, overlap=0.25)
+    sliced_predict(oracle, image, slice_size=256, overlap=0.25)
     tiles = tile_boxes(600, 800, 256, 0.25)
     assert len(oracle.calls) == 1  # the predictor batches the tiles itself
     assert oracle.calls[0] == [(256, 256, 3)] * len(tiles) + [(600, 800, 3)]
@@ -141,7 +141,7 @@ def test_merge_removes_duplicates_of_overlapping_tiles() -> None:
     image = _scene(600, 800, objects)
     expected = sorted([float(v) for v in box[:4]] for box in objects)
     for full_pass in (True, False):
-        det = sliced_predict(OracleDetector(), image, slice=256, overlap=0.5, full_pass=full_pass)
+        det = sliced_predict(OracleDetector(), image, slice_size=256, overlap=0.5, full_pass=full_pass)
         assert _sorted_rows(det["boxes"]) == expected
         assert torch.all(det["scores"][:-1] >= det["scores"][1:])
 
@@ -150,7 +150,7 @@ def test_cut_copies_survive_without_drop_partial() -> None:
     """The same scene without the drop step: NMS alone leaves cut copies (boxes narrower than the
     object, IoU with each other below the threshold), which is why the step exists."""
     image = _scene(600, 800, [(300, 120, 420, 160, 2)])
-    det = sliced_predict(OracleDetector(), image, slice=256, overlap=0.5, full_pass=False, drop_partial=False)
+    det = sliced_predict(OracleDetector(), image, slice_size=256, overlap=0.5, full_pass=False, drop_partial=False)
     assert len(det["boxes"]) > 1 and (det["boxes"][:, 2] - det["boxes"][:, 0] < 120).any()
 
 
@@ -191,7 +191,7 @@ def test_with_a_real_predictor_same_dict_as_plain() -> None:
         model.class_net.predict.conv_pw.bias.fill_(0.0)  # scores around 0.5: plenty of detections
     predictor = Predictor(model, class_names=["a", "b", "c"], batch_size=4, score_threshold=0.3, max_detections=50)
     image = np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8)
-    plain, sliced = predictor(image), sliced_predict(predictor, image, slice=128, overlap=0.2)
+    plain, sliced = predictor(image), sliced_predict(predictor, image, slice_size=128, overlap=0.2)
     assert set(sliced) == set(plain) == {"boxes", "scores", "labels", "names"}
     assert 0 < len(sliced["scores"]) <= 50 and sliced["boxes"].shape == (len(sliced["scores"]), 4)
     assert sliced["boxes"][:, 0::2].min() >= 0 and sliced["boxes"][:, 0::2].max() <= 500
@@ -199,4 +199,4 @@ def test_with_a_real_predictor_same_dict_as_plain() -> None:
     assert sliced["labels"].dtype == plain["labels"].dtype == torch.int64
     # an image that is a single tile: exactly the plain detections
     small = image[:100, :120]
-    assert torch.equal(sliced_predict(predictor, small, slice=128)["boxes"], predictor(small)["boxes"])
+    assert torch.equal(sliced_predict(predictor, small, slice_size=128)["boxes"], predictor(small)["boxes"])

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     check_weights_path(args.weights)
     class_names = read_class_names(args.class_names) if args.class_names is not None else None
     plan = prepare_inference(args.sources, None if args.no_images else args.output, args.json, args.ann,
-                             frames_dir=args.output, slice=args.slice, slice_overlap=args.slice_overlap,
+                             frames_dir=args.output, slice_size=args.slice, slice_overlap=args.slice_overlap,
                              max_tiles=getattr(args, "max_tiles", MAX_TILES), max_pixels=args.max_pixels,
                              inputs=[("--weights", args.weights), ("--class-names", args.class_names)])
     predictor = load_predictor(args.weights, args.model, class_names, device, args.image_size, args.batch_size,

@@ -67,7 +67,7 @@ class YoloLabels:
 # images and class names
 # ------------------------------------------------------------------------------------------------
 
-def image_size(path: str | Path) -> tuple[int, int]:
+def image_width_height(path: str | Path) -> tuple[int, int]:
     """(width, height) in pixels of an image as displayed (after EXIF rotation), from its header only.
 
     Raises:
@@ -331,7 +331,7 @@ def voc_to_coco(xml_source: str | Path, image_dir: str | Path | None = None,
         size = voc.size
         if image_folder is not None:
             try:
-                found = image_size(image_folder / voc.file_name)
+                found = image_width_height(image_folder / voc.file_name)
             except ImageReadError as error:
                 _skip_image(result, f"{error} (annotations: {path})")
                 continue
@@ -473,7 +473,7 @@ def yolo_to_coco(label_dir: str | Path, image_dir: str | Path, class_names: Sequ
         boxes = read_yolo_labels(label_file, len(class_names)) if label_file.is_file() else None
         used.add(label_file)
         try:
-            width, height = image_size(path)
+            width, height = image_width_height(path)
         except ImageReadError as error:
             _skip_image(result, str(error))
             continue
@@ -587,5 +587,5 @@ def write_yolo(labels: YoloLabels, output_dir: str | Path, progress: bool = Fals
     return output
 
 
-__all__ = ["CLASSES_FILE", "Conversion", "VocAnnotation", "VocObject", "YoloLabels", "coco_to_yolo", "image_size",
+__all__ = ["CLASSES_FILE", "Conversion", "VocAnnotation", "VocObject", "YoloLabels", "coco_to_yolo", "image_width_height",
            "read_class_names", "read_coco", "read_voc", "read_yolo_labels", "voc_to_coco", "write_yolo", "yolo_to_coco"]

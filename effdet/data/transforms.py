@@ -15,10 +15,11 @@ and return the image at exactly ``image_size`` (out_h, out_w) with boxes in its 
   ``PAD_VALUE``) to ``image_size``, horizontal flip, optional photometric jitter of the
   image content. Boxes are clipped to the visible part; boxes that become tiny are dropped.
 
-Randomness: each ``TrainTransform`` seeds itself lazily, once per process, from
-``torch.initial_seed()``. In DataLoader workers that seed comes from the loader's generator
-(see ``effdet.data.loader.build_loader``), so a seeded loader gives reproducible augmentation
-and different workers never repeat each other.
+Randomness: a ``TrainTransform`` draws from its own random streams. Training restarts them per
+sample (:meth:`TrainTransform.reseed` with a seed of the run seed, epoch and image index:
+``effdet.engine.sampling.EpochSeededDataset``), so augmentation does not depend on the worker count
+and a resumed run repeats it. Used without ``reseed``, a transform seeds itself lazily, once per
+process, from ``torch.initial_seed()`` (in a DataLoader worker: from the loader's generator).
 """
 
 from __future__ import annotations

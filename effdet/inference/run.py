@@ -227,7 +227,7 @@ class InferencePlan:
     output_dir: Path | None
     frames_dir: Path | None
     json_path: Path | None
-    slice: int | None = None
+    slice_size: int | None = None
     slice_overlap: float = 0.2
     max_tiles: int = MAX_TILES
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -236,14 +236,14 @@ class InferencePlan:
 
 def prepare_inference(sources: Sequence[str | Path], output_dir: str | Path | None = "runs/predict",
                       json_path: str | Path | None = None, ann_file: str | Path | None = None,
-                      frames_dir: str | Path | None = None, slice: int | None = None, slice_overlap: float = 0.2,
+                      frames_dir: str | Path | None = None, slice_size: int | None = None, slice_overlap: float = 0.2,
                       max_tiles: int = MAX_TILES, inputs: Iterable[tuple[str, str | Path | None]] = (),
                       max_pixels: int | None = DEFAULT_MAX_PIXELS) -> InferencePlan:
     """Find the sources' images and videos and check every output against every input, before a
     model is loaded (see :func:`run_inference` for the arguments; ``inputs``: further input files
     as ``(flag, path)``, e.g. ``("--weights", ...)``, that no output may replace).
 
-    With ``slice``, each image's size is read from its header and an image that would be cut into
+    With ``slice_size``, each image's size is read from its header and an image that would be cut into
     more than ``max_tiles`` tiles stops the run here (:func:`effdet.inference.slicing.check_tile_count`);
     so does a video file's frame size. Raises :class:`InferenceError` or
     :class:`effdet.fileio.WriteError`, naming the file and what to do."""
@@ -266,7 +266,7 @@ def prepare_inference(sources: Sequence[str | Path], output_dir: str | Path | No
     frame_files = [frames_dir / name.with_suffix(".jsonl") for name in video_names] if frames_dir is not None else []
     plan = InferencePlan(paths, names, picture_names(names), [], videos, video_names, frame_files,
                          Path(output_dir) if output_dir is not None else None, frames_dir,
-                         Path(json_path) if json_path is not None else None, slice, slice_overlap, max_tiles,
+                         Path(json_path) if json_path is not None else None, slice_size, slice_overlap, max_tiles,
                          max_pixels)
     named = [*inputs, ("--ann", ann_file)]
     folders = [(f"source folder {source}" if Path(source).is_dir() else f"pattern {source}",
@@ -277,7 +277,7 @@ def prepare_inference(sources: Sequence[str | Path], output_dir: str | Path | No
         check_output_folder(frames_dir, "--output")
     plan.ids = annotation_image_ids(ann_file, names) if ann_file is not None and paths else \
         list(range(1, len(paths) + 1))
-    if slice is not None:
+    if slice_size is not None:
         check_tiles(plan)
     return plan
 
@@ -335,9 +335,9 @@ def check_plan_outputs(plan: InferencePlan, named: Sequence[tuple[str, str | Pat
 
 def check_tiles(plan: InferencePlan) -> None:
     """Sliced inference: refuse, before any work, an image (size from its header) or video file
-    (its frame size) that ``plan.slice`` would cut into more than ``plan.max_tiles`` tiles. Files
+    (its frame size) that ``plan.slice_size`` would cut into more than ``plan.max_tiles`` tiles. Files
     whose size cannot be read are left to the run, which skips them as unreadable."""
-    assert plan.slice is not None
+    assert plan.slice_size is not None
     for path in plan.paths:
         try:
             with Image.open(path) as image:
@@ -353,14 +353,14 @@ def check_tiles(plan: InferencePlan) -> None:
 
 def _check_tiles(plan: InferencePlan, height: int, width: int, what: str) -> None:
     try:
-        check_tile_count(height, width, plan.slice, plan.slice_overlap, plan.max_tiles, what)
+        check_tile_count(height, width, plan.slice_size, plan.slice_overlap, plan.max_tiles, what)
     except TileLimitError as error:
         raise InferenceError(str(error)) from None
 
 
 def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_dir: str | Path | None = "runs/predict",
                   json_path: str | Path | None = None, ann_file: str | Path | None = None,
-                  progress: bool = True, frames_dir: str | Path | None = None, slice: int | None = None,
+                  progress: bool = True, frames_dir: str | Path | None = None, slice_size: int | None = None,
                   slice_overlap: float = 0.2, max_frames: int | None = None, max_tiles: int = MAX_TILES,
                   inputs: Iterable[tuple[str, str | Path | None]] = (),
                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> InferenceSummary:
@@ -375,7 +375,7 @@ def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_di
             (:func:`effdet.inference.video.split_sources`).
         output_dir: annotated copies go here, at each image's relative path (:func:`picture_names`),
             and annotated videos (``NAME.mp4``, the source's frame rate and size) beside them
-            (None: neither; then, without ``slice``, large JPEGs are decoded at 1/2-1/8 of their
+            (None: neither; then, without ``slice_size``, large JPEGs are decoded at 1/2-1/8 of their
             resolution, :func:`effdet.data.images.read_image_reduced`, boxes still in original pixels).
         json_path: COCO results JSON of the images (``image_id``, ``file_name``,
             ``category_id``, ``bbox`` xywh in original pixels, ``score``). Category ids are the
@@ -385,8 +385,8 @@ def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_di
             not list are left out of the JSON (with a warning).
         frames_dir: each video's per-frame JSON lines (``NAME.jsonl``, see
             :func:`effdet.inference.video.frame_record`); default ``output_dir``.
-        slice, slice_overlap: sliced inference (:func:`effdet.inference.slicing.sliced_predict`)
-            with tiles of ``slice`` original pixels overlapping by ``slice_overlap``, plus a
+        slice_size, slice_overlap: sliced inference (:func:`effdet.inference.slicing.sliced_predict`)
+            with tiles of ``slice_size`` original pixels overlapping by ``slice_overlap``, plus a
             full-image pass, for images and frames alike; None: one letterboxed pass.
         max_frames: read at most this many frames of each video, camera or stream.
         max_tiles: the most tiles sliced inference cuts one image or frame into.
@@ -402,7 +402,7 @@ def run_inference(predictor: Predictor, sources: Sequence[str | Path], output_di
     file :data:`~effdet.data.images.OUTPUT_MARKER`, so that a later run over a folder that contains
     it does not read the annotated copies back as input.
     """
-    plan = prepare_inference(sources, output_dir, json_path, ann_file, frames_dir, slice, slice_overlap, max_tiles,
+    plan = prepare_inference(sources, output_dir, json_path, ann_file, frames_dir, slice_size, slice_overlap, max_tiles,
                              inputs, max_pixels)
     return run_plan(predictor, plan, progress, max_frames)
 
@@ -412,8 +412,8 @@ def run_plan(predictor: Predictor, plan: InferencePlan, progress: bool = True,
     """Read, detect and write what :func:`prepare_inference` found (see :func:`run_inference`)."""
     summary = InferenceSummary(output_dir=plan.output_dir)
     created = _mark_output_folders({plan.output_dir, plan.frames_dir if plan.videos else None} - {None})
-    detect = predictor if plan.slice is None else sliced_detector(
-        predictor, plan.slice, plan.slice_overlap, merge_iou=predictor.settings.nms_iou, max_tiles=plan.max_tiles)
+    detect = predictor if plan.slice_size is None else sliced_detector(
+        predictor, plan.slice_size, plan.slice_overlap, merge_iou=predictor.settings.nms_iou, max_tiles=plan.max_tiles)
     try:
         results = _predict_images(predictor, detect, plan, summary, progress)
         categories = predictor.category_ids or list(range(predictor.config.num_classes))
@@ -483,7 +483,7 @@ def _predict_images(predictor: Predictor, detect: Callable[[list[Any]], list[dic
     results: list[dict[str, Any]] = []
     # Without drawings or tiles only the network input is needed: large JPEGs are decoded at 1/2-1/8
     # (the predictor maps their boxes to full-image pixels); drawings and tiles need every pixel.
-    reduced = summary.output_dir is None and plan.slice is None
+    reduced = summary.output_dir is None and plan.slice_size is None
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(paths), predictor.batch_size):
         batch = []

@@ -2,7 +2,7 @@
 
 A detector with a small input (D0: 512 px, the demo model: 128 px) shrinks a 4000 x 3000 photo
 by 8-30x when it letterboxes it, and objects of a few dozen pixels vanish. Sliced inference runs
-the detector on overlapping ``slice`` x ``slice`` crops at their own resolution (each crop is
+the detector on overlapping ``slice_size`` x ``slice_size`` crops at their own resolution (each crop is
 letterboxed to the network input on its own, so objects keep the size the model was trained on),
 shifts each crop's boxes by the crop's corner, adds one letterboxed pass over the whole image
 (for objects larger than a tile), and merges the lot.
@@ -10,7 +10,7 @@ shifts each crop's boxes by the crop's corner, adds one letterboxed pass over th
 Merging, in two steps:
 
 1. Cut copies are dropped: a tile detection that touches an edge the tile shares with a
-   neighbour (within 1% of ``slice``), and lies wholly inside that neighbour too, shows at most
+   neighbour (within 1% of ``slice_size``), and lies wholly inside that neighbour too, shows at most
    the part of an object the neighbour also sees (the neighbour sees past the cut), so it is left
    out (:func:`partial_duplicates`). A cut object that reaches beyond the overlap is kept: no
    other tile sees more of it.
@@ -74,9 +74,9 @@ def tile_starts(length: int, side: int, overlap: float) -> list[int]:
     return [round(i * span / (count - 1)) for i in range(count)]
 
 
-def tile_count(height: int, width: int, slice: int, overlap: float) -> int:
+def tile_count(height: int, width: int, slice_size: int, overlap: float) -> int:
     """How many tiles :func:`tile_boxes` cuts a ``height`` x ``width`` image into (computed, not listed)."""
-    return _axis_count(height, slice, overlap) * _axis_count(width, slice, overlap)
+    return _axis_count(height, slice_size, overlap) * _axis_count(width, slice_size, overlap)
 
 
 def _axis_count(length: int, side: int, overlap: float) -> int:
@@ -86,40 +86,40 @@ def _axis_count(length: int, side: int, overlap: float) -> int:
     return math.ceil((length - side) / max(1, side - math.ceil(overlap * side))) + 1
 
 
-def check_tile_count(height: int, width: int, slice: int, overlap: float, max_tiles: int = MAX_TILES,
+def check_tile_count(height: int, width: int, slice_size: int, overlap: float, max_tiles: int = MAX_TILES,
                      what: str = "an image") -> int:
     """The tile count of an image, or :class:`TileLimitError` when it is over ``max_tiles``: the
     message names ``what``, its size and the count, and suggests the smallest ``--slice`` (at
-    this overlap) and the largest overlap (at this slice) that stay within the limit."""
-    count = tile_count(height, width, slice, overlap)
+    this overlap) and the largest overlap (at this tile side) that stay within the limit."""
+    count = tile_count(height, width, slice_size, overlap)
     if count <= max_tiles:
         return count
-    larger = next(side for side in _sides_from(slice, max(height, width))
+    larger = next(side for side in _sides_from(slice_size, max(height, width))
                   if tile_count(height, width, side, overlap) <= max_tiles)
-    fits = [o / 20 for o in range(0, 19) if tile_count(height, width, slice, o / 20) <= max_tiles]
+    fits = [o / 20 for o in range(0, 19) if tile_count(height, width, slice_size, o / 20) <= max_tiles]
     smaller = f" or --slice-overlap {max(fits):g}" if fits else ""
-    raise TileLimitError(f"--slice {slice} --slice-overlap {overlap:g} cuts {what} ({width}x{height}) into "
+    raise TileLimitError(f"--slice {slice_size} --slice-overlap {overlap:g} cuts {what} ({width}x{height}) into "
                          f"{count:,} tiles, over the limit of {max_tiles:,} per image (--max-tiles); use "
                          f"--slice {larger}{smaller}, or raise --max-tiles")
 
 
-def _sides_from(slice: int, longest: int) -> Iterator[int]:
-    """Tile sides above ``slice`` in steps of about 5%, ending at ``longest`` (one tile)."""
-    side = slice
+def _sides_from(slice_size: int, longest: int) -> Iterator[int]:
+    """Tile sides above ``slice_size`` in steps of about 5%, ending at ``longest`` (one tile)."""
+    side = slice_size
     while side < longest:
         side = min(longest, max(side + 1, math.ceil(side * 1.05)))
         yield side
     yield longest
 
 
-def tile_boxes(height: int, width: int, slice: int, overlap: float = 0.2) -> list[tuple[int, int, int, int]]:
+def tile_boxes(height: int, width: int, slice_size: int, overlap: float = 0.2) -> list[tuple[int, int, int, int]]:
     """The tile grid of an image: (x0, y0, x1, y1) pixel edges, row by row.
 
     Args:
         height, width: image size in pixels.
-        slice: tile side in original pixels (tiles are ``min(slice, height)`` x
-            ``min(slice, width)``).
-        overlap: fraction of ``slice`` that neighbouring tiles share at least, in [0, 1).
+        slice_size: tile side in original pixels (tiles are ``min(slice_size, height)`` x
+            ``min(slice_size, width)``).
+        overlap: fraction of ``slice_size`` that neighbouring tiles share at least, in [0, 1).
 
     Returns:
         Tiles that cover the image exactly: the first row and column start at 0, the last end
@@ -127,22 +127,22 @@ def tile_boxes(height: int, width: int, slice: int, overlap: float = 0.2) -> lis
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"tile_boxes needs a non-empty image, got {height} x {width}")
-    if slice < 1:
-        raise ValueError(f"slice must be at least 1 pixel, got {slice}")
+    if slice_size < 1:
+        raise ValueError(f"slice_size must be at least 1 pixel, got {slice_size}")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    tile_h, tile_w = min(slice, height), min(slice, width)
+    tile_h, tile_w = min(slice_size, height), min(slice_size, width)
     return [(x0, y0, x0 + tile_w, y0 + tile_h)
-            for y0 in tile_starts(height, slice, overlap) for x0 in tile_starts(width, slice, overlap)]
+            for y0 in tile_starts(height, slice_size, overlap) for x0 in tile_starts(width, slice_size, overlap)]
 
 
-def neighbour_edges(height: int, width: int, slice: int, overlap: float
+def neighbour_edges(height: int, width: int, slice_size: int, overlap: float
                     ) -> list[tuple[float, float, float, float]]:
     """Per tile of :func:`tile_boxes` (same order): (left neighbour's x1, upper neighbour's y1,
     right neighbour's x0, lower neighbour's y0) in image pixels; -inf / +inf where the tile
     has no neighbour on that side (it lies on the image border)."""
-    xs, ys = tile_starts(width, slice, overlap), tile_starts(height, slice, overlap)
-    tile_w, tile_h = min(slice, width), min(slice, height)
+    xs, ys = tile_starts(width, slice_size, overlap), tile_starts(height, slice_size, overlap)
+    tile_w, tile_h = min(slice_size, width), min(slice_size, height)
     inf = math.inf
     return [(xs[i - 1] + tile_w if i > 0 else -inf, ys[j - 1] + tile_h if j > 0 else -inf,
              xs[i + 1] if i + 1 < len(xs) else inf, ys[j + 1] if j + 1 < len(ys) else inf)
@@ -203,7 +203,7 @@ def merge_detections(parts: Sequence[Detections], offsets: Sequence[tuple[int, i
     return out
 
 
-def sliced_predict(predictor: Any, image: Any, slice: int, overlap: float = 0.2, full_pass: bool = True,
+def sliced_predict(predictor: Any, image: Any, slice_size: int, overlap: float = 0.2, full_pass: bool = True,
                    merge_iou: float = 0.5, drop_partial: bool = True, max_tiles: int = MAX_TILES) -> Detections:
     """Detections of one (large) image from overlapping tiles plus a full-image pass.
 
@@ -214,14 +214,14 @@ def sliced_predict(predictor: Any, image: Any, slice: int, overlap: float = 0.2,
             input size and batches the tiles of the image by its ``batch_size``; its
             post-processing (score threshold, NMS) applies within each tile.
         image: H x W x 3 uint8 RGB array (or a PIL image / 3 x H x W tensor).
-        slice: tile side in original pixels (see :func:`tile_boxes`).
-        overlap: fraction of ``slice`` shared by neighbouring tiles, in [0, 1). Objects up to
-            ``overlap * slice`` pixels lie whole inside at least one tile.
+        slice_size: tile side in original pixels (see :func:`tile_boxes`).
+        overlap: fraction of ``slice_size`` shared by neighbouring tiles, in [0, 1). Objects up to
+            ``overlap * slice_size`` pixels lie whole inside at least one tile.
         full_pass: also detect on the whole image letterboxed (large objects); skipped when the
             image is a single tile anyway.
         merge_iou: class-wise NMS IoU threshold of the merge (:func:`merge_detections`).
         drop_partial: leave out cut copies that a neighbouring tile sees more of
-            (:func:`partial_duplicates`, margin 1% of ``slice``) before the merge.
+            (:func:`partial_duplicates`, margin 1% of ``slice_size``) before the merge.
         max_tiles: the most tiles the image may be cut into.
 
     Returns:
@@ -234,8 +234,8 @@ def sliced_predict(predictor: Any, image: Any, slice: int, overlap: float = 0.2,
     """
     rgb = to_rgb_array(image)
     height, width = rgb.shape[:2]
-    check_tile_count(height, width, slice, overlap, max_tiles)
-    tiles = tile_boxes(height, width, slice, overlap)
+    check_tile_count(height, width, slice_size, overlap, max_tiles)
+    tiles = tile_boxes(height, width, slice_size, overlap)
     crops = [np.ascontiguousarray(rgb[y0:y1, x0:x1]) for x0, y0, x1, y1 in tiles]
     offsets = [(x0, y0) for x0, y0, _, _ in tiles]
     if full_pass and len(tiles) > 1:
@@ -243,21 +243,21 @@ def sliced_predict(predictor: Any, image: Any, slice: int, overlap: float = 0.2,
         offsets.append((0, 0))
     parts = predictor(crops)
     if drop_partial:
-        margin = EDGE_MARGIN * slice
-        for index, (tile, neighbours) in enumerate(zip(tiles, neighbour_edges(height, width, slice, overlap))):
+        margin = EDGE_MARGIN * slice_size
+        for index, (tile, neighbours) in enumerate(zip(tiles, neighbour_edges(height, width, slice_size, overlap))):
             keep = ~partial_duplicates(parts[index]["boxes"].cpu(), tile, neighbours, margin)
             parts[index] = {key: parts[index][key][keep.to(parts[index][key].device)]
                             for key in ("boxes", "scores", "labels")}
     return merge_detections(parts, offsets, merge_iou, predictor.settings.max_detections, predictor.class_names)
 
 
-def sliced_detector(predictor: Any, slice: int, overlap: float = 0.2, full_pass: bool = True, merge_iou: float = 0.5,
-                    drop_partial: bool = True, max_tiles: int = MAX_TILES
+def sliced_detector(predictor: Any, slice_size: int, overlap: float = 0.2, full_pass: bool = True,
+                    merge_iou: float = 0.5, drop_partial: bool = True, max_tiles: int = MAX_TILES
                     ) -> Callable[[Sequence[np.ndarray]], list[Detections]]:
     """A function ``detect(images) -> detections`` that runs :func:`sliced_predict` on each
     image of a list, for code that takes the predictor's list-in, list-out call."""
     def detect(images: Sequence[np.ndarray]) -> list[Detections]:
-        return [sliced_predict(predictor, image, slice, overlap, full_pass, merge_iou, drop_partial, max_tiles)
+        return [sliced_predict(predictor, image, slice_size, overlap, full_pass, merge_iou, drop_partial, max_tiles)
                 for image in images]
     return detect
 

@@ -24,7 +24,8 @@ class EfficientDet(nn.Module):
     anchor-major (channel = a * K + k); box regressions are (dx, dy, dw, dh) relative to
     ``anchors(image_size)``, an :class:`~effdet.modeling.anchors.AnchorGenerator`. ``mean`` and
     ``std`` are the RGB statistics (0-1 scale) its input is normalised with
-    (``effdet.data.letterbox.normalize(images, model.mean, model.std)``).
+    (``effdet.data.letterbox.normalize(images, model.mean, model.std)``). ``config`` is the
+    :class:`~effdet.config.EfficientDetConfig` it was built from (:func:`build_model`), or None.
 
     :meth:`fuse` simplifies the network in place for inference (and one input size); the same
     ``forward`` then computes the same outputs faster.
@@ -38,7 +39,11 @@ class EfficientDet(nn.Module):
         self.class_net: HeadNet | FusedHead | None = class_net
         self.box_net: HeadNet | FusedHead | None = box_net
         self.anchors = anchors
-        self.config = config  # descriptive only: the modules above are fully configured
+        # The config the network was built from (None for a hand-assembled one). The modules above
+        # are fully configured and never read it; the model's users do: checkpoints save it,
+        # export writes it into the file, the predictor and evaluation take the input size and
+        # class count from it, and fuse() its image size.
+        self.config = config
         self.mean = config.mean if config is not None else IMAGENET_MEAN
         self.std = config.std if config is not None else IMAGENET_STD
         self.heads: StackedHeads | None = None  # the fused class + box heads (see fuse)
@@ -68,7 +73,8 @@ class EfficientDet(nn.Module):
 
         The outputs equal the eval-mode network's up to float rounding. Afterwards the model is
         eval-only (``train()`` raises), takes only ``image_size`` inputs, and its state dict is
-        not a checkpoint's (the heads' keys change): save the unfused model. ``effdet.inference.optimize_for_inference`` fuses a copy.
+        not a checkpoint's (the heads' keys change): save the unfused model.
+        ``effdet.inference.optimize_for_inference`` fuses a copy.
         """
         if self.fused_size is not None:
             raise RuntimeError(f"this model is already fused (for {self.fused_size[0]}x{self.fused_size[1]})")
@@ -113,7 +119,7 @@ class EfficientDet(nn.Module):
 
 
 def build_model(cfg: EfficientDetConfig) -> EfficientDet:
-    """Translate a config into constructor arguments (the only place that reads a config)."""
+    """The network of a config: the one place its fields become constructor arguments."""
     backbone = efficientnet_features(cfg.backbone, drop_path_rate=cfg.drop_path_rate, padding=cfg.padding,
                                      bn_eps=cfg.backbone_bn_eps, bn_momentum=cfg.backbone_bn_momentum)
     norm = dict(padding=cfg.padding, redundant_bias=cfg.redundant_bias, bn_eps=cfg.bn_eps,
