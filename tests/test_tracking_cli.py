@@ -121,6 +121,12 @@ def test_gt_prints_the_metrics_of_crossing_objects(clip: tuple[Path, Path, Path]
     # detections of every visible object: no identity switch through the crossings, no false positive
     assert values["IDSW"] == "0" and values["FP"] == "0" and float(values["MOTA"]) > 80
     assert values["GT_IDs"] == "4" and values["IDs"] == "4"
+    # --max-frames: only the frames tracked are scored (else the rest would count as misses)
+    assert effdet(["track", str(video), "--detections", str(detections), "--gt", str(gt), "--no-images",
+                   "--output", str(tmp_path), "--max-frames", "12", "--quiet"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    values = dict(zip(line.split()[1::2], line.split()[2::2]))
+    assert float(values["MOTA"]) > 80 and values["FP"] == "0"
 
 
 def test_classes_keeps_only_those(clip: tuple[Path, Path, Path], tmp_path: Path) -> None:

@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(results)} source(s), {frames} frames, {sum(r.tracks for r in results)} track(s) in "
           f"{time.perf_counter() - start:.1f} s")
     if ground_truth is not None:
-        metrics = evaluate_mot(ground_truth, _read_mot(results[0].mot_path, "MOT file"),
-                               num_frames=max(results[0].frames, max((b.frame for b in ground_truth), default=0)))
+        # the ground truth's frames count (--max-frames: only those tracked)
+        metrics = evaluate_mot(ground_truth, _read_mot(results[0].mot_path, "MOT file"), num_frames=args.max_frames)
         print(f"{args.gt}: {format_metrics(metrics)}")
     return 0
 

@@ -424,7 +424,8 @@ def _track_one(detect: Detect | None, video: VideoSource, result: TrackedVideo, 
             if detect is None or not category_ids:
                 raise ValueError("track: give a detector and its category ids, or a detections file")
             records = detector_records(detect, frames, result.fps, video.live, category_ids, class_names, batch_size)
-        bar.total = min(x for x in (total, max_frames, 10**12) if x)
+        limits = [x for x in (total, max_frames) if x]
+        bar.total = min(limits) if limits else None
         with bar:
             return track_source(records, tracker, result, first[1].shape[:2] if draw else None, classes, max_frames,
                                 bar)
