@@ -25,7 +25,7 @@ class DeviceError(ValueError):
     """An unknown or absent device was asked for."""
 
 
-MODEL_JOBS = frozenset({"train", "val", "predict", "benchmark", "export", "classify"})
+MODEL_JOBS = frozenset({"train", "val", "predict", "track", "benchmark", "export", "classify"})
 """The jobs that run a network: they get the thread settings (and the busy-CPU note); data jobs do not."""
 
 _USER_ERRORS = (("effdet.inference.run", "InferenceError"), ("effdet.weights.checkpoint", "CheckpointError"),
