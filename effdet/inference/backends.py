@@ -40,14 +40,15 @@ from torch import nn
 
 from effdet.config import ConfigError, from_dict, replace, resolve
 from effdet.factory import load_model
+from effdet.inference.litert import LiteRTError, LiteRTInterpreter, detections_from_outputs, read_sidecar
 from effdet.modeling.efficientdet import build_anchors
 from effdet.modeling.postprocess import PostprocessSettings
 
 _GRAPH_SETTINGS = ("score_threshold", "nms_iou", "max_detections", "max_candidates")
 """The post-processing settings a graph with NMS stores in its metadata (``effdet.export.onnx.graph_metadata``)."""
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-EXPORTED_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino"}
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "litert")
+EXPORTED_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert"}
 METADATA_KEY = "effdet"
 """OpenVINO IR: the rt_info key holding the metadata (a JSON string); ONNX: metadata_props keys."""
 INSTALL_HINT = 'pip install -e ".[export]"'
@@ -72,6 +73,9 @@ def backend_for(path: str | Path, backend: str = "auto") -> str:
                            f"export it with effdet export --network, or use --backend torch")
     if backend == "onnxruntime" and suffix == ".xml":
         raise BackendError(f"{path} is OpenVINO IR: run it with --backend openvino")
+    if (backend == "litert") != (suffix == ".tflite"):
+        raise BackendError(f"--backend {backend} cannot run {path}: a .tflite file runs with --backend litert "
+                           "(or auto)")
     return backend
 
 
@@ -92,6 +96,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise BackendError(f"{path}: no such file")
+    if path.suffix.lower() == ".tflite":  # LiteRT: the JSON sidecar (effdet.inference.litert)
+        try:
+            return decode_metadata(read_sidecar(path))
+        except LiteRTError as error:
+            raise BackendError(str(error)) from None
     try:
         if path.suffix.lower() == ".xml":
             info = _import("openvino").Core().read_model(str(path)).get_rt_info()
@@ -162,7 +171,7 @@ class ExportedNetwork(nn.Module):
             raise BackendError(f"{path} holds {what}, which effdet predict/val cannot run: export it with "
                                "effdet export --nms (a complete detector) or --network (the network alone)")
         self.has_nms = self.graph == "detections"
-        if self.has_nms and self.backend != "onnxruntime":
+        if self.has_nms and self.backend not in ("onnxruntime", "litert"):
             raise BackendError(f"{path} holds a graph with NMS (final detections): run it with --backend onnxruntime")
         if "config" not in meta:
             raise BackendError(f"{path} was exported without its model config (by an older effdet): export it again")
@@ -184,7 +193,8 @@ class ExportedNetwork(nn.Module):
         self.levels = self.config.num_levels
         self.device = torch.device(device)
         threads = threads if threads is not None else torch.get_num_threads()
-        self._run = self._onnxruntime(threads) if self.backend == "onnxruntime" else self._openvino(threads)
+        runners = dict(onnxruntime=self._onnxruntime, openvino=self._openvino, litert=self._litert)
+        self._run = runners[self.backend](threads)
         self.eval()
 
     def _onnxruntime(self, threads: int):
@@ -239,6 +249,21 @@ class ExportedNetwork(nn.Module):
                 requests[x.shape[0]] = (request, outputs)
             return [request.get_output_tensor(i).data.copy() for i in range(outputs)]
         run(np.zeros((1, 3, *self.image_size), np.uint8 if self.takes_uint8 else np.float32))  # fail early
+        return run
+
+    def _litert(self, threads: int):
+        """The LiteRT interpreter (:mod:`effdet.inference.litert`): N x 3 x H x W in, the file's NHWC input;
+        a detection file's outputs in the ONNX detection graph's layout."""
+        if self.device.type != "cpu":
+            raise BackendError("the litert backend runs on the CPU here: use --device cpu")
+        try:
+            interpreter = LiteRTInterpreter(self.path, threads)
+        except LiteRTError as error:
+            raise BackendError(str(error)) from None
+
+        def run(x: np.ndarray, valid_sizes: np.ndarray | None = None) -> list[np.ndarray]:
+            outputs = interpreter(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+            return detections_from_outputs(outputs, self.image_size, valid_sizes) if self.has_nms else outputs
         return run
 
     def _check_input(self, x: torch.Tensor) -> None:

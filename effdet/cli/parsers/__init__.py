@@ -101,14 +101,15 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
                         help="auto (CUDA when present, else cpu), cpu, cuda, cuda:1, ... (default: auto)")
 
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")  # effdet.inference.backends.BACKENDS (no torch import here)
+# effdet.inference.backends.BACKENDS (no torch import here)
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "litert")
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="what runs --weights: auto (by the file: a checkpoint in PyTorch, .onnx in ONNX Runtime, "
-                             ".xml in OpenVINO), torch, onnxruntime or openvino (exported networks: effdet export "
-                             "--network / --format openvino / --int8)")
+                             ".xml in OpenVINO, .tflite in LiteRT), torch, onnxruntime, openvino or litert "
+                             "(exported networks: effdet export --network / --format openvino|tflite / --int8)")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

@@ -24,24 +24,32 @@ extra: pip install -e ".[export]").
     effdet export --weights best.pt --output net.onnx --network          # for effdet predict/val --weights net.onnx
     effdet export --weights best.pt --output net.xml                     # OpenVINO IR, fp32
     effdet export --weights best.pt --output net_int8.xml --int8 --calib-images data/train [--calib-count 300]
+    effdet export --weights best.pt --output model.tflite [--nms]       # LiteRT (TFLite), fp32
+    effdet export --weights best.pt --output model_int8.tflite --int8 --calib-images data/train
 
 Input: images (N, 3, H, W), uint8 RGB letterboxed to the export size (default) or normalised
 float32 (--input float). See effdet/export/onnx.py for the outputs. Class names, category ids and
 the settings are stored in the file's metadata. --network, --format openvino and --int8 write the
 fused network alone (class and box maps per level): effdet predict and effdet val run such a file
 with --backend onnxruntime|openvino (auto by suffix) and this project's post-processing.
+--format tflite (LiteRT, needs pip install -e ".[litert]") takes (1, H, W, 3) uint8 images and writes
+the network alone, or with --nms TFLite's four detection outputs (boxes, classes, scores, count);
+its metadata goes to model.tflite.json beside it; see docs/litert.md.
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--output", required=True, help="output file: .onnx, or .xml for OpenVINO IR (.bin beside it)")
-    parser.add_argument("--format", choices=("onnx", "openvino"), default=None,
-                        help="onnx or openvino (IR: implies --network); default: from --output's suffix")
+    parser.add_argument("--output", required=True,
+                        help="output file: .onnx, .xml for OpenVINO IR (.bin beside it), or .tflite for LiteRT")
+    parser.add_argument("--format", choices=("onnx", "openvino", "tflite"), default=None,
+                        help="onnx, openvino (IR: implies --network) or tflite (LiteRT: the network alone unless "
+                             "--nms); default: from --output's suffix")
     parser.add_argument("--network", action="store_true",
                         help="export the fused network alone (class / box maps), for effdet predict/val --weights FILE")
     parser.add_argument("--int8", action="store_true",
-                        help="quantise to int8 (OpenVINO IR through NNCF, calibrated on --calib-images)")
+                        help="quantise to int8, calibrated on --calib-images (OpenVINO IR through NNCF; "
+                             "tflite: full-integer through ai-edge-quantizer)")
     parser.add_argument("--calib-images", nargs="+", metavar="DIR",
                         help="calibration images for --int8: folders / files / globs like the deployment images")
     parser.add_argument("--calib-count", type=POSITIVE, default=300,
@@ -64,14 +72,19 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Resolve ``--format`` from the suffix; OpenVINO and int8 export the network alone."""
     suffix = args.output.lower().rsplit(".", 1)[-1] if "." in args.output else ""
     if args.format is None:
-        args.format = "openvino" if suffix == "xml" else "onnx"
-    if args.int8 and args.format != "openvino":
-        parser.error("--int8 writes OpenVINO IR (NNCF): use --format openvino and an .xml --output "
+        args.format = {"xml": "openvino", "tflite": "tflite"}.get(suffix, "onnx")
+    if args.int8 and args.format not in ("openvino", "tflite"):
+        parser.error("--int8 writes OpenVINO IR (NNCF) or LiteRT: use an .xml or .tflite --output "
                      "(ONNX Runtime's int8 was slower here than its fp32)")
+    if args.format == "tflite":
+        _check_tflite(parser, args, suffix)
     if args.format == "openvino" and suffix != "xml":
         parser.error(f"OpenVINO IR is written as an .xml file (weights in .bin beside it), got --output {args.output}")
     if args.format == "onnx" and suffix == "xml":
         parser.error("an .xml --output is OpenVINO IR: use --format openvino or an .onnx name")
+    if args.format != "tflite" and suffix == "tflite":
+        other = "xml" if args.format == "openvino" else "onnx"
+        parser.error(f"a .tflite --output is LiteRT: use --format tflite or an .{other} name")
     if args.int8 and not args.calib_images:
         parser.error("--int8 needs --calib-images DIR: a few hundred images like those the model will see")
     if args.calib_images and not args.int8:
@@ -80,3 +93,15 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.network = True
     if args.network and args.nms:
         parser.error("--nms puts NMS in the graph; --network (and OpenVINO / int8) export the network alone")
+
+
+def _check_tflite(parser: argparse.ArgumentParser, args: argparse.Namespace, suffix: str) -> None:
+    """LiteRT: a .tflite name, uint8 input, the network alone unless --nms, int8 for the network alone."""
+    if suffix != "tflite":
+        parser.error(f"a LiteRT file is named .tflite, got --output {args.output}")
+    if args.input != "uint8":
+        parser.error("a LiteRT file takes uint8 images (normalised inside): drop --input float")
+    if args.int8 and args.nms:
+        parser.error("--int8 quantises the network alone: export it without --nms (effdet predict/val decode it), "
+                     "or --nms in fp32")
+    args.network = not args.nms
