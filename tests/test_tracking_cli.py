@@ -23,8 +23,12 @@ from effdet.data.synthetic import CATEGORIES
 from effdet.data.synthetic_clips import plan_clip, render_clip
 from effdet.evaluation.mot import read_mot_file
 from effdet.inference import Predictor, Tracker, TrackerSettings, track
+from effdet.inference.run import InferencePlan
+from effdet.inference.video import VideoSource
+from effdet.inference.video_tracking import TrackPlan, run_tracking
 from tests.test_infer import weights  # noqa: F401  (fixture: a tiny random checkpoint, 4 classes)
-from tests.test_predict_video import FRAMES, FPS, HEIGHT, WIDTH, _lines, _video_info, write_video
+from tests.test_predict_video import (CATEGORY_IDS, FRAMES, FPS, HEIGHT, NAMES, WIDTH, _lines, _video_info,
+                                     write_video)
 
 CLIP_FRAMES, CLIP_SIZE = 48, (96, 128)
 
@@ -258,3 +262,34 @@ def test_counting_recipe_counts_the_crossings(clip: tuple[Path, Path, Path], tmp
     category = {int(line.split(",")[1]): int(line.split(",")[7]) for line in gt.read_text().splitlines()}
     names = dict(CATEGORIES)
     assert crossed and counts == Counter(names[category[track_id]] for track_id in crossed)
+
+
+def test_ctrl_c_ends_a_live_source_with_complete_outputs(weights: Path, tmp_path: Path) -> None:
+    """Ctrl-C during a camera or stream run keeps complete files of the frames tracked; during a
+    video file it leaves no partial output."""
+    predictor = Predictor.from_checkpoint(weights, batch_size=4, settings=PostprocessSettings(score_threshold=0.3))
+    video = write_video(tmp_path / "clip.mp4")
+    calls = []
+
+    def interrupted(frames: list[np.ndarray]) -> list[dict]:
+        calls.append(len(frames))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return predictor(frames)
+
+    live = VideoSource(str(video), "a stream", live=True)
+    out = tmp_path / "out"
+    plan = TrackPlan(InferencePlan([], [], [], [], [live], [Path("stream.mp4")], [out / "stream.jsonl"], out, out,
+                                   None), [out / "stream.txt"])
+    with pytest.warns(UserWarning, match="a stream: stopped by Ctrl-C after 4 frames"):
+        [result] = run_tracking(interrupted, plan, TrackerSettings(), CATEGORY_IDS, NAMES, batch_size=4,
+                                progress=False)
+    assert result.frames == 4 and len(_lines(out / "stream.jsonl")) == 4 and _video_info(out / "stream.mp4")[0] == 4
+    assert all(b.frame <= 4 for b in read_mot_file(out / "stream.txt"))
+    calls.clear()
+    file_plan = TrackPlan(InferencePlan([], [], [], [], [VideoSource(str(video), str(video), live=False, path=video)],
+                                        [Path("f.mp4")], [out / "f.jsonl"], out, out, None), [out / "f.txt"])
+    with pytest.raises(KeyboardInterrupt):
+        run_tracking(interrupted, file_plan, TrackerSettings(), CATEGORY_IDS, NAMES, batch_size=4, progress=False)
+    assert not any((out / name).exists() for name in ("f.mp4", "f.jsonl", "f.txt"))
+    assert not list(out.glob(".f.*"))  # temporaries removed
