@@ -5,9 +5,8 @@ PyTorch's CPU allocator takes every tensor from the C library's ``malloc``. With
 defaults, blocks above the (adaptive, at most 32 MiB) mmap threshold are mapped fresh for each
 allocation and unmapped when freed, and the top of the heap is returned to the operating system
 as soon as enough of it is free. A detector allocates and frees hundreds of MiB of activations
-per step, so the kernel must map and zero those pages again on every step: one EfficientDet-D0
-training step at batch 4 and 512 px took about 1.2 million page faults and 6.0 s here, and 0
-page faults and 3.6 s with freed memory kept (see README, Speed).
+per step, so the kernel must map and zero those pages again on every step (measured for a D0
+training step: docs/speed.md, "Memory reuse").
 
 :func:`keep_freed_memory` tells glibc to serve every block from the heap and not to trim it, so
 freed activations are reused without page faults. The cost is that the process keeps its peak
@@ -97,12 +96,10 @@ def threads_for_free_cpus(default: int, sample_s: float = 0.25) -> tuple[int, fl
     """(threads, free CPUs): ``default`` on an idle machine, fewer when other processes keep CPUs busy.
 
     PyTorch's intra-op threads wait for each other at every operation (GNU OpenMP barriers, where
-    idle threads spin). With another process on the other core, a 2-thread team keeps waiting for a
-    descheduled member: on this project's 2-core machine, next to a second PyTorch process,
-    ``effdet predict`` on the demo images took 5.8 to 42 s from run to run and ``effdet val`` 7.8 to
-    60 s (4.1 s and 5.3 s idle); on one thread they took 5.7-6.3 s and 7.2-7.8 s, every time
-    (``tools/measure_load.py``; README, Speed). So: one thread per CPU left free, at least one,
-    at most ``default``. Where the load cannot be read, ``default``.
+    idle threads spin). With another process busy on the CPUs, a team with more threads than free
+    CPUs keeps waiting for a descheduled member, and a job's time varies several-fold from run to
+    run (``tools/measure_load.py``; docs/speed.md, "A busy machine"). So: one thread per CPU left
+    free, at least one, at most ``default``. Where the load cannot be read, ``default``.
     """
     global _free_at_start
     if _free_at_start is _UNSAMPLED:  # once per process: jobs run in-process (tests) sample once

@@ -132,9 +132,9 @@ def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
 def _runtime_threads_without_signals() -> Iterator[None]:
     """Create a runtime's worker threads with SIGINT / SIGTERM blocked, so that these signals reach
     Python's main thread only. Threads inherit the signal mask of the thread that starts them;
-    OpenVINO's and ONNX Runtime's pools live on after a call, and a SIGTERM that the kernel handed to
-    one of them made a later training in the same process crash (seen in the test suite: a training
-    that stops itself with SIGTERM, run after OpenVINO inference)."""
+    OpenVINO's and ONNX Runtime's pools live on after a call, and a SIGTERM that the kernel hands to
+    one of them would crash a later training in the same process (one that stops itself with
+    SIGTERM, run after OpenVINO inference)."""
     signals = {signal.SIGINT, signal.SIGTERM}
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
@@ -234,8 +234,7 @@ class ExportedNetwork(nn.Module):
 
         def run(x: np.ndarray) -> list[np.ndarray]:
             # one compiled model per batch size, with static shapes: OpenVINO's kernels for a fixed
-            # shape are faster (D0, 512 px, batch 1: int8 46 ms static vs 67 ms with a dynamic batch,
-            # fp32 45 vs 50 ms, measured alternately in one run)
+            # shape are faster than for a dynamic batch (docs/measurements/design_notes.md)
             if x.shape[0] in requests:
                 request, outputs = requests[x.shape[0]]
                 request.infer([x])

@@ -129,9 +129,9 @@ class Predictor:
     ``optimize=True`` builds a fused copy of the network (:func:`optimize_for_inference`: BN
     folded, static padding, fused convolutions, channels_last; the same detections) and keeps it
     only if it is the faster one here: both networks are timed in alternating rounds
-    (:func:`faster_network`; batch 1 on the CPU, about a second for D0 at 512 px; ``batch_size``,
-    at most 8, on CUDA), as ``cudnn.benchmark`` times its algorithms, because the fused network is
-    not faster everywhere (seen: on CUDA at batch 32, and on a CPU busy with other work).
+    (:func:`faster_network`; batch 1 on the CPU, ``batch_size``, at most 8, on CUDA), as
+    ``cudnn.benchmark`` times its algorithms, because which one is faster depends on the device,
+    the batch size and the machine's load (measurements: docs/inference.md, docs/speed.md).
     ``network`` says which one runs, ``timings`` holds the medians (ms).
     The model passed in is not modified. ``model`` may also be an exported network
     (:class:`effdet.inference.backends.ExportedNetwork`, from ``load_exported``; a network alone or a

@@ -19,11 +19,10 @@ Merging, in two steps:
    ``max_detections``: an object inside the overlap of two tiles is found twice with nearly the
    same box, and NMS keeps one.
 
-On the synthetic 4000 x 3000 set of ``tools/measure_slicing.py`` (6 images, 256 px tiles) step 1
-raises mAP@[.5:.95] from 0.550 to 0.591 at overlap 0.5 and from 0.494 to 0.509 at overlap 0.2.
-Dropping *every* box that touches an inner tile edge instead lowered mAP at overlap 0.2 in a
-2-image trial (0.52 to 0.48): objects larger than the overlap are then never whole in any tile. SAHI (Akyon et al. 2022, "Slicing Aided Hyper Inference")
-takes the same steps up to the merge (overlapping slices plus an optional full-image prediction)
+Step 1 drops only boxes another tile sees beyond: dropping *every* box that touches an inner tile
+edge would lose the objects larger than the overlap, which are whole in no tile (measurements of
+both: docs/inference.md, "Sliced inference", and docs/measurements/design_notes.md).
+SAHI (Akyon et al. 2022, "Slicing Aided Hyper Inference") takes the same steps up to the merge (overlapping slices plus an optional full-image prediction)
 but merges by default with greedy non-maximum *merging* matched by intersection over the smaller
 box (IoS 0.5), which replaces a group of matched boxes by their union; here boxes are never
 enlarged, and boxes of distinct neighbouring objects are never joined.
