@@ -4,7 +4,6 @@ int8 runs through predict, and bad input gets one line. Tests that convert need 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from PIL import Image
 from effdet import create_model
 from effdet.cli import main as cli
 from effdet.config import PostprocessSettings
-from effdet.export.litert import DetectionPostprocessGraph, export_litert
+from effdet.export.litert import DetectionPostprocessGraph, available, export_litert
 from effdet.export.onnx import NetworkGraph
 from effdet.inference.backends import BackendError, backend_for, load_exported, read_metadata
 from effdet.inference.litert import sidecar_path
@@ -25,8 +24,7 @@ from effdet.modeling.postprocess import postprocess
 from effdet.weights.checkpoint import save_checkpoint
 from tests.helpers import varied_tiny_model
 
-HAVE_LITERT = all(importlib.util.find_spec(m) for m in ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"))
-needs_litert = pytest.mark.skipif(not HAVE_LITERT,
+needs_litert = pytest.mark.skipif(not available(),
                                   reason='LiteRT export is the optional extra: pip install -e ".[litert]"')
 NAMES = ["a", "b", "c"]
 

@@ -57,6 +57,11 @@ NMS_ITERATIONS = 16
 round changes nothing, after as many rounds as the longest chain of boxes that would suppress each other."""
 
 
+def available() -> bool:
+    """Whether the [litert] extra (converter, quantiser, interpreter) is installed."""
+    return all(importlib.util.find_spec(m) is not None for m in ("litert_torch", "ai_edge_quantizer", "ai_edge_litert"))
+
+
 def _require(*modules: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
@@ -320,10 +325,9 @@ def _verify(graph: Graph, tmp: Path, path: Path, sample: torch.Tensor | None, in
 
 
 def _int8_report(graph: Graph, exported: ExportedNetwork, images: torch.Tensor, valid: torch.Tensor) -> ExportCheck:
-    """How many of the fp32 detections (score >= 0.25) int8 finds again (same class, IoU >= 0.5); int8
-    is judged by its mAP (``effdet val``), not by equality."""
-    settings = replace(graph.settings, score_threshold=0.25) if isinstance(graph, DetectionPostprocessGraph) \
-        else PostprocessSettings(score_threshold=0.25)
+    """How many of PyTorch's top 100 detections per image (score threshold 0; with NMS in the graph, its
+    settings) int8 finds again (same class, IoU >= 0.5); int8 is judged by its mAP (``effdet val``)."""
+    settings = graph.settings if isinstance(graph, DetectionPostprocessGraph) else PostprocessSettings(score_threshold=0)
     with torch.no_grad():
         expected = detect_batch(graph.model, images, valid, None, settings)
         got = detect_batch(exported, images, valid, None, settings)
@@ -333,10 +337,10 @@ def _int8_report(graph: Graph, exported: ExportedNetwork, images: torch.Tensor, 
         if len(e["scores"]) and len(g["scores"]):
             same = (box_iou(e["boxes"], g["boxes"]) >= 0.5) & (e["labels"][:, None] == g["labels"][None])
             found += int(same.any(dim=1).sum())
-    message = (f"int8 finds {found} of the {total} fp32 detections scored >= 0.25 on {images.shape[0]} images "
-               "(same class, IoU >= 0.5); judge int8 by its mAP: effdet val --weights FILE")
+    message = (f"int8 finds {found} of PyTorch's {total} top detections on {images.shape[0]} images (same class, "
+               "IoU >= 0.5); judge int8 by its mAP: effdet val --weights FILE")
     return ExportCheck(0.0, 0.0, total, True, message)
 
 
-__all__ = ["ChannelsLastInput", "DetectionPostprocessGraph", "MAX_GRAPH_CANDIDATES", "NMS_ITERATIONS", "convert",
-           "describe", "export_litert", "quantize"]
+__all__ = ["ChannelsLastInput", "DetectionPostprocessGraph", "MAX_GRAPH_CANDIDATES", "NMS_ITERATIONS", "available",
+           "convert", "describe", "export_litert", "quantize"]
