@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,8 +85,17 @@ def test_add_ratios_directions() -> None:
 
 
 def test_time_calls_and_peak_memory() -> None:
-    times = time_calls(lambda: sum(range(1000)), 3, torch.device("cpu"))
-    assert len(times) == 3 and all(t >= 0 for t in times)
+    def spin_cpu(seconds: float) -> None:
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    calls = iter([lambda: time.sleep(0.05), lambda: spin_cpu(0.03), lambda: time.sleep(0.001)])
+    cpu: list[float] = []
+    times = time_calls(lambda: next(calls)(), 3, torch.device("cpu"), cpu_times=cpu)
+    assert len(times) == len(cpu) == 3
+    assert 0.05 <= times[0] < 5 and times[1] >= 0.03 and 0.001 <= times[2] < times[0]  # seconds, each call apart
+    assert cpu[1] >= 0.03 and cpu[0] < cpu[1]  # the spinning call took CPU time, the sleeping one hardly any
     with peak_memory(torch.device("cpu")) as mem:
         block = torch.ones(64, 2 ** 20 // 4 * 4)  # 64 MiB, touched
         del block
@@ -256,4 +266,9 @@ def test_compare_reference_tiny(tmp_path: Path) -> None:
     assert report["checks"]["predict_vs_reference"]["equal"]
     assert report["checks"]["train_loss_vs_reference"]["equal"]
     for key in ("forward_b1", "predict", "train"):
-        assert report["results"][key]["ratio"] > 0
+        result = report["results"][key]
+        ours, reference = result["ours"], result["reference"]
+        expected = (ours["images_per_s"] / reference["images_per_s"] if key == "train"
+                    else ours["median_ms_per_image"] / reference["median_ms_per_image"])
+        assert result["ratio"] == pytest.approx(expected)  # from this report's own figures
+        assert 0.05 < result["ratio"] < 20, (key, result)  # same network, same machine: not a unit slip
