@@ -28,6 +28,8 @@ PADDINGS: tuple[str, ...] = typing.get_args(Padding)
 FPN_WEIGHT_METHODS: tuple[str, ...] = typing.get_args(FpnWeightMethod)
 ACTIVATIONS: tuple[str, ...] = typing.get_args(Activation)
 BACKBONES = tuple(f"efficientnet_b{i}" for i in range(8)) + tuple(f"efficientnet_lite{i}" for i in range(5))
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino", "litert")
+"""What runs a network (``--backend``; :func:`effdet.inference.backends.backend_for`): ``auto`` picks by the file."""
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB, of x / 255
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -648,7 +650,7 @@ def write_yaml(cfg: EfficientDetConfig, path: str | Path) -> None:
 
 
 __all__ = [
-    "ACTIVATIONS", "BACKBONES", "EVAL_SETTINGS", "IMAGENET_MEAN", "IMAGENET_STD", "LIMITS", "MAX_HEAD_PARAMETERS",
+    "ACTIVATIONS", "BACKBONES", "BACKENDS", "EVAL_SETTINGS", "IMAGENET_MEAN", "IMAGENET_STD", "LIMITS", "MAX_HEAD_PARAMETERS",
     "MAX_RECIPE_BYTES", "MODEL_CONFIGS", "MOVED_MODEL_KEYS", "ConfigError", "EfficientDetConfig", "MovedKeyWarning",
     "PostprocessSettings", "coerce", "coerce_fields", "describe", "field_types", "from_dict", "get_config",
     "head_parameters", "load_yaml", "load_yaml_text", "model_from_section", "model_names", "parse_overrides",

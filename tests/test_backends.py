@@ -19,7 +19,7 @@ pytest.importorskip("onnx", reason="onnx is an optional extra: pip install effde
 pytest.importorskip("onnxruntime", reason="onnxruntime is an optional extra: pip install effdet[export]")
 
 from effdet.cli import main as cli  # noqa: E402
-from effdet.cli import parsers  # noqa: E402
+from effdet.config import BACKENDS  # noqa: E402
 from effdet.evaluation.matching import match_detections  # noqa: E402
 from effdet.export.onnx import (DetectionGraph, NetworkGraph, box_tolerance, export_onnx)  # noqa: E402
 from effdet.inference import backends  # noqa: E402
@@ -279,9 +279,23 @@ def test_backend_errors_say_what_to_do(network_onnx: tuple[torch.nn.Module, Path
         net(torch.zeros(1, 3, 256, 256, dtype=torch.uint8))
 
 
+def test_every_backend_flag_value_runs_its_files(capsys: pytest.CaptureFixture) -> None:
+    """--backend offers exactly effdet.config.BACKENDS, and backend_for accepts each for the files it runs."""
+    runs = {"auto": ("m.onnx", "onnxruntime"), "torch": ("m.pt", "torch"), "onnxruntime": ("m.onnx", "onnxruntime"),
+            "openvino": ("m.xml", "openvino"), "litert": ("m.tflite", "litert")}
+    assert set(runs) == set(BACKENDS)
+    for name, (file, runner) in runs.items():
+        assert backend_for(file, name) == runner
+        assert cli.parse(["predict", "--weights", file, "--backend", name, "x.jpg"]).backend == name
+    with pytest.raises(SystemExit):
+        cli.parse(["predict", "--weights", "m.pt", "--backend", "tensorrt", "x.jpg"])
+    assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
+    with pytest.raises(BackendError, match="unknown backend 'tensorrt'; choose one of auto, torch"):
+        backend_for("m.pt", "tensorrt")
+
+
 def test_cli_backend_flags(checkpoint: Path, network_onnx: tuple[torch.nn.Module, Path], tmp_path: Path,
                            capsys: pytest.CaptureFixture) -> None:
-    assert parsers.BACKENDS == backends.BACKENDS
     _, path = network_onnx
     image = tmp_path / "one.jpg"
     Image.fromarray(_images(1)[0]).save(image)

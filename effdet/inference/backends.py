@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from effdet.config import ConfigError, from_dict, replace, resolve
+from effdet.config import BACKENDS, ConfigError, from_dict, replace, resolve
 from effdet.factory import load_model
 from effdet.inference.litert import LiteRTError, LiteRTInterpreter, detections_from_outputs, read_sidecar
 from effdet.modeling.efficientdet import build_anchors
@@ -47,7 +47,6 @@ from effdet.modeling.postprocess import PostprocessSettings
 _GRAPH_SETTINGS = ("score_threshold", "nms_iou", "max_detections", "max_candidates")
 """The post-processing settings a graph with NMS stores in its metadata (``effdet.export.onnx.graph_metadata``)."""
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "litert")
 EXPORTED_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "litert"}
 METADATA_KEY = "effdet"
 """OpenVINO IR: the rt_info key holding the metadata (a JSON string); ONNX: metadata_props keys."""

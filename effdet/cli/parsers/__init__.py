@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from effdet.config import PostprocessSettings
+from effdet.config import BACKENDS, PostprocessSettings
 
 # ------------------------------------------------------------------------------------------------
 # value types: a bad value is argparse's one-line usage error, never a traceback later
@@ -99,10 +99,6 @@ def add_image_size_argument(parser: argparse.ArgumentParser, help_default: str =
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA when present, else cpu), cpu, cuda, cuda:1, ... (default: auto)")
-
-
-# effdet.inference.backends.BACKENDS (no torch import here)
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "litert")
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
