@@ -29,7 +29,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -139,18 +139,28 @@ def export_openvino(graph: NetworkGraph, path: str | Path, calibration: Iterable
             model = _quantize_in_subprocess(ov, model, calibration, work)
             info["calibration_images"] = len(calibration)
         model.set_rt_info(json.dumps(info), [METADATA_KEY])
-        check = None
-        with atomic_path(path, suffix=".xml") as xml_tmp:
-            bin_written = xml_tmp.with_suffix(".bin")
-            try:
-                with atomic_path(path.with_suffix(".bin")) as bin_tmp:
-                    ov.save_model(model, str(xml_tmp), compress_to_fp16=False)
-                    if verify:  # before the .bin moves away from the temporary .xml
-                        check = _verify(graph, xml_tmp, path, sample, int8=bool(calibration))
-                    os.replace(bin_written, bin_tmp)
-            finally:
-                bin_written.unlink(missing_ok=True)
+        check = save_ir(ov, model, path, (lambda xml: _verify(graph, xml, path, sample, int8=bool(calibration)))
+                        if verify else None)
     return check
+
+
+def save_ir(ov: Any, model: Any, path: Path, check: Callable[[Path], ExportCheck] | None = None
+            ) -> ExportCheck | None:
+    """Write the OpenVINO ``model`` as ``path`` (``.xml``) and its ``.bin`` beside it, both atomically
+    (an existing pair stays intact on failure); ``check(temporary xml)`` runs on the written files before
+    they replace ``path`` (its exception leaves nothing written). Returns the check's result, or None."""
+    result = None
+    with atomic_path(path, suffix=".xml") as xml_tmp:
+        bin_written = xml_tmp.with_suffix(".bin")
+        try:
+            with atomic_path(path.with_suffix(".bin")) as bin_tmp:
+                ov.save_model(model, str(xml_tmp), compress_to_fp16=False)
+                if check is not None:  # before the .bin moves away from the temporary .xml
+                    result = check(xml_tmp)
+                os.replace(bin_written, bin_tmp)
+        finally:
+            bin_written.unlink(missing_ok=True)
+    return result
 
 
 def _quantize_in_subprocess(ov: Any, model: Any, calibration: list[np.ndarray], work: Path) -> Any:
@@ -212,4 +222,4 @@ def _verify(graph: NetworkGraph, xml: Path, path: Path, sample: torch.Tensor | N
                        "judged by its mAP: effdet val --weights FILE)")
 
 
-__all__ = ["DEFAULT_CALIB_COUNT", "calibration_images", "export_openvino", "quantize_file"]
+__all__ = ["DEFAULT_CALIB_COUNT", "calibration_images", "export_openvino", "quantize_file", "save_ir"]
