@@ -88,8 +88,8 @@ def add_data_format_tasks(tasks: argparse._SubParsersAction) -> None:
                                                          "from it; voc: optional, checks the images and reads a "
                                                          "missing <size>)")
     convert.add_argument("--class-names", metavar="FILE",
-                         help="class names in class order, one per line or a YOLO data.yaml with names: (yolo: "
-                              "default SRC/classes.txt; voc: default the names found, sorted)")
+                         help="class names in class order: one per line, a JSON list, or a YOLO data.yaml with "
+                              "names: (yolo: default SRC/classes.txt; voc: default the names found, sorted)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing --output file; --to yolo: "
                                                                   "write into a folder that is not empty")
     convert.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(0, 1, ...) or stream URLs (rtsp://, http(s)://, ...)")
     add_model_arguments(parser)
     add_backend_argument(parser)
-    parser.add_argument("--class-names", help="file with one class name per line, or a JSON list")
+    parser.add_argument("--class-names", help="class names in class order: one per line, a JSON list, or a YOLO "
+                                              "data.yaml with names:")
     parser.add_argument("--output", default="runs/predict",
                         help="folder for annotated images and videos, and the videos' per-frame JSON lines "
                              "(default: runs/predict)")
