@@ -81,6 +81,12 @@ def test_val_predict_and_export(trained: Path, tiny_set: Path, tmp_path: Path, c
         expected = model((image.float() / 255 - 0.5) / 0.5).softmax(1)
     assert probs.shape == (2, 3) and abs(probs - expected.numpy()).max() < 1e-4
 
+    # the exported file is evaluated like the checkpoint: the same accuracy and confusion matrix
+    assert main(["classify", "val", "--weights", str(onnx_file), "--data", str(tiny_set), "--output",
+                 str(tmp_path / "val_onnx"), "--workers", "0"]) == 0
+    exported = json.loads((tmp_path / "val_onnx" / "results.json").read_text(encoding="utf-8"))
+    assert exported["confusion"] == result["confusion"] and exported["top1"] == result["top1"]
+
 
 @pytest.mark.slow
 def test_export_openvino_fp32_and_int8(trained: Path, tiny_set: Path, tmp_path: Path) -> None:

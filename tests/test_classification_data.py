@@ -16,7 +16,7 @@ from torch import nn
 from effdet.data.classification_transforms import ClassifyEvalTransform, ClassifyTrainTransform, mix_batch
 from effdet.data.coco import DatasetError
 from effdet.data.imagefolder import (ClassificationDataset, collate_classes, find_split_folders, read_split,
-                                     scan_image_folder, split_samples, write_split)
+                                     scan_image_folder, split_samples, upsampling_note, write_split)
 from effdet.evaluation.classification import evaluate_classifier, format_classification
 from effdet.evaluation.classification_plots import (plot_class_batch, plot_class_confusion,
                                                     plot_classification_results, plot_worst_mistakes)
@@ -87,6 +87,9 @@ def test_split_is_seeded_stratified_and_recorded(tmp_path: Path) -> None:
     assert val.samples != other[1].samples
     assert val.counts() == [2, 2, 2] and train.counts() == [8, 8, 8]
     assert not {p for p, _ in train.samples} & {p for p, _ in val.samples}
+    assert index.short_sides == [30] * 30 and train.short_sides == [30] * 24  # 40 x 30 images
+    assert upsampling_note(train, 30) is None
+    assert upsampling_note(train, 64).startswith(f"24 of 24 images in {index.root} are smaller than 64 px")
     record = write_split(tmp_path / "run" / "split.json", train, val, 3, 0.2)
     assert json.loads(record.read_text(encoding="utf-8"))["class_names"] == NAMES
     read_train, read_val = read_split(record)
@@ -146,7 +149,8 @@ class FixedLogits(nn.Module):
 
 
 def test_evaluation_counts_exactly(tmp_path: Path) -> None:
-    data = ClassificationDataset(scan_image_folder(write_folder(tmp_path / "set", per_class=3)), ClassifyEvalTransform(32))
+    index = scan_image_folder(write_folder(tmp_path / "set", per_class=3))
+    data = ClassificationDataset(index, ClassifyEvalTransform(32))
     result = evaluate_classifier(FixedLogits(), data, batch_size=4)
     assert result.top1 == pytest.approx(6 / 9) and result.k == 3 and result.topk == 1.0
     assert result.confusion.tolist() == [[3, 0, 0], [0, 3, 0], [3, 0, 0]]

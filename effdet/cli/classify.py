@@ -36,7 +36,7 @@ from effdet.export.classification import ClassifierGraph, export_classifier_onnx
 from effdet.export.onnx import ExportError
 from effdet.factory import create_classifier, load_classifier
 from effdet.fileio import atomic_write, check_output_file, check_output_folder, check_output_spares_inputs
-from effdet.inference.classification import ClassifierPredictor
+from effdet.inference.classification import ClassifierPredictor, ExportedClassifier, open_classifier
 from effdet.weights.backbones import fetch_backbone_weights
 from effdet.weights.classifier import default_classifier_weights
 
@@ -99,7 +99,9 @@ def run_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- val
 def run_val(args: argparse.Namespace) -> int:
     device = check_device(args.device)
-    model, info = load_classifier(args.weights, device=device)
+    model, info = open_classifier(args.weights, device=device)
+    if isinstance(model, ExportedClassifier):
+        device = torch.device("cpu")
     train_dir, val_dir = find_split_folders(args.data)
     folder = val_dir or train_dir
     index = scan_image_folder(folder, class_names=info["class_names"])
@@ -156,7 +158,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.json:
         with atomic_write(args.json, "w", encoding="utf-8") as f:
             json.dump(entries, f, ensure_ascii=False, indent=1)
-    print(f"{len(paths) - unreadable} image(s) classified" + (f", {unreadable} unreadable skipped" if unreadable else "")
+    print(f"{len(paths) - unreadable} image(s) classified"
+          + (f", {unreadable} unreadable skipped" if unreadable else "")
           + (f"; JSON: {args.json}" if args.json else ""))
     return 0 if unreadable < len(paths) else 2
 

@@ -39,12 +39,14 @@ SPLIT_FILE = "split.json"
 class ImageFolderIndex:
     """The readable images of an ImageFolder: ``samples`` are ``(path, class index)`` in sorted path
     order, ``class_names[i]`` is class ``i``'s folder name, ``skipped`` ``(path, reason)`` of every
-    file left out (not an image file, or an unreadable header)."""
+    file left out (not an image file, or an unreadable header), ``short_sides`` the shorter side in
+    pixels of each sample as its header says (empty when headers were not read)."""
 
     root: Path
     class_names: list[str]
     samples: list[tuple[Path, int]]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    short_sides: list[int] = field(default_factory=list)
 
     def counts(self) -> list[int]:
         """Images per class, by class index."""
@@ -54,16 +56,16 @@ class ImageFolderIndex:
         return counts
 
 
-def _header_problem(path: Path) -> str | None:
-    """None when Pillow identifies ``path`` as an image (header only, fast), else the reason."""
+def _header(path: Path) -> tuple[int | None, str | None]:
+    """``(shorter side, None)`` when Pillow identifies ``path`` as an image (header only, fast), else
+    ``(None, the reason)``."""
     try:
         with Image.open(path) as image:
-            image.size  # noqa: B018 - reading the header is the check
+            return min(image.size), None
     except UnidentifiedImageError:
-        return "not an image Pillow can read"
+        return None, "not an image Pillow can read"
     except OSError as error:
-        return f"unreadable ({error.strerror or error})"
-    return None
+        return None, f"unreadable ({error.strerror or error})"
 
 
 def class_folders(root: Path) -> list[Path]:
@@ -106,22 +108,37 @@ def scan_image_folder(root: str | Path, class_names: Sequence[str] | None = None
         raise DatasetError(f"{root} holds a single class folder ({names[0]!r}): a classifier needs at least 2 classes")
     samples: list[tuple[Path, int]] = []
     skipped: list[tuple[Path, str]] = []
+    sides: list[int] = []
     for label, folder in enumerate(folders):
         found = 0
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 skipped.append((path, f"not an image file (suffix {path.suffix or 'none'})"))
                 continue
-            problem = _header_problem(path) if check_headers else None
+            side, problem = _header(path) if check_headers else (None, None)
             if problem is not None:
                 skipped.append((path, problem))
                 continue
             samples.append((path, label))
+            if side is not None:
+                sides.append(side)
             found += 1
         if not found:
             raise DatasetError(f"class folder {folder} holds no readable image: add images "
                                f"({', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folder")
-    return ImageFolderIndex(root, names, samples, skipped)
+    return ImageFolderIndex(root, names, samples, skipped, sides)
+
+
+def upsampling_note(index: ImageFolderIndex, size: int) -> str | None:
+    """A line saying how many images are smaller than ``size`` on their shorter side (they are upsampled
+    to the input), or None when none is (or sizes are unknown)."""
+    small = [side for side in index.short_sides if side < size]
+    if not small:
+        return None
+    median = sorted(index.short_sides)[len(index.short_sides) // 2]
+    return (f"{len(small)} of {len(index.short_sides)} images in {index.root} are smaller than {size} px on their "
+            f"shorter side (median {median} px): they are upsampled to the input; a smaller --image-size trains "
+            "faster")
 
 
 def _listed(names: Sequence[str], limit: int = 5) -> str:
@@ -169,8 +186,11 @@ def split_samples(index: ImageFolderIndex, val_fraction: float, seed: int
         chosen = set(rng.sample(range(len(members)), count))
         for i, sample in enumerate(members):
             (val if i in chosen else train).append(sample)
-    return (ImageFolderIndex(index.root, index.class_names, sorted(train), index.skipped),
-            ImageFolderIndex(index.root, index.class_names, sorted(val), []))
+    side = dict(zip((p for p, _ in index.samples), index.short_sides))
+    train, val = sorted(train), sorted(val)
+    sides = [[side[p] for p, _ in part if p in side] for part in (train, val)]
+    return (ImageFolderIndex(index.root, index.class_names, train, index.skipped, sides[0]),
+            ImageFolderIndex(index.root, index.class_names, val, [], sides[1]))
 
 
 def write_split(path: str | Path, train: ImageFolderIndex, val: ImageFolderIndex, seed: int,
@@ -256,4 +276,4 @@ def skipped_summary(skipped: Sequence[tuple[Path, Any]], where: str | Path, limi
 
 __all__ = ["ClassificationDataset", "ImageFolderIndex", "SPLIT_FILE", "class_folders", "collate_classes",
            "find_split_folders", "read_split", "scan_image_folder", "skipped_summary", "split_samples",
-           "write_split"]
+           "upsampling_note", "write_split"]

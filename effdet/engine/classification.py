@@ -39,7 +39,7 @@ from effdet.config import ConfigError
 from effdet.data.classification_transforms import AUGMENTS, ClassifyEvalTransform, ClassifyTrainTransform, mix_batch
 from effdet.data.imagefolder import (SPLIT_FILE, ClassificationDataset, ImageFolderIndex, collate_classes,
                                      find_split_folders, read_split, scan_image_folder, skipped_summary, split_samples,
-                                     write_split)
+                                     upsampling_note, write_split)
 from effdet.engine.callbacks import Callback
 from effdet.engine.checkpointing import resume_path
 from effdet.engine.task import Criterion, Evaluation, Task
@@ -90,9 +90,10 @@ class ClassifyConfig:
             raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         for name in ("label_smoothing", "min_scale", "drop_path_rate", "val_fraction"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0 or (name in ("min_scale", "val_fraction") and value == 0):
-                raise ConfigError(f"{name} must be in [0, 1){' and above 0' if name in ('min_scale', 'val_fraction') else ''}, "
-                                  f"got {value}", field=name)
+            positive = name in ("min_scale", "val_fraction")
+            if not 0.0 <= value < 1.0 or (positive and value == 0):
+                raise ConfigError(f"{name} must be in [0, 1){' and above 0' if positive else ''}, got {value}",
+                                  field=name)
         if self.mixup < 0 or self.cutmix < 0:
             raise ConfigError(f"mixup and cutmix are Beta alphas >= 0 (0: off), got {self.mixup}, {self.cutmix}")
 
@@ -190,6 +191,8 @@ class ClassificationTask(Task):
         self.class_names = train_index.class_names
         if (why := size_explanation(size)) is not None:
             log(f"Notice: {why}")
+        if (note := upsampling_note(train_index, size)) is not None:
+            log(f"Notice: {note}")
         steps = max(1, len(train_index.samples) // (self.train.batch_size * ctx.world_size)) * self.train.epochs
         self._bn_momentum = float(np.clip(40 / steps, 0.01, 0.1))
         if not resuming:
@@ -253,8 +256,9 @@ class ClassificationTask(Task):
 
     # ------------------------------------------------------------- evaluate
     def evaluate(self, model: nn.Module, device: torch.device, progress: bool) -> Evaluation:
-        result = evaluate_classifier(model, self.val_set, batch_size=self.train.eval_batch_size or self.train.batch_size,
-                                     device=device, workers=self.train.workers, progress=progress)
+        batch = self.train.eval_batch_size or self.train.batch_size
+        result = evaluate_classifier(model, self.val_set, batch_size=batch, device=device, workers=self.train.workers,
+                                     progress=progress)
         columns = {"val_loss": result.loss, "top1": result.top1, "top5": result.topk}
         summary = dict(top1=result.top1, top5=result.topk, k=result.k, val_loss=result.loss,
                        num_images=result.num_images, per_class=result.per_class)
@@ -322,7 +326,8 @@ def resume_task(checkpoint: str | Path) -> ClassificationTask:
 def train_classifier(data: str | Path, output: str | Path, model: str = "efficientnet_lite0",
                      weights: str | None = None, epochs: int = 30, batch_size: int = 32, lr: float = 1e-3,
                      freeze_epochs: int = 0, freeze_bn: bool = False, device: str | None = None,
-                     resume: str | Path | None = None, progress: bool = True, train_overrides: Mapping[str, Any] | None = None,
+                     resume: str | Path | None = None, progress: bool = True,
+                     train_overrides: Mapping[str, Any] | None = None,
                      **config: Any) -> Any:
     """Fine-tune an EfficientNet on the ImageFolder ``data`` into the run folder ``output`` and return the
     engine's :class:`~effdet.engine.trainer.TrainResult` (``best.pt`` holds the best top-1 EMA weights).
@@ -363,7 +368,8 @@ class ClassificationPictures(Callback):
         names = trainer.task.class_names
         targets = torch.as_tensor(step.targets)
         titles = [names[int(t)] if targets.ndim == 1 else
-                  " + ".join(f"{names[int(j)]} {float(t[j]):.2f}" for j in t.topk(min(2, len(t))).indices if t[j] > 0.01)
+                  " + ".join(f"{names[int(j)]} {float(t[j]):.2f}" for j in t.topk(min(2, len(t))).indices
+                             if t[j] > 0.01)
                   for t in targets]
         trainer.picture("train_batch0.jpg", plot_class_batch, step.images, titles)
 

@@ -63,7 +63,8 @@ class _Indexed(Dataset):
         return None if item is None else (item[0], item[1], i)
 
 
-def _collate(batch: Sequence[tuple[torch.Tensor, int, int] | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def _collate(batch: Sequence[tuple[torch.Tensor, int, int] | None]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     kept = [b for b in batch if b is not None]
     if not kept:
         return torch.empty(0, 3, 0, 0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), \

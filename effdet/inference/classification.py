@@ -11,12 +11,64 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from effdet.data.classification_transforms import ClassifyEvalTransform
 from effdet.data.images import ImageReadError, read_image
 from effdet.factory import load_classifier
+from effdet.inference.backends import BackendError, _import, read_metadata
+
+EXPORTED_SUFFIXES = (".onnx", ".xml")
+"""Files :func:`open_classifier` runs as exported classifiers (ONNX Runtime, OpenVINO)."""
+
+
+class ExportedClassifier(nn.Module):
+    """A classifier exported by ``effdet classify export`` (``.onnx``: ONNX Runtime; ``.xml``: OpenVINO,
+    fp32 or int8), as a module the project's evaluation and predictor run like a checkpoint's network.
+
+    ``forward``: N x 3 x S x S float pixel values 0-255 (``mean`` 0 and ``std`` 1/255 make the usual
+    normalisation leave them so) -> N x C log-probabilities (their softmax is the file's probabilities).
+    The file itself normalises and takes uint8. ``class_names`` and ``image_size`` come from its metadata.
+
+    Raises:
+        BackendError: the runtime is not installed, or the file is not an exported classifier.
+    """
+
+    mean = (0.0, 0.0, 0.0)
+    std = (1 / 255, 1 / 255, 1 / 255)
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        meta = read_metadata(self.path)
+        if meta.get("task") != "classify":
+            raise BackendError(f"{self.path} is not a classifier exported by effdet classify export (a detector's "
+                               "exported file runs with effdet predict / val)")
+        self.class_names, self.image_size = list(meta["class_names"]), int(meta["image_size"][0])
+        self.name = meta.get("model")
+        if self.path.suffix.lower() == ".xml":
+            compiled = _import("openvino").Core().compile_model(str(self.path), "CPU")
+            self._run = lambda images: compiled(images)[0]
+        else:
+            ort = _import("onnxruntime")
+            session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            self._run = lambda images: session.run(["probs"], {"images": images})[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        images = x.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        return torch.from_numpy(np.asarray(self._run(images), dtype=np.float32)).clamp_min(1e-12).log()
+
+
+def open_classifier(weights: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, object]]:
+    """``(model in eval mode, info)`` of a classifier checkpoint (:func:`effdet.factory.load_classifier`) or of
+    an exported ``.onnx`` / ``.xml`` file (:class:`ExportedClassifier`, run on the CPU); ``info`` holds
+    ``class_names``, ``image_size`` and ``model_name``. Raises ``CheckpointError`` or :class:`BackendError`."""
+    if Path(weights).suffix.lower() in EXPORTED_SUFFIXES:
+        model = ExportedClassifier(weights)
+        return model.eval(), dict(class_names=model.class_names, image_size=model.image_size, model_name=model.name)
+    return load_classifier(weights, device=device)
 
 
 @dataclass(frozen=True)
@@ -53,10 +105,12 @@ class ClassifierPredictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
                         image_size: int | None = None) -> "ClassifierPredictor":
-        """From an ``effdet classify train`` checkpoint (:func:`effdet.factory.load_classifier`); the input
-        side is the training one unless ``image_size`` is given. Raises ``CheckpointError``."""
-        model, info = load_classifier(path)
-        return cls(model, info["class_names"], image_size or info["image_size"], device)
+        """From an ``effdet classify train`` checkpoint or an exported ``.onnx`` / ``.xml`` file
+        (:func:`open_classifier`); the input side is the training one unless ``image_size`` is given.
+        Raises ``CheckpointError`` or :class:`~effdet.inference.backends.BackendError`."""
+        model, info = open_classifier(path)
+        return cls(model, info["class_names"], image_size or info["image_size"],
+                   "cpu" if isinstance(model, ExportedClassifier) else device)
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
@@ -87,4 +141,4 @@ class ClassifierPredictor:
                                              for v, i in zip(values, indices)])
 
 
-__all__ = ["ClassPrediction", "ClassifierPredictor"]
+__all__ = ["ClassPrediction", "ClassifierPredictor", "EXPORTED_SUFFIXES", "ExportedClassifier", "open_classifier"]

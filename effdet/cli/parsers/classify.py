@@ -103,7 +103,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_val_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", required=True, help="a classify train checkpoint (best.pt, last.pt)")
+    p.add_argument("--weights", required=True, help="a classify train checkpoint (best.pt, last.pt), or a file of "
+                                                    "classify export (.onnx, OpenVINO .xml; run on the CPU)")
     p.add_argument("--data", required=True, help="an ImageFolder of the checkpoint's classes (DIR/val; or DIR with "
                                                  "DIR/val in it)")
     p.add_argument("--output", help="folder for confusion_matrix.png, worst_mistakes.jpg and results.json "
@@ -115,7 +116,8 @@ def add_val_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
-    p.add_argument("--weights", required=True, help="a classify train checkpoint (best.pt, last.pt)")
+    p.add_argument("--weights", required=True, help="a classify train checkpoint (best.pt, last.pt), or a file of "
+                                                    "classify export (.onnx, OpenVINO .xml; run on the CPU)")
     p.add_argument("--json", metavar="FILE", help="write one entry per image: its path and the top classes")
     p.add_argument("--top", type=POSITIVE, default=5, help="classes per image (default: 5)")
     _common(p, 16)
@@ -151,7 +153,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             ("val", add_val_arguments, "top-1, top-5, per-class accuracy, confusion matrix, worst mistakes"),
             ("predict", add_predict_arguments, "top classes of images, printed and as JSON"),
             ("export", add_export_arguments, "ONNX or OpenVINO IR (fp32 / int8), checked against PyTorch"),
-            (IMAGENET, add_imagenet_arguments, "ImageNet classes of images (also: effdet classify IMAGES --model ...)")):
+            (IMAGENET, add_imagenet_arguments,
+             "ImageNet classes of images (also: effdet classify IMAGES --model ...)")):
         add(tasks.add_parser(name, help=summary, description=summary))
     _accept_images(parser, tasks)
 
