@@ -38,6 +38,7 @@ from effdet.benchmarking.tasks import ForwardTask, PredictTask, TrainStepTask
 from effdet.config import EfficientDetConfig, PostprocessSettings
 from effdet.data.images import find_images
 from effdet.data.results import write_json
+from effdet.export import litert
 from effdet.export.onnx import DetectionGraph, NetworkGraph, example_input, export_onnx
 from effdet.export.openvino import calibration_images, export_openvino
 from effdet.factory import create_model, load_model
@@ -153,12 +154,19 @@ class Benchmark:
         images = example_input(graph, 1, s.seed)[0]
         onnx_file, xml, xml8 = self.work / "network.onnx", self.work / "network.xml", self.work / "network_int8.xml"
         checks = {"onnxruntime": export_onnx(graph, onnx_file), "openvino": export_openvino(graph, xml)}
-        export_openvino(graph, xml8, calibration_images(self._jpegs("calibration", repeat=4), self.size,
-                                                        progress=False))
+        calibration = calibration_images(self._jpegs("calibration", repeat=4), self.size, progress=False)
+        export_openvino(graph, xml8, calibration)
         threads = s.threads or torch.get_num_threads()
         nets = {"onnxruntime": ExportedNetwork(onnx_file, "onnxruntime", threads),
                 "openvino": ExportedNetwork(xml, "openvino", threads),
                 "openvino-int8": ExportedNetwork(xml8, "openvino", threads)}
+        if litert.available():  # LiteRT (the [litert] extra) converts the plain network: effdet export's file
+            plain = NetworkGraph(self.eager.cpu(), self.size)
+            tflite, tflite8 = self.work / "network.tflite", self.work / "network_int8.tflite"
+            checks["litert"] = litert.export_litert(plain, tflite)
+            litert.export_litert(plain, tflite8, calibration)
+            nets["litert"] = ExportedNetwork(tflite, "litert", threads)
+            nets["litert-int8"] = ExportedNetwork(tflite8, "litert", threads)
         batch = random_input(1, self.size, s.seed)
         runners: dict[str, Runner] = {
             "ours": LocalRunner(ForwardTask(self.optimized.cpu(), batch, cpu, None), 1, cpu, s.warmup)}
