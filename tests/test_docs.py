@@ -243,14 +243,20 @@ def _flags(words: list[str]) -> list[str]:
     return [word.split("=", 1)[0] for word in words if re.match(r"^--[a-z]", word)]
 
 
+@functools.cache
+def _parsers():
+    """The ``effdet`` parser and its job subparsers, built once (only looked up, never parsed with)."""
+    from effdet.cli.main import build_parser
+
+    return build_parser()
+
+
 def job_parser(words: list[str]):
     """The (sub)parser that ``effdet WORDS...`` reaches (``data convert`` goes two levels down) and
     how many words named it; None when the first word is no job."""
     import argparse
 
-    from effdet.cli.main import build_parser
-
-    parser, subparsers = build_parser()
+    parser, subparsers = _parsers()
     if not words or words[0] not in subparsers:
         return None, 0
     parser, used = subparsers[words[0]], 1
