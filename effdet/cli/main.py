@@ -70,7 +70,8 @@ JOBS = (
     Job("track", "follow objects through videos (ByteTrack): ids, trails, MOT files, HOTA/MOTA/IDF1", track_flags),
     Job("export", "export to ONNX or OpenVINO IR (fp32 / int8), checked against PyTorch", export_flags),
     Job("benchmark", "speed of forward, end-to-end prediction, training and ONNX Runtime", benchmark_flags),
-    Job("classify", "ImageNet classification with an EfficientNet (B0-B7, Lite0-4)", classify_flags),
+    Job("classify", "EfficientNet classification: train on your own classes, val, predict, export; ImageNet classes",
+        classify_flags),
     Job("data", "dataset tools: demo set, convert VOC/YOLO/COCO, check, split, anchor fit", data_flags),
 )
 BY_NAME = {name: job for job in JOBS for name in (job.name, *job.aliases)}
