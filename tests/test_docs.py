@@ -496,6 +496,14 @@ def test_every_docs_page_is_linked_and_the_readme_is_short() -> None:
     assert not unlinked, f"docs pages no link reaches from README.md: {unlinked}"
 
 
+def test_the_readme_lists_every_extra() -> None:
+    """Each optional extra of pyproject.toml has a row in the README's Install table."""
+    readme = (ROOT / "README.md").read_text()
+    install = readme[readme.index("## Install"):readme.index("\n## ", readme.index("## Install") + 1)]
+    listed = set(re.findall(r"^\| `([\w-]+)` \|", install, re.M))
+    assert listed == set(extras()), (set(extras()) - listed, listed - set(extras()))
+
+
 # ------------------------------------------------------------------------------ the checker fails
 
 SYNTHETIC = ROOT / "docs" / "synthetic.md"
