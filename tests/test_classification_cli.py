@@ -184,3 +184,47 @@ def test_imagenet_use_is_unchanged(tmp_path: Path, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out.splitlines()
     assert out[1] == str(image) and len(out) == 5  # the model line, the path, three classes
     assert main(["classify", "imagenet", str(image), "--weights", str(tmp_path / "lite0.pth")]) == 0
+
+
+def test_mixup_cutmix_batches_are_soft_and_seeded(tmp_path: Path) -> None:
+    from effdet.engine.classification import ClassificationTask, ClassifyConfig, classify_train_config
+
+    task = ClassificationTask(ClassifyConfig(data=str(tmp_path), mixup=0.4, cutmix=1.0),
+                              classify_train_config(epochs=1), tmp_path)
+    task.class_names = NAMES
+    items = [(torch.full((3, 8, 8), 60 * i, dtype=torch.uint8), i % 3, 1000 + i) for i in range(4)] + [None]
+    images, targets, skipped = task.collate(items)
+    again = task.collate(items)
+    assert skipped == 1 and images.dtype == torch.uint8 and images.shape == (4, 3, 8, 8)
+    assert torch.equal(images, again[0]) and torch.equal(targets, again[1])  # a function of the items' seeds
+    assert targets.shape == (4, 3) and torch.allclose(targets.sum(1), torch.ones(4))
+    assert (targets.max(1).values < 1).any()  # mixed
+    plain = ClassificationTask(ClassifyConfig(data=str(tmp_path)), classify_train_config(epochs=1), tmp_path)
+    plain.class_names = NAMES
+    assert plain.collate(items)[1].tolist() == [0, 1, 2, 0]
+
+
+@pytest.mark.slow
+def test_resume_after_sigterm_is_exact(tiny_set: Path, tmp_path: Path, monkeypatch) -> None:
+    """Stopped at step 2 of 3 in epoch 1 and resumed, a run ends with the weights of one never stopped."""
+    from effdet.engine.classification import ClassificationTask
+
+    args = ["--data", str(tiny_set), "--epochs", "2", "--no-plots", "--augment", "randaugment", *TINY]
+    assert main(["classify", "train", "--output", str(tmp_path / "whole"), *args]) == 0
+    calls = []
+    original = ClassificationTask.collate
+
+    def collate_then_signal(self, items):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, items)
+
+    monkeypatch.setattr(ClassificationTask, "collate", collate_then_signal)
+    assert main(["classify", "train", "--output", str(tmp_path / "split"), *args]) == 128 + signal.SIGTERM
+    monkeypatch.setattr(ClassificationTask, "collate", original)
+    assert main(["classify", "train", "--resume", str(tmp_path / "split")]) == 0
+    whole, resumed = (read_checkpoint(tmp_path / run / "last.pt") for run in ("whole", "split"))
+    for key in ("model", "ema"):
+        for name, tensor in whole[key].items():
+            assert torch.equal(tensor, resumed[key][name]), (key, name)
