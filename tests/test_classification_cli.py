@@ -228,3 +228,11 @@ def test_resume_after_sigterm_is_exact(tiny_set: Path, tmp_path: Path, monkeypat
     for key in ("model", "ema"):
         for name, tensor in whole[key].items():
             assert torch.equal(tensor, resumed[key][name]), (key, name)
+
+
+def test_a_size_that_is_not_a_multiple_of_32_is_explained() -> None:
+    from effdet.engine.classification import size_explanation
+
+    assert size_explanation(224) is None
+    assert size_explanation(200).startswith("image size 200 is not a multiple of 32")
+    assert "192 or 224 uses every cell fully" in size_explanation(200)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -71,8 +72,10 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         task_output = Path(args.output) if args.output else None
         if task_output is None:  # runs/classify/<model>, or <model>2, 3, ...: a new run never replaces one
-            lock = claim_next_run_folder(Path("runs") / "classify" / (args.model or "efficientnet_lite0"))
-            task_output = lock.folder
+            base = Path("runs") / "classify" / (args.model or "efficientnet_lite0")
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 alone claims (the others write nothing)
+                lock = claim_next_run_folder(base)
+            task_output = lock.folder if lock is not None else base
         else:
             check_output_folder(task_output, "--output")
         config = ClassifyConfig(data=args.data, model=args.model or "efficientnet_lite0", weights=args.weights,
