@@ -15,7 +15,8 @@ The recipe (the defaults of :class:`ClassifyConfig` and :func:`classify_train_co
 * an EMA of the weights whose decay, and the BatchNorm momentum, are sized to the run's steps as
   detection fine-tuning sizes them (``clip(1 - 10 / steps, 0.9, 0.9998)``, ``clip(40 / steps, 0.01, 0.1)``);
 * ``freeze_epochs`` N: only the final layer trains for N epochs, then the whole network;
-  ``freeze_bn`` keeps the trunk's BatchNorm statistics and affine weights as ImageNet left them.
+  ``freeze_bn`` keeps the trunk's BatchNorm layers in inference mode (running statistics as ImageNet left
+  them; their scale and shift train once the trunk does).
 
 Data: ``DIR/train/<class>`` and ``DIR/val/<class>``, or ``DIR/<class>`` alone, split with
 ``val_fraction`` and ``seed`` into ``split.json`` in the run folder (:mod:`effdet.data.imagefolder`).

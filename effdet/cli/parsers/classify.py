@@ -81,7 +81,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze-epochs", type=NON_NEGATIVE, default=0, metavar="N",
                    help="train only the final layer for N epochs, then the whole network (default: 0)")
     p.add_argument("--freeze-bn", action="store_true",
-                   help="keep the trunk's BatchNorm layers frozen (statistics and affine) all run")
+                   help="keep the trunk's BatchNorm layers in inference mode all run (running statistics "
+                        "stay the ImageNet ones)")
     p.add_argument("--backbone-lr-mult", type=float_in(0.0, 1.0, low_open=True), default=1.0, metavar="X",
                    help="learning rate of everything but the final layer, times the schedule's (default: 1)")
     p.add_argument("--label-smoothing", type=float_in(0.0, 0.99), default=0.1, help="(default: 0.1)")
