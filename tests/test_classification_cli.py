@@ -14,7 +14,7 @@ import torch
 from effdet.cli.main import main
 from effdet.factory import create_classifier, load_classifier
 from effdet.weights.checkpoint import read_checkpoint
-from tests.test_classification_data import NAMES, write_folder
+from tests.test_classification_data import BAD_FOLDERS, NAMES, write_bad_folder, write_folder
 
 TINY = ["--weights", "none", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--no-progress",
         "--threads", "2"]
@@ -136,21 +136,9 @@ def test_sigterm_saves_last_and_resume_finishes(tiny_set: Path, tmp_path: Path, 
     assert read_checkpoint(out / "last.pt")["train_state"]["epoch"] == 1
 
 
-@pytest.mark.parametrize("case, words", [
-    ("empty", "holds no readable image"),
-    ("single", "single class folder"),
-    ("mismatch", "other classes than the training set"),
-])
-def test_bad_data_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, case: str, words: str) -> None:
-    data = tmp_path / "d"
-    if case == "empty":
-        write_folder(data)
-        (data / "nothing here").mkdir()
-    elif case == "single":
-        write_folder(data, ["alone"])
-    else:
-        write_folder(data / "train")
-        write_folder(data / "val", ["black cat", "café", "horse"])
+@pytest.mark.parametrize("case", ["empty", "single", "mismatch"])
+def test_bad_data_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, case: str) -> None:
+    data, words = write_bad_folder(tmp_path / "d", case), BAD_FOLDERS[case]
     code = main(["classify", "train", "--data", str(data), "--epochs", "1", "--output", str(tmp_path / "run"), *TINY])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and words in err[0] and err[0].startswith("effdet classify: error:")

@@ -48,23 +48,32 @@ def test_scan_keeps_names_and_counts_skipped_files(tmp_path: Path) -> None:
     assert all(label == NAMES.index(path.parent.name) for path, label in index.samples)
 
 
-@pytest.mark.parametrize("case, words", [
-    ("empty", "holds no readable image"),
-    ("single", "single class folder"),
-    ("no classes", "holds no class folders"),
-])
-def test_scan_refuses_unusable_folders(tmp_path: Path, case: str, words: str) -> None:
-    root = tmp_path / "set"
+BAD_FOLDERS = {"empty": "holds no readable image", "single": "single class folder",
+               "no classes": "holds no class folders", "mismatch": "other classes than the training set"}
+"""The unusable ImageFolders of :func:`write_bad_folder` and the words of their one-line error."""
+
+
+def write_bad_folder(root: Path, case: str) -> Path:
+    """An ImageFolder at ``root`` that must be refused: a class folder without images ("empty"), one class
+    ("single"), images but no class folders ("no classes"), or train / val with other classes ("mismatch")."""
     if case == "empty":
         write_folder(root)
         (root / "empty class").mkdir()
     elif case == "single":
         write_folder(root, ["only"])
-    else:
+    elif case == "no classes":
         root.mkdir()
         (root / "image.png").write_bytes(b"")
-    with pytest.raises(DatasetError, match=words):
-        scan_image_folder(root)
+    else:
+        write_folder(root / "train")
+        write_folder(root / "val", ["black cat", "café", "horse"])
+    return root
+
+
+@pytest.mark.parametrize("case", ["empty", "single", "no classes"])
+def test_scan_refuses_unusable_folders(tmp_path: Path, case: str) -> None:
+    with pytest.raises(DatasetError, match=BAD_FOLDERS[case]):
+        scan_image_folder(write_bad_folder(tmp_path / "set", case))
 
 
 def test_validation_classes_must_match_training(tmp_path: Path) -> None:
