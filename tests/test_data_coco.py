@@ -227,7 +227,7 @@ def test_train_loader_skips_corrupt_images_and_is_reproducible(tmp_path):
     run = load_run_config("efficientdet_d0", {"batch_size": 3, "workers": 0, "seed": 3})
     orders = []
     for _ in range(2):
-        loader = build_train_loader(dataset, run, DistContext())
+        loader = build_train_loader(dataset, run.train, DistContext())
         loader.batch_sampler.set_epoch(0)
         with pytest.warns(UserWarning, match="b.png"):
             batches = list(loader)

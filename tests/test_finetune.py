@@ -19,6 +19,7 @@ from effdet.engine.optim import build_optimizer, load_optimizer_state, param_gro
 from effdet.engine.train_config import RunConfig, load_run_config
 from effdet.engine.trainer import Trainer
 from effdet.factory import create_model
+from tests.helpers import step_hook
 
 TINY = {"image_size": 128, "fpn_channels": 16, "fpn_cells": 1, "head_repeats": 1}
 
@@ -64,8 +65,8 @@ def is_bn_stat(key: str) -> bool:
 class RecordingTrainer(Trainer):
     """Keeps the network's state right after setup (before the first step) as ``initial``."""
 
-    def _setup(self, ctx) -> None:
-        super()._setup(ctx)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self.initial = snapshot(self.model)
 
 
@@ -111,7 +112,7 @@ def test_freeze_for_the_first_epoch_then_train_everything(data, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     after_epoch1: dict[str, torch.Tensor] = {}
     trainer = RecordingTrainer(tiny_run(data, freeze="backbone", freeze_epochs=1, epochs=2), tmp_path,
-                               progress=False, on_step=snapshot_at(2, after_epoch1))
+                               progress=False, callbacks=[step_hook(snapshot_at(2, after_epoch1))])
     trainer.fit()
     start, final = part(trainer.initial, "backbone."), snapshot(trainer.model, "backbone.")
     after_epoch1 = part(after_epoch1, "backbone.")
@@ -132,7 +133,7 @@ def test_resume_inside_the_frozen_epoch_matches_an_uninterrupted_run(data, tmp_p
     def stop_at_1(trainer: Trainer, step: int) -> None:
         if step == 1:
             raise KeyboardInterrupt
-    assert Trainer(run, tmp_path / "cut", progress=False, on_step=stop_at_1).fit().status == "interrupted"
+    assert Trainer(run, tmp_path / "cut", progress=False, callbacks=[step_hook(stop_at_1)]).fit().status == "interrupted"
     resumed = Trainer(run, tmp_path / "cut", progress=False, resume=tmp_path / "cut" / "last.pt")
     assert resumed.fit().global_step == 4
     a, b = snapshot(full.model), snapshot(resumed.model)
@@ -185,7 +186,7 @@ def test_training_steps_use_the_scheduled_lr_times_the_scale(data, tmp_path: Pat
     def record(trainer: Trainer, step: int) -> None:
         seen.append((trainer.schedule(step - 1), [g["lr"] for g in trainer.optimizer.param_groups]))
     trainer = Trainer(tiny_run(data, backbone_lr_mult=0.25, warmup_epochs=0.5), tmp_path, progress=False,
-                      on_step=record)
+                      callbacks=[step_hook(record)])
     trainer.fit()
     assert [g["name"] for g in trainer.optimizer.param_groups] == ["backbone_decay", "backbone_no_decay",
                                                                   "decay", "no_decay"]
@@ -290,7 +291,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, overrides: dict, out: str
     torch.set_num_threads(1)
     after_epoch1: dict[str, torch.Tensor] = {}
     trainer = RecordingTrainer(load_run_config("efficientdet_d0", overrides), Path(out) / "run", device="cpu",
-                               progress=False, on_step=snapshot_at(2, after_epoch1))
+                               progress=False, callbacks=[step_hook(snapshot_at(2, after_epoch1))])
     trainer.fit()
     torch.save({"initial": trainer.initial, "epoch1": after_epoch1, "final": snapshot(trainer.model)},
                Path(out) / f"rank{rank}.pt")

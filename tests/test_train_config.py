@@ -127,9 +127,9 @@ def test_loss_weights_reach_the_training_step() -> None:
     model = create_model("efficientdet_d0", num_classes=3, image_size=128, fpn_channels=16, fpn_cells=1,
                          head_repeats=1)
     run = load_run_config("efficientdet_d0", {"box_loss_weight": 10, "focal_gamma": 2.0, "channels_last": False})
-    loss = build_train_step(model, run.train, 1e-3, (128, 128)).loss_fn
+    loss = build_train_step(model, run.train, 1e-3, (128, 128)).criterion.loss_fn
     assert (loss.box_loss_weight, loss.alpha, loss.gamma) == (10.0, 0.25, 2.0)
-    default = build_train_step(model, load_run_config("efficientdet_d0").train, 1e-3, (128, 128)).loss_fn
+    default = build_train_step(model, load_run_config("efficientdet_d0").train, 1e-3, (128, 128)).criterion.loss_fn
     assert (default.box_loss_weight, default.alpha, default.gamma) == (50.0, 0.25, 1.5)
     with pytest.raises(ConfigError, match=r"train.focal_alpha must be a number in \[0, 1\]"):
         load_run_config("efficientdet_d0", {"focal_alpha": 2})

@@ -19,6 +19,7 @@ from effdet.engine.setup import build_train_model
 from effdet.engine.train_config import RunConfig, load_run_config
 from effdet.engine.trainer import Trainer, TrainingDiverged
 from effdet.factory import create_model
+from tests.helpers import step_hook
 
 TINY = {"image_size": 128, "fpn_channels": 16, "fpn_cells": 1, "head_repeats": 1}
 
@@ -59,7 +60,7 @@ def test_resumed_run_ends_with_the_same_weights(data, tmp_path: Path) -> None:
     full = Trainer(run, tmp_path / "full", progress=False).fit()
     assert full.status == "finished" and full.global_step == 4
 
-    stopped = Trainer(run, tmp_path / "cut", progress=False, on_step=send_at(1)).fit()
+    stopped = Trainer(run, tmp_path / "cut", progress=False, callbacks=[step_hook(send_at(1))]).fit()
     assert stopped.status == "interrupted"
     state = read_checkpoint(tmp_path / "cut" / "last.pt")["train_state"]
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 1, 1)
@@ -79,7 +80,7 @@ def test_resumed_run_ends_with_the_same_weights(data, tmp_path: Path) -> None:
 
 
 def test_sigint_mid_epoch_saves_last_and_stops(data, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    result = Trainer(tiny_run(data, epochs=3), tmp_path, progress=False, on_step=send_at(3, signal.SIGINT)).fit()
+    result = Trainer(tiny_run(data, epochs=3), tmp_path, progress=False, callbacks=[step_hook(send_at(3, signal.SIGINT))]).fit()
     assert result.status == "interrupted" and result.global_step == 3
     ckpt = read_checkpoint(tmp_path / "last.pt")
     assert (ckpt["train_state"]["epoch"], ckpt["train_state"]["step_in_epoch"]) == (1, 1)
@@ -91,7 +92,7 @@ def test_keyboard_interrupt_between_steps_saves_last(data, tmp_path: Path) -> No
     def hook(trainer: Trainer, step: int) -> None:
         if step == 1:
             raise KeyboardInterrupt
-    result = Trainer(tiny_run(data), tmp_path, progress=False, on_step=hook).fit()
+    result = Trainer(tiny_run(data), tmp_path, progress=False, callbacks=[step_hook(hook)]).fit()
     assert result.status == "interrupted"
     assert read_checkpoint(tmp_path / "last.pt")["train_state"]["global_step"] == 1
 
@@ -102,7 +103,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path: Path) -> 
             with torch.no_grad():
                 trainer.model.class_net.predict.conv_pw.bias.fill_(math.nan)
     with pytest.raises(TrainingDiverged, match=r"epoch 2, step 2/2 .*not finite.*lower learning rate.*check the data"):
-        Trainer(tiny_run(data), tmp_path, progress=False, on_step=poison).fit()
+        Trainer(tiny_run(data), tmp_path, progress=False, callbacks=[step_hook(poison)]).fit()
     ckpt = read_checkpoint(tmp_path / "last.pt")
     assert ckpt["train_state"]["epoch"] == 1 and ckpt["train_state"]["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -164,4 +165,4 @@ def test_tiny_model_overfits_a_few_images(tmp_path: Path) -> None:
     result = Trainer(run, tmp_path / "out", progress=False).fit()
     rows = read_checkpoint(tmp_path / "out" / "last.pt")["train_state"]["metrics"]
     assert rows[-1]["loss"] < 0.2 * rows[0]["loss"]
-    assert result.best_map is not None and result.best_map >= 0.9, result.best_map
+    assert result.best_fitness is not None and result.best_fitness >= 0.9, result.best_fitness

@@ -13,7 +13,9 @@ from PIL import Image
 
 from effdet.config import ConfigError
 from effdet.engine.train_config import RunConfig, load_run_config
-from effdet.engine.trainer import Trainer, val_batch_pictures
+from effdet.engine.detection import DetectionTask, val_batch_pictures
+from effdet.engine.task import Evaluation
+from effdet.engine.trainer import Trainer
 
 TINY = {"image_size": 128, "fpn_channels": 16, "fpn_cells": 1, "head_repeats": 1}
 
@@ -37,10 +39,11 @@ def test_patience_stops_when_map_stops_improving(tiny_shapes, tmp_path: Path, mo
     """mAP 0.5, 0.6 (best), 0.55, 0.58: with patience 2 the run stops after epoch 4 of 10, says so,
     and metrics.csv records it; best.pt is epoch 2's."""
     maps = iter([0.5, 0.6, 0.55, 0.58, 0.9, 0.9])
-    monkeypatch.setattr(Trainer, "_evaluate", lambda self: {"map": (m := next(maps)), "map50": m, "per_class": [], "num_images": 2})
+    monkeypatch.setattr(DetectionTask, "evaluate", lambda self, model, device, progress: Evaluation(
+        (m := next(maps)), {"map": m, "map50": m}, {"map": m, "map50": m, "num_images": 2}, {"results": []}))
     run = tiny_run(tiny_shapes, epochs=10, patience=2, plots=False)
     result = Trainer(run, tmp_path / "run", progress=False).fit()
-    assert result.status == "finished" and result.epoch == 4 and result.best_map == 0.6
+    assert result.status == "finished" and result.epoch == 4 and result.best_fitness == 0.6
     table = rows(tmp_path / "run")
     assert [r["map"] for r in table] == ["0.5", "0.6", "0.55", "0.58"]
     assert [r["stop"] for r in table] == ["", "", "", "patience"]

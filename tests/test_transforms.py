@@ -151,7 +151,7 @@ def test_workers_get_distinct_reproducible_augmentation():
     runs = []
     for _ in range(2):
         dataset = _SceneDataset(train_transform((64, 64)))
-        loader = build_train_loader(dataset, run, DistContext())
+        loader = build_train_loader(dataset, run.train, DistContext())
         loader.batch_sampler.set_epoch(0)
         runs.append([images for images, _, _ in loader])
         del loader

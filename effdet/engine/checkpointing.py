@@ -21,7 +21,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,15 +29,24 @@ from torch import nn
 
 from effdet.config import ConfigError, shown
 from effdet.fileio import atomic_write
-from effdet.weights.checkpoint import CheckpointError, read_checkpoint, state_dict_problem
+from effdet.weights.checkpoint import CheckpointError, load_weights, read_checkpoint, state_dict_problem
 from effdet.engine.optim import load_optimizer_state
 from effdet.engine.train_config import RunConfig, load_run_config
 
-METRIC_COLUMNS = ("epoch", "step", "loss", "class_loss", "box_loss", "lr", "map", "map50", "images",
-                  "skipped_images", "images_per_s", "time_s", "epochs", "stop")
-"""The fixed columns of ``metrics.csv``: ``epochs`` is the planned number of epochs (refitted each
-epoch under ``train.time``), ``stop`` says on the last row why the run ended (``epochs``,
-``patience``, ``time``). Per-class AP columns ``ap_<class name>`` follow them."""
+
+
+def metric_columns(loss_names: Sequence[str], metric_names: Sequence[str]) -> tuple[str, ...]:
+    """The fixed columns of a task's ``metrics.csv``: ``epoch``, ``step``, the losses, ``lr``, the
+    evaluation metrics, ``images``, ``skipped_images``, ``images_per_s``, ``time_s``, ``epochs`` (the
+    planned number of epochs, refitted each epoch under ``train.time``) and ``stop`` (on the last row:
+    why the run ended: ``epochs``, ``patience``, ``time``). Any other column a row has (detection:
+    per-class AP ``ap_<class name>``) follows them."""
+    return ("epoch", "step", *loss_names, "lr", *metric_names, "images", "skipped_images", "images_per_s",
+            "time_s", "epochs", "stop")
+
+
+METRIC_COLUMNS = metric_columns(("loss", "class_loss", "box_loss"), ("map", "map50"))
+"""The fixed columns of a detection run's ``metrics.csv`` (:func:`metric_columns`)."""
 
 PER_CLASS_PREFIX = "ap_"
 
@@ -47,16 +56,18 @@ class TrainState:
     """Progress counters of a run; saved in ``last.pt`` and restored on resume.
 
     ``epoch`` is the 0-based epoch in progress (or next to start) and ``step_in_epoch`` the
-    number of its batches already trained on. ``train_time_s`` counts training steps only,
-    ``run_time_s`` the whole run with evaluations and saving (what ``train.time`` budgets). ``sums`` accumulates this epoch's loss totals
-    (``loss``, ``class_loss``, ``box_loss``, ``steps``, ``images``, ``skipped``) for its metrics row.
+    number of its batches already trained on. ``best_fitness`` is the best evaluation's fitness
+    (detection: mAP@[.5:.95]) and ``best_epoch`` its epoch (1-based). ``train_time_s`` counts training
+    steps only, ``run_time_s`` the whole run with evaluations and saving (what ``train.time``
+    budgets). ``sums`` accumulates this epoch's totals (each loss, ``steps``, ``images``, ``skipped``,
+    ``read``) for its metrics row; ``metrics`` holds the rows of the epochs done.
     """
 
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
     steps_per_epoch: int = 0
-    best_map: float | None = None
+    best_fitness: float | None = None
     best_epoch: int | None = None
     train_time_s: float = 0.0
     run_time_s: float = 0.0
@@ -70,6 +81,7 @@ class TrainState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainState":
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {"best_fitness": data.get("best_map"), **data}  # last.pt of detection runs before best_fitness
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
@@ -154,7 +166,7 @@ def _train_state_problem(state: Any) -> str | None:
     for name in ("epoch", "step_in_epoch", "global_step", "steps_per_epoch", "skipped_images"):
         if name in state and not _whole(state[name]):
             return f"{name} must be a whole number >= 0, got {shown(state[name])}"
-    for name in ("best_map", "best_epoch"):
+    for name in ("best_fitness", "best_map", "best_epoch"):
         value = state.get(name)
         if value is not None and not (_whole(value) if name == "best_epoch" else _number(value)):
             return f"{name} must be {'a whole number >= 0' if name == 'best_epoch' else 'a number'} or None, " \
@@ -319,13 +331,15 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def write_metrics_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Write the per-epoch metrics rows (columns :data:`METRIC_COLUMNS`, then every ``ap_<class>``
-    column a row has) to ``path`` atomically."""
+def write_metrics_csv(rows: list[dict[str, Any]], path: str | Path,
+                      columns: Sequence[str] = METRIC_COLUMNS) -> Path:
+    """Write the per-epoch metrics rows to ``path`` atomically: the ``columns``
+    (:func:`metric_columns`), then every other column a row has (detection: ``ap_<class>``) in the
+    order first seen; a missing or None value is a blank."""
     path = Path(path)
     buf = io.StringIO()
-    per_class = list(dict.fromkeys(k for row in rows for k in row if k.startswith(PER_CLASS_PREFIX)))
-    columns = [*METRIC_COLUMNS, *per_class]
+    extra = list(dict.fromkeys(k for row in rows for k in row if k not in columns))
+    columns = [*columns, *extra]
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
@@ -341,5 +355,51 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-__all__ = ["TrainState", "METRIC_COLUMNS", "PER_CLASS_PREFIX", "rng_states", "set_rng_states", "resume_path", "check_training_state",
+def last_checkpoint_parts(model: nn.Module, ema: Any, optimizer: torch.optim.Optimizer,
+                          scaler: torch.amp.GradScaler, state: TrainState, rngs: list[dict[str, Any]] | None
+                          ) -> dict[str, Any]:
+    """What ``last.pt`` holds besides the task's weights and metadata (see the module docstring):
+    the raw weights are the task's ``model`` argument; these are the keyword arguments
+    (``ema``, ``ema_updates``, ``optimizer``, ``scaler``, ``train_state``, ``rng``)."""
+    averaged = ema.state_dict() if ema is not None else None
+    return dict(ema=averaged["module"] if averaged else None, ema_updates=averaged["num_updates"] if averaged else 0,
+                optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                train_state=state.to_dict(), rng=rngs)
+
+
+def restore_training(path: Path, model: nn.Module, ema: Any, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, steps_per_epoch: int, rank: int, world_size: int,
+                     log: Callable[[str], None]) -> TrainState:
+    """Load a ``last.pt`` into the run's parts (checked first, :func:`read_training_checkpoint`):
+    weights, EMA, optimizer, scaler and this process's RNG states, and return its progress. When an
+    epoch now has another number of steps (batch size, process count or data changed), the run
+    resumes at the same fraction of the epoch, with a notice.
+
+    Raises:
+        CheckpointError: the file or a part of it does not fit this run (nothing is trained).
+    """
+    ckpt = read_training_checkpoint(path)
+    load_weights(model, ckpt["model"], source=str(path))
+    if ema is not None and ckpt.get("ema") is not None:
+        ema.load_state_dict({"module": ckpt["ema"], "num_updates": ckpt.get("ema_updates", 0)})
+    load_resume_optimizer(optimizer, ckpt["optimizer"], model, path)
+    if ckpt.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
+    state = TrainState.from_dict(ckpt["train_state"])
+    if state.steps_per_epoch != steps_per_epoch and state.step_in_epoch:
+        log(f"Notice: an epoch now has {steps_per_epoch} steps (was {state.steps_per_epoch}: the batch size, "
+            "process count or data changed); resuming at the same fraction of the epoch.")
+        state.step_in_epoch = min(steps_per_epoch - 1,
+                                  round(state.step_in_epoch * steps_per_epoch / state.steps_per_epoch))
+    state.steps_per_epoch = steps_per_epoch
+    state.global_step = state.epoch * steps_per_epoch + state.step_in_epoch
+    rngs = ckpt.get("rng") or []
+    if rngs:
+        set_rng_states(rngs[rank] if len(rngs) == world_size else rngs[0])
+    log(f"Resumed from {path}: epoch {state.epoch + 1}, step {state.step_in_epoch}/{steps_per_epoch} "
+        f"(global step {state.global_step}).")
+    return state
+
+
+__all__ = ["TrainState", "METRIC_COLUMNS", "metric_columns", "last_checkpoint_parts", "restore_training", "PER_CLASS_PREFIX", "rng_states", "set_rng_states", "resume_path", "check_training_state",
            "load_resume_optimizer", "read_training_checkpoint", "resume_run_config", "write_metrics_csv"]

@@ -11,10 +11,10 @@ import dataclasses
 import os
 import warnings
 from pathlib import Path
-from typing import Collection
+from typing import Any, Callable, Collection
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from effdet.factory import load_model
 from effdet.weights.backbones import BackboneWeights, load_backbone_weights
@@ -26,7 +26,7 @@ from effdet.fileio import check_output_folder, write_error
 from effdet.engine.distributed import DistContext
 from effdet.engine.sampling import EpochBatchSampler, EpochSeededDataset
 from effdet.analysis.anchor_fit import auto_anchors
-from effdet.engine.train_config import SIZED_FIELDS, RunConfig, fit_to_budget
+from effdet.engine.train_config import SIZED_FIELDS, RunConfig, TrainConfig, fit_to_budget
 from effdet.modeling.efficientdet import EfficientDet, build_model
 
 try:
@@ -202,19 +202,22 @@ def build_datasets(run: RunConfig, with_val: bool = True) -> tuple[CocoDetection
     return train_set, val_set
 
 
-def build_train_loader(dataset: CocoDetection, run: RunConfig, ctx: DistContext) -> DataLoader:
-    """DataLoader of ``(uint8 images B x 3 x H x W, targets, skipped)`` batches for this rank.
+def build_train_loader(dataset: Dataset, train: TrainConfig, ctx: DistContext,
+                       collate_fn: Callable[[list[Any]], Any] = collate) -> DataLoader:
+    """DataLoader of this rank's training batches: ``collate_fn`` of the items (detection's
+    :func:`effdet.data.collate`: ``(uint8 images B x 3 x H x W, targets, skipped)``).
 
     Its ``batch_sampler`` is an :class:`EpochBatchSampler`: call ``set_epoch(epoch, start_batch)``
-    before iterating. The loader's own generator keeps it from drawing on the global torch RNG.
+    before iterating. Items are ``dataset[index]``, drawn through :class:`EpochSeededDataset` (a
+    ``dataset.transform`` with ``reseed(seed)`` is reseeded per epoch and image, so a resumed run
+    sees the same augmented images). The loader's own generator keeps it from drawing on the global torch RNG.
     """
-    train = run.train
     sampler = EpochBatchSampler(len(dataset), train.batch_size, shuffle=True, seed=train.seed,
                                 rank=ctx.rank, world_size=ctx.world_size)
     generator = torch.Generator()
     generator.manual_seed(train.seed + ctx.rank)
     return DataLoader(EpochSeededDataset(dataset, train.seed), batch_sampler=sampler, num_workers=train.workers,
-                      collate_fn=collate, worker_init_fn=worker_init, generator=generator,
+                      collate_fn=collate_fn, worker_init_fn=worker_init, generator=generator,
                       persistent_workers=train.workers > 0, pin_memory=ctx.device.type == "cuda")
 
 

@@ -25,15 +25,17 @@ The engine calls, in this order, on every process unless said otherwise:
    as keyword arguments); :meth:`Task.run_config` is stored in ``last.pt``, :meth:`Task.write_config`
    writes ``config.yaml``.
 
-Data items and batches: ``train_set[(index, seed)]`` items are whatever ``collate`` takes (None for
-an unreadable file); ``collate(items)`` returns ``(images, targets, skipped)``: uint8 images
+Data items and batches: ``train_set[index]`` items are whatever ``collate`` takes (None for an
+unreadable file); a ``train_set.transform`` with ``reseed(seed)`` is reseeded per epoch and index
+(:class:`~effdet.engine.sampling.EpochSeededDataset`), so a resumed run sees the same augmentations; ``collate(items)`` returns ``(images, targets, skipped)``: uint8 images
 B x 3 x H x W, ``targets`` a sequence of B entries (detection: dicts of ``boxes`` xyxy pixels,
 ``labels``, ``iscrowd``; classification: class indices or soft labels), and ``skipped`` the number of
 unreadable items left out.
 
 Text: :meth:`Task.describe` gives the run's start lines, :meth:`Task.format_losses` and
-:meth:`Task.format_metrics` the task's part of the per-epoch line, ``fitness_label`` the name of the
-fitness in messages ("mAP", "top-1"). Pictures and other task-specific outputs are
+:meth:`Task.format_metrics` the task's part of the per-epoch line, :meth:`Task.format_fitness` and
+``fitness_label`` the fitness in messages ("mAP", "top-1"). An :attr:`Evaluation.summary` with
+``num_images`` has it printed in the run's last validation line. Pictures and other task-specific outputs are
 :meth:`Task.callbacks`, run before the user's callbacks.
 """
 
@@ -85,13 +87,13 @@ class Task(ABC):
         loss_names: the criterion's outputs, ``"loss"`` first; they are ``metrics.csv`` columns.
         metric_names: :attr:`Evaluation.columns` that every evaluation gives, in column order.
         fitness_label: how messages name the fitness ("mAP", "top-1").
+        command: the command that trains it, for messages ("train": ``effdet train --resume RUN``).
 
     Instance attributes (set by :meth:`prepare`, read by the engine and callbacks):
         train: the engine's settings (:class:`~effdet.engine.train_config.TrainConfig`); the engine
             replaces it with ``dataclasses.replace`` when it refits ``epochs``, so a task that keeps a
             larger config must expose ``train`` as a property that writes through.
-        train_set: the training data (indexable by ``(index, seed)`` through
-            :class:`~effdet.engine.sampling.EpochSeededDataset`; ``len()`` images).
+        train_set: the training data (``len()`` images; items as the module docstring says).
         val_set: the validation data on the main process, or None (no validation, or another rank).
         class_names: the class names, in label order.
     """
@@ -100,6 +102,7 @@ class Task(ABC):
     loss_names: ClassVar[tuple[str, ...]]
     metric_names: ClassVar[tuple[str, ...]]
     fitness_label: ClassVar[str]
+    command: ClassVar[str] = "train"
 
     train: TrainConfig
     train_set: Any
@@ -143,7 +146,8 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(self, model: nn.Module, device: torch.device, progress: bool) -> Evaluation:
-        """Evaluate ``model`` (the EMA weights when enabled, in eval mode) on ``val_set`` (main process)."""
+        """Evaluate ``model`` (the EMA weights when enabled) on ``val_set`` (main process), in eval
+        mode, leaving ``model`` in the mode it had; ``progress``: show a progress bar."""
 
     @abstractmethod
     def save_checkpoint(self, path: Path, model: nn.Module, **extra: Any) -> Path:
@@ -161,8 +165,10 @@ class Task(ABC):
 
     @abstractmethod
     def describe(self, model: nn.Module, resuming: bool) -> list[str]:
-        """The start lines: what is trained on what (model, size, images, classes) first, then how
-        it was initialised, then any task notes."""
+        """The start lines: what is trained on what (model, size, images, classes) first, e.g.
+        ``efficientdet_d0 (3.9M params, 512x512) on 100 images, 3 classes``; then how it was
+        initialised, e.g. ``random weights (from scratch)`` (replaced by where a resumed run resumed
+        from); then any task notes, each a line."""
 
     def format_losses(self, row: Mapping[str, Any]) -> str:
         """The losses of a ``metrics.csv`` row for the epoch line, e.g. ``loss 0.5123``."""
@@ -173,6 +179,14 @@ class Task(ABC):
     def format_metrics(self, values: Mapping[str, Any]) -> str:
         """The metrics of an evaluation (:attr:`Evaluation.columns` or a ``metrics.csv`` row) in
         words, e.g. ``mAP@[.5:.95] 0.123, AP50 0.234``."""
+
+    def data_hint(self) -> str:
+        """Where the training data is, for messages that ask the user to check it."""
+        return "the training files"
+
+    def format_fitness(self, value: float) -> str:
+        """A fitness value in words, e.g. ``mAP@[.5:.95] 0.123``."""
+        return f"{self.fitness_label} {value:.4f}"
 
     def callbacks(self) -> list[Callback]:
         """The task's own callbacks (pictures, extra files); run before the user's."""

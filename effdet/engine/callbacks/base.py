@@ -10,6 +10,7 @@ The engine fires, on every process (a callback that writes files checks ``traine
     on_eval_end(trainer, evaluation)  after an evaluation (main process; :class:`~effdet.engine.task.Evaluation`)
     on_epoch_end(trainer, row)        the epoch's ``metrics.csv`` row is complete and ``last.pt`` saved
     on_run_end(trainer, result)       the run finished or was stopped (:class:`~effdet.engine.trainer.TrainResult`)
+    on_picture_saved(trainer, path)   a picture was written into the run folder (``trainer.picture``)
 
 ``trainer`` gives the state: ``task`` (settings ``task.train``, data, class names), ``model``, ``ema``,
 ``optimizer``, ``schedule``, ``state`` (:class:`~effdet.engine.checkpointing.TrainState`: epoch, step,
@@ -21,18 +22,22 @@ An exception in a callback ends the run, like one in the loop.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
+
+from effdet.config import ConfigError
 
 if TYPE_CHECKING:
     from effdet.engine.task import Evaluation
     from effdet.engine.trainer import Trainer, TrainResult
 
 EVENTS = ("on_run_start", "on_epoch_start", "on_step_end", "on_train_epoch_end", "on_eval_end",
-          "on_epoch_end", "on_run_end")
-"""The events, in the order a run first fires them."""
+          "on_epoch_end", "on_run_end", "on_picture_saved")
+"""The events: those of the loop in the order a run first fires them, then ``on_picture_saved``."""
 
 
 @dataclass
@@ -84,6 +89,9 @@ class Callback:
     def on_run_end(self, trainer: Trainer, result: TrainResult) -> None:
         pass
 
+    def on_picture_saved(self, trainer: Trainer, path: Path) -> None:
+        pass
+
     def close(self) -> None:
         """Release what the callback holds (files, writers); called once when the run ends, also
         after an error."""
@@ -101,10 +109,27 @@ class Hook(Callback):
             setattr(self, name, function)
 
 
+def logger_package(module: str, logger: str, package: str) -> Any:
+    """Import ``module`` for ``train.logger=logger``; without it a :class:`ConfigError` says to
+    install the ``package`` (the project's extra named ``logger``) or to choose no logger."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f'train.logger={logger} needs the {package} package: pip install -e ".[{logger}]" (or pip '
+                          f"install {package}), or use train.logger=none ({e})") from None
+
+
+def log_due(trainer: Trainer) -> bool:
+    """Whether the step just taken is one to log: every ``train.log_interval`` steps of an epoch and
+    its last step."""
+    step = trainer.state.step_in_epoch
+    return step % trainer.task.train.log_interval == 0 or step == trainer.steps_per_epoch
+
+
 def fire(callbacks: Sequence[Callback], event: str, *args: Any) -> None:
     """Call ``event`` on each callback in order."""
     for callback in callbacks:
         getattr(callback, event)(*args)
 
 
-__all__ = ["EVENTS", "Callback", "Hook", "StepEnd", "fire"]
+__all__ = ["EVENTS", "Callback", "Hook", "StepEnd", "fire", "log_due", "logger_package"]
