@@ -88,6 +88,23 @@ def test_val_predict_and_export(trained: Path, tiny_set: Path, tmp_path: Path, c
     assert exported["confusion"] == result["confusion"] and exported["top1"] == result["top1"]
 
 
+def test_training_goes_on_from_a_classifier_checkpoint(trained: Path, tiny_set: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    from effdet.engine.classification import start_from_classifier
+
+    start = read_checkpoint(trained / "best.pt")
+    args = [a for a in TINY if a not in ("--weights", "none")]
+    assert main(["classify", "train", "--data", str(tiny_set), "--epochs", "1", "--no-plots", "--weights",
+                 str(trained / "best.pt"), "--output", str(tmp_path / "more"), *args]) == 0
+    assert "final layer kept (the same classes)" in capsys.readouterr().out
+    weights = start["model"]  # best.pt holds the EMA weights as its model
+    kept = start_from_classifier(start, NAMES)
+    assert torch.equal(kept.classifier[1].weight, weights["classifier.1.weight"])
+    other = start_from_classifier(start, ["a", "b"])  # other classes: a new final layer, the rest loaded
+    assert other.classifier[1].out_features == 2
+    assert torch.equal(other.features[0][0].weight, weights["features.0.0.weight"])
+
+
 @pytest.mark.slow
 def test_export_openvino_fp32_and_int8(trained: Path, tiny_set: Path, tmp_path: Path) -> None:
     pytest.importorskip("openvino")

@@ -28,7 +28,8 @@ from effdet.data.classification_transforms import ClassifyEvalTransform
 from effdet.data.images import ImageReadError, find_images, read_image
 from effdet.data.imagefolder import ClassificationDataset, find_split_folders, scan_image_folder, skipped_summary
 from effdet.engine.checkpointing import resume_path
-from effdet.engine.classification import ClassificationTask, ClassifyConfig, classify_train_config, resume_task
+from effdet.engine.classification import (ClassificationTask, ClassifyConfig, classifier_start, classify_train_config,
+                                          resume_task)
 from effdet.engine.setup import claim_next_run_folder
 from effdet.engine.trainer import Trainer, TrainingDiverged
 from effdet.evaluation.classification import evaluate_classifier, format_classification
@@ -69,24 +70,24 @@ def run_train(args: argparse.Namespace) -> int:
         checkpoint = resume_path(args.resume)
         task: ClassificationTask = resume_task(checkpoint)
         output = checkpoint.parent
-    else:
-        task_output = Path(args.output) if args.output else None
-        if task_output is None:  # runs/classify/<model>, or <model>2, 3, ...: a new run never replaces one
-            base = Path("runs") / "classify" / (args.model or "efficientnet_lite0")
-            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 alone claims (the others write nothing)
-                lock = claim_next_run_folder(base)
-            task_output = lock.folder if lock is not None else base
-        else:
-            check_output_folder(task_output, "--output")
-        config = ClassifyConfig(data=args.data, model=args.model or "efficientnet_lite0", weights=args.weights,
+    else:  # settings first: a bad value is refused before a run folder is claimed
+        start = classifier_start(args.weights, None) if args.weights and args.model is None else None
+        model = args.model or (start["model_name"] if start is not None else "efficientnet_lite0")
+        config = ClassifyConfig(data=args.data, model=model, weights=args.weights,
                                 image_size=args.image_size, label_smoothing=args.label_smoothing,
                                 augment=args.augment, min_scale=args.min_scale, mixup=args.mixup, cutmix=args.cutmix,
                                 val_fraction=args.val_fraction)
         train = classify_train_config(args.epochs, args.batch_size, args.lr, args.freeze_epochs, args.freeze_bn,
                                       workers=args.workers, seed=args.seed, backbone_lr_mult=args.backbone_lr_mult,
                                       plots=not args.no_plots)
-        task = ClassificationTask(config, train, task_output)
-        output = task_output
+        if args.output:
+            output = check_output_folder(args.output, "--output")
+        else:  # runs/classify/<model>, or <model>2, 3, ...: a new run never replaces one
+            base = Path("runs") / "classify" / model
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 alone claims (the others write nothing)
+                lock = claim_next_run_folder(base)
+            output = lock.folder if lock is not None else base
+        task = ClassificationTask(config, train, output)
     trainer = Trainer(task, output, device=args.device, resume=checkpoint, progress=not args.no_progress,
                       run_lock=lock)
     try:

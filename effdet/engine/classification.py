@@ -52,9 +52,11 @@ from effdet.evaluation.classification_plots import (plot_class_batch, plot_class
 from effdet.factory import create_classifier
 from effdet.fileio import atomic_write
 from effdet.modeling.backbone import SCALING
+from effdet.modeling.classifier import EfficientNet
 from effdet.weights.backbones import BackboneWeights, fetch_backbone_weights
 from effdet.weights.checkpoint import CheckpointError, read_checkpoint
-from effdet.weights.classifier import default_classifier_weights, is_classifier_checkpoint, save_classifier
+from effdet.weights.classifier import (check_classifier_checkpoint, default_classifier_weights,
+                                      is_classifier_checkpoint, save_classifier)
 
 STRIDE = 32
 """EfficientNet's total downsampling: the last feature map is the input side / 32."""
@@ -175,6 +177,7 @@ class ClassificationTask(Task):
         self.config, self.train, self.output = config, train, Path(output)
         self.train_set, self.val_set, self.class_names = None, None, []
         self.fetched: BackboneWeights | None = None
+        self.start: dict[str, Any] | None = None  # a classifier checkpoint to start from (--weights best.pt)
         self.notes: list[str] = []
         self._bn_momentum: float | None = None
 
@@ -182,7 +185,9 @@ class ClassificationTask(Task):
     def prepare(self, ctx: Any, resuming: bool, log: Callable[[str], None]) -> None:
         cfg = self.config
         if cfg.pretrained and not resuming:  # an offline download or a missing file fails before any data is read
-            self.fetched = fetch_backbone_weights(cfg.weights_source, cfg.model, flag="--weights", scratch=True)
+            self.start = classifier_start(cfg.weights_source, cfg.model)
+            if self.start is None:
+                self.fetched = fetch_backbone_weights(cfg.weights_source, cfg.model, flag="--weights", scratch=True)
         train_index, val_index = self._read_data(ctx, resuming, log)
         size = cfg.size
         self.train_set = _TrainItems(ClassificationDataset(
@@ -240,6 +245,8 @@ class ClassificationTask(Task):
         kwargs: dict[str, Any] = dict(drop_path_rate=cfg.drop_path_rate)
         if self._bn_momentum is not None:
             kwargs["bn_momentum"] = self._bn_momentum
+        if self.start is not None and not resuming:
+            return start_from_classifier(self.start, self.class_names, **kwargs).train()
         return create_classifier(cfg.model, len(self.class_names), weights=None if resuming else self.fetched,
                                  **kwargs).train()
 
@@ -283,7 +290,12 @@ class ClassificationTask(Task):
         what = (f"{cfg.model} ({params / 1e6:.2f}M params, {cfg.size}x{cfg.size}) on {len(self.train_set)} images of "
                 f"{len(self.class_names)} classes ({min(counts)}-{max(counts)} per class)"
                 + (f", validating on {len(self.val_set)}" if self.val_set is not None else ""))
-        if self.fetched is not None:
+        if self.start is not None:
+            kept = self.start["class_names"] == self.class_names
+            start = (f"classifier {cfg.weights_source} ({len(self.start['class_names'])} classes), "
+                     + ("final layer kept (the same classes)" if kept else
+                        f"new {len(self.class_names)}-class final layer (other classes)"))
+        elif self.fetched is not None:
             start = f"ImageNet weights {self.fetched.source}, new {len(self.class_names)}-class final layer"
         else:
             start = "random weights (from scratch)"
@@ -304,6 +316,45 @@ class ClassificationTask(Task):
 
     def callbacks(self) -> list[Callback]:
         return [ClassificationPictures()]
+
+
+def classifier_start(source: str, model: str | None) -> dict[str, Any] | None:
+    """The checkpoint dict when ``source`` is a file of this project's classifier checkpoints (a run's
+    ``best.pt``, to train on from), else None (an ImageNet weights source).
+
+    Raises:
+        ConfigError: the checkpoint's network is not ``model`` (None: any).
+    """
+    path = Path(source)
+    if not path.is_file() or path.suffix.lower() not in (".pt", ".pth"):
+        return None
+    try:
+        obj = read_checkpoint(path)
+    except CheckpointError:
+        return None  # not a project checkpoint: fetch_backbone_weights reports what it is
+    if not is_classifier_checkpoint(obj):
+        return None
+    check_classifier_checkpoint(obj, path)
+    if model is not None and obj["model_name"] != model:
+        raise ConfigError(f"--weights {path} is a {obj['model_name']} classifier; train it with --model "
+                          f"{obj['model_name']}")
+    return obj
+
+
+def start_from_classifier(start: Mapping[str, Any], class_names: list[str], **kwargs: Any) -> EfficientNet:
+    """The network of the classifier checkpoint ``start`` (its EMA weights when it has them) for
+    ``class_names``: its final layer is kept when the classes are the same (same names, same order), else
+    re-initialised. ``kwargs`` go to :class:`EfficientNet` (``drop_path_rate``, ``bn_momentum``)."""
+    model = EfficientNet(start["model_name"], len(class_names), padding=start["padding"], bn_eps=start["bn_eps"],
+                         **kwargs)
+    state = dict(start["ema"] if start.get("ema") is not None else start["model"])
+    if list(start["class_names"]) != list(class_names):
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("classifier.") for k in missing):
+        raise CheckpointError(f"the classifier checkpoint does not fit {start['model_name']}: "
+                              f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
 
 
 def resume_task(checkpoint: str | Path) -> ClassificationTask:
@@ -387,4 +438,4 @@ class ClassificationPictures(Callback):
 
 
 __all__ = ["ClassificationPictures", "ClassificationTask", "ClassifyConfig", "classify_train_config",
-           "resume_task", "size_explanation", "train_classifier"]
+           "classifier_start", "resume_task", "size_explanation", "start_from_classifier", "train_classifier"]

@@ -68,8 +68,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="ImageFolder: DIR/train/<class> and DIR/val/<class>, or DIR/<class> alone")
     p.add_argument("--model", default=None, choices=BACKBONES, help="classifier (default: efficientnet_lite0)")
     p.add_argument("--weights", help="starting weights, any source of effdet.weights.backbones (a torchvision "
-                                     "weights name, timm:NAME, pip:PACKAGE, a file) or none for scratch (default: "
-                                     "the ImageNet weights that fit --model)")
+                                     "weights name, timm:NAME, pip:PACKAGE, a file), none for scratch, or a "
+                                     "classify train best.pt to go on from (default: the ImageNet weights that fit "
+                                     "--model)")
     p.add_argument("--epochs", type=POSITIVE, default=30, help="(default: 30)")
     p.add_argument("--lr", type=float_in(0.0, 1.0, low_open=True), default=1e-3,
                    help="peak AdamW learning rate (default: 0.001)")
