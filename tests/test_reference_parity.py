@@ -18,9 +18,12 @@ from effdet.modeling.postprocess import PostprocessSettings
 from effdet.inference.predictor import Predictor
 from refport.env import require_reference, run_reference
 
-# Lite0 at its own 320 px (P7 3x3: fractional anchor strides), Lite3 (anchor scale 4) in the default suite.
-FAST = [("tf_efficientdet_d0", 256), ("efficientdet_d0", 256), ("tf_efficientdet_d7x", 256),
-        ("tf_efficientdet_lite0", 320), ("tf_efficientdet_lite3", 256)]
+# One parity case in the default suite (each takes tens of seconds); the others, among them Lite0 at
+# its own 320 px (P7 3x3: fractional anchor strides), D7x (P3-P8) and Lite3 (anchor scale 4), are slow.
+FAST = [("tf_efficientdet_d0", 256),
+        *(pytest.param(name, size, marks=pytest.mark.slow) for name, size in (
+            ("efficientdet_d0", 256), ("tf_efficientdet_d7x", 256), ("tf_efficientdet_lite0", 320),
+            ("tf_efficientdet_lite3", 256)))]
 SLOW = [(f"tf_efficientdet_d{i}", 256) for i in range(1, 8)] + [("efficientdet_d1", 256)] + \
     [(f"tf_efficientdet_lite{v}", 256) for v in ("1", "2", "3x", "4")]
 

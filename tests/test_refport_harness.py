@@ -58,6 +58,7 @@ def test_export_and_keys(exported):
     assert all(list(sd[k].shape) == shape for k, shape in info["keys"])
 
 
+@pytest.mark.slow
 def test_predict_and_loss(exported):
     d, weights, _ = exported
     x = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(0))

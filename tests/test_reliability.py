@@ -173,6 +173,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_saves_at_the_step_and_resumes_exactly(data, tmp_path: Path) -> None:
     full = subprocess.run(_train_command(data, tmp_path / "full"), capture_output=True, text=True, env=_env(),
                           timeout=600)

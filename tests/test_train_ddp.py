@@ -36,6 +36,7 @@ def _worker(rank: int, world_size: int, port: int, overrides: dict, out: str) ->
                Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training_keeps_ranks_identical(tmp_path: Path) -> None:
     data = make_synthetic_coco(tmp_path / "data", num_train=8, num_val=2, image_size=(128, 128), seed=5)
     overrides = {**TINY, "train_ann": str(data.train_annotations), "train_images": str(data.train_images),
