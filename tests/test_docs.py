@@ -496,6 +496,16 @@ def test_every_docs_page_is_linked_and_the_readme_is_short() -> None:
     assert not unlinked, f"docs pages no link reaches from README.md: {unlinked}"
 
 
+def test_the_layout_names_every_package_and_tool() -> None:
+    """docs/layout.md names each package of effdet/ and each script of tools/ (so a new one gets its line)."""
+    layout = (ROOT / "docs" / "layout.md").read_text()
+    packages = [p.name for p in (ROOT / "effdet").iterdir() if (p / "__init__.py").is_file()]
+    scripts = [p.name for p in (ROOT / "tools").glob("*.py")]
+    missing = [f"effdet/{name}/" for name in packages if not re.search(rf"^  {name}/", layout, re.M)]
+    missing += [f"tools/{name}" for name in scripts if not re.search(rf"(?<![\w/]){re.escape(name)}\b", layout)]
+    assert not missing, f"docs/layout.md does not name: {missing}"
+
+
 def test_the_readme_lists_every_extra() -> None:
     """Each optional extra of pyproject.toml has a row in the README's Install table."""
     readme = (ROOT / "README.md").read_text()
