@@ -16,6 +16,7 @@ _EXPORTS = {
     "create_model": "effdet.factory", "load_model": "effdet.factory", "create_classifier": "effdet.factory",
     "EfficientDet": "effdet.modeling.efficientdet", "build_model": "effdet.modeling.efficientdet",
     "count_parameters": "effdet.modeling.efficientdet",
+    "train": "effdet.engine.trainer",
 }
 
 

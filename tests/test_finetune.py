@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -314,3 +315,22 @@ def test_ddp_freeze_then_unfreeze_keeps_ranks_identical(tmp_path: Path) -> None:
     assert changed_keys(part(r0["initial"], "class_net."), part(r0["epoch1"], "class_net."))
     moved = changed_keys(part(r0["epoch1"], "backbone."), part(r0["final"], "backbone."))
     assert any(not is_bn_stat(k) for k in moved)
+
+
+def test_freezing_knows_only_the_parts_the_task_names() -> None:
+    from effdet.engine.freezing import Freezing
+
+    part, head = nn.Linear(2, 2), nn.Linear(2, 2)
+    model = nn.Sequential(part, nn.BatchNorm1d(2), head)
+    train = load_run_config("efficientdet_d0", {"freeze": "backbone+fpn"}).train
+    with pytest.raises(ConfigError, match=r"train.freeze=backbone\+fpn is not a part of this model; choose one of "
+                                          r"none, backbone$"):
+        Freezing({"backbone": [part]}, train)
+    freezing = Freezing({"backbone": [part, model[1]]}, dataclasses.replace(train, freeze="backbone", freeze_epochs=1))
+    assert freezing.frozen(0) == [part, model[1]] and freezing.frozen(1) == []
+    assert freezing.set_trainable(model, 0) and not freezing.set_trainable(model, 0)  # changed once
+    assert [p.requires_grad for p in model.parameters()] == [False, False, False, False, True, True]
+    model.train()
+    freezing.fix_batchnorm(0)
+    assert not model[1].training and head.training
+    assert freezing.set_trainable(model, 1) and all(p.requires_grad for p in model.parameters())

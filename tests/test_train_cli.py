@@ -111,16 +111,16 @@ def test_finetune_sizes_only_the_fields_not_given(tmp_path: Path) -> None:
     """effdet train --model X lets the trainer fit BN momentum, EMA, warm-up and anchors to the data,
     except fields given as flags or key=value, and never the anchors of a --weights checkpoint; a
     --config recipe keeps every value it says."""
-    from effdet.cli.train import build_trainer
+    from effdet.cli.train import build_task
     from effdet.engine.setup import ANCHOR_FIELDS
     from effdet.engine.train_config import SIZED_FIELDS
 
     common = ["train", "--output", str(tmp_path / "out"), "--backbone-weights", "none"]
-    trainer = build_trainer(parse([*common, "--model", "efficientdet_lite0"]))
-    assert trainer.size_fields == {*SIZED_FIELDS, ANCHOR_FIELDS}
-    trainer = build_trainer(parse([*common, "--model", "efficientdet_lite0", "train.ema_decay=0.99",
-                                   "model.anchor_scale=2"]))
-    assert trainer.size_fields == set(SIZED_FIELDS) - {"train.ema_decay"}
-    trainer = build_trainer(parse([*common, "--model", "efficientdet_lite0", "--weights", "x.pt"]))
-    assert ANCHOR_FIELDS not in trainer.size_fields
-    assert build_trainer(parse([*common, "--config", str(ROOT / "configs" / "demo.yaml")])).size_fields == set()
+    task = build_task(parse([*common, "--model", "efficientdet_lite0"]))[0]
+    assert task.size_fields == {*SIZED_FIELDS, ANCHOR_FIELDS}
+    task = build_task(parse([*common, "--model", "efficientdet_lite0", "train.ema_decay=0.99",
+                             "model.anchor_scale=2"]))[0]
+    assert task.size_fields == set(SIZED_FIELDS) - {"train.ema_decay"}
+    task = build_task(parse([*common, "--model", "efficientdet_lite0", "--weights", "x.pt"]))[0]
+    assert ANCHOR_FIELDS not in task.size_fields
+    assert build_task(parse([*common, "--config", str(ROOT / "configs" / "demo.yaml")]))[0].size_fields == set()

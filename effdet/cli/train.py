@@ -16,7 +16,8 @@ import torch
 from effdet.cli.parsers import parse_image_size
 from effdet.config import ConfigError, coerce, field_types, parse_overrides, shown
 from effdet.engine.checkpointing import resume_path, resume_run_config
-from effdet.engine.setup import ANCHOR_FIELDS, claim_next_run_folder
+from effdet.engine.detection import DetectionTask
+from effdet.engine.setup import ANCHOR_FIELDS, RunFolderLock, claim_next_run_folder
 from effdet.engine.train_config import SECTIONS, SIZED_FIELDS, RunConfig, load_run_config, split_overrides
 from effdet.engine.trainer import Trainer, TrainingDiverged
 from effdet.weights.backbones import default_backbone_weights
@@ -137,7 +138,17 @@ def cpu_sized(run: RunConfig, args: argparse.Namespace, overrides: dict[str, Any
 
 
 def build_trainer(args: argparse.Namespace, main_rank: bool = True) -> Trainer:
-    """The :class:`Trainer` that ``effdet train`` runs: recipe, overrides, backbone weights, run folder."""
+    """The :class:`Trainer` that ``effdet train`` runs (it reads the data and builds the model)."""
+    task, output, checkpoint, lock = build_task(args, main_rank)
+    return Trainer(task, output, device=args.device, resume=checkpoint, progress=not args.no_progress,
+                   exist_ok=args.exist_ok, run_lock=lock)
+
+
+def build_task(args: argparse.Namespace, main_rank: bool = True
+               ) -> tuple[DetectionTask, Path, Path | None, RunFolderLock | None]:
+    """What ``effdet train`` trains, read from its flags and nothing else: the detection task (recipe,
+    overrides, backbone weights, the fields to fit to the data), the run folder, the ``last.pt`` to
+    resume and the lock of the run folder when it was claimed here (default ``runs/NAME``)."""
     overrides = collect_overrides(args)
     lock, size_fields = None, set()
     if args.resume:
@@ -180,5 +191,4 @@ def build_trainer(args: argparse.Namespace, main_rank: bool = True) -> Trainer:
             if not args.exist_ok and main_rank:  # claimed (locked) here: two runs started at once get two folders
                 lock = claim_next_run_folder(base)
             output = lock.folder if lock is not None else base  # other ranks write nothing there
-    return Trainer(run, output, device=args.device, weights=args.weights, resume=checkpoint,
-                   progress=not args.no_progress, exist_ok=args.exist_ok, run_lock=lock, size_fields=size_fields)
+    return DetectionTask(run, args.weights, size_fields), output, checkpoint, lock

@@ -1,9 +1,12 @@
-"""Training engine: the train loop, optimizer/schedule, EMA, distributed helpers.
+"""Training engine: the train loop, its tasks and callbacks, optimizer/schedule, EMA, distributed helpers.
 
 Training (``effdet.engine.trainer``): ``load_run_config`` reads a recipe YAML (``model:``,
 ``data:``, ``train:`` sections) with ``key=value`` overrides into a ``RunConfig``, and
-``Trainer(run, output).fit()`` (or ``train(run, output)``) trains it. Evaluation is
-:mod:`effdet.evaluation` (``evaluate_coco``), data analysis :mod:`effdet.analysis`.
+``Trainer(run, output).fit()`` (or ``train(run, output, callbacks=[...])``) trains it as a
+``DetectionTask``; any :class:`~effdet.engine.task.Task` (classification:
+``effdet.engine.classification``) trains on the same loop. Callbacks (``Callback``, ``Hook``) receive
+the run's events (``docs/callbacks.md``). Evaluation is :mod:`effdet.evaluation` (``evaluate_coco``),
+data analysis :mod:`effdet.analysis`.
 
 The names below load on first use (PEP 562): the command line reads the recipe settings of
 ``effdet.engine.train_config`` (no PyTorch) to build its ``--help`` without importing the trainer.
@@ -21,6 +24,8 @@ _EXPORTS = {
     "DataConfig": "train_config", "RunConfig": "train_config", "TrainConfig": "train_config",
     "load_run_config": "train_config", "write_run_config": "train_config",
     "Trainer": "trainer", "TrainingDiverged": "trainer", "TrainResult": "trainer", "train": "trainer",
+    "Task": "task", "Evaluation": "task", "DetectionTask": "detection",
+    "Callback": "callbacks", "Hook": "callbacks", "StepEnd": "callbacks",
 }
 
 
