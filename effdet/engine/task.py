@@ -89,7 +89,8 @@ class Task(ABC):
         fitness_label: how messages name the fitness ("mAP", "top-1").
         command: the command that trains it, for messages ("train": ``effdet train --resume RUN``).
 
-    Instance attributes (set by :meth:`prepare`, read by the engine and callbacks):
+    Instance attributes (``train`` from construction: the engine reads ``train.logger`` before
+    :meth:`prepare`; the others set by :meth:`prepare`), read by the engine and callbacks:
         train: the engine's settings (:class:`~effdet.engine.train_config.TrainConfig`); the engine
             replaces it with ``dataclasses.replace`` when it refits ``epochs``, so a task that keeps a
             larger config must expose ``train`` as a property that writes through.
