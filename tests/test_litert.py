@@ -16,7 +16,7 @@ from effdet import create_model
 from effdet.cli import main as cli
 from effdet.config import PostprocessSettings
 from effdet.export.litert import DetectionPostprocessGraph, available, export_litert
-from effdet.export.onnx import NetworkGraph, _compare
+from effdet.export.onnx import NetworkGraph, _compare, graph_metadata
 from effdet.inference.backends import BackendError, backend_for, load_exported, read_metadata
 from effdet.inference.litert import sidecar_path
 from effdet.inference.predictor import Predictor
@@ -161,3 +161,15 @@ def test_unreadable_calibration_images_get_one_line(checkpoint: Path, tmp_path: 
     assert code == 1 and len(errors) == 1 and "no readable calibration images" in errors[0] and str(calib) in errors[0]
     assert "Traceback" not in err
     assert not out.exists() and not sidecar_path(out).exists()
+
+
+@needs_litert
+def test_a_damaged_tflite_file_gets_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"not a flatbuffer")
+    sidecar_path(path).write_text(json.dumps({**graph_metadata(NetworkGraph(varied_tiny_model())), "layout": "NHWC"}))
+    with pytest.raises(BackendError, match="m.tflite: not a readable LiteRT model"):
+        load_exported(path)
+    sidecar_path(path).write_text("{broken")
+    with pytest.raises(BackendError, match="unreadable metadata of m.tflite"):
+        read_metadata(path)
