@@ -6,6 +6,7 @@ crossing objects, and the inputs it refuses (one line, exit code 2, inputs untou
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -269,11 +270,10 @@ def test_ctrl_c_ends_a_live_source_with_complete_outputs(weights: Path, tmp_path
     video file it leaves no partial output."""
     predictor = Predictor.from_checkpoint(weights, batch_size=4, settings=PostprocessSettings(score_threshold=0.3))
     video = write_video(tmp_path / "clip.mp4")
-    calls = []
+    batches = itertools.count(1)
 
-    def interrupted(frames: list[np.ndarray]) -> list[dict]:
-        calls.append(len(frames))
-        if len(calls) == 2:
+    def interrupted(frames: list[np.ndarray]) -> list[dict]:  # Ctrl-C in the second batch
+        if next(batches) == 2:
             raise KeyboardInterrupt
         return predictor(frames)
 
@@ -286,7 +286,7 @@ def test_ctrl_c_ends_a_live_source_with_complete_outputs(weights: Path, tmp_path
                                 progress=False)
     assert result.frames == 4 and len(_lines(out / "stream.jsonl")) == 4 and _video_info(out / "stream.mp4")[0] == 4
     assert all(b.frame <= 4 for b in read_mot_file(out / "stream.txt"))
-    calls.clear()
+    batches = itertools.count(1)
     file_plan = TrackPlan(InferencePlan([], [], [], [], [VideoSource(str(video), str(video), live=False, path=video)],
                                         [Path("f.mp4")], [out / "f.jsonl"], out, out, None), [out / "f.txt"])
     with pytest.raises(KeyboardInterrupt):
