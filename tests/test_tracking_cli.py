@@ -293,3 +293,22 @@ def test_ctrl_c_ends_a_live_source_with_complete_outputs(weights: Path, tmp_path
         run_tracking(interrupted, file_plan, TrackerSettings(), CATEGORY_IDS, NAMES, batch_size=4, progress=False)
     assert not any((out / name).exists() for name in ("f.mp4", "f.jsonl", "f.txt"))
     assert not list(out.glob(".f.*"))  # temporaries removed
+
+
+def test_sliced_detection_and_class_names_filter(weights: Path, tmp_path: Path) -> None:
+    """predict's --slice works in track; --classes by name keeps only that class of the checkpoint."""
+    video = write_video(tmp_path / "clip.mp4")
+    argv = ["track", str(video), "--weights", str(weights), "--slice", "64", "--score-threshold", "0.3",
+            "--no-images", "--max-frames", "2", "--quiet"]
+    assert effdet([*argv, "--output", str(tmp_path / "all")]) == 0
+    found = Counter(d["class_name"] for r in _lines(tmp_path / "all" / "clip.jsonl") for d in r["detections"])
+    name = found.most_common(1)[0][0]
+    other = next(n for n in NAMES if n != name)
+    assert effdet([*argv, "--output", str(tmp_path / "one"), "--classes", name, other]) == 0
+    records = _lines(tmp_path / "one" / "clip.jsonl")
+    assert len(records) == 2
+    kept = Counter(d["class_name"] for r in records for d in r["detections"])
+    assert kept == Counter({n: found[n] for n in (name, other) if found[n]})
+    category = CATEGORY_IDS[NAMES.index(name)]  # a category id as the JSON lines write it
+    assert effdet([*argv, "--output", str(tmp_path / "id"), "--classes", str(category)]) == 0
+    assert sum(len(r["detections"]) for r in _lines(tmp_path / "id" / "clip.jsonl")) == found[name]
