@@ -107,7 +107,7 @@ def test_val_refuses_to_write_over_the_annotation_file(data, weights: Path, tmp_
     assert effdet_main(["val", "--weights", str(weights), "--ann", str(ann), "--images", str(data.val_images),
                         flag, str(ann), "--workers", "0", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "is the --ann input file" in err and len(err.strip().splitlines()) == 1
+    assert f"{flag} {ann} would replace the --ann input {ann}" in err and len(err.strip().splitlines()) == 1
     assert ann.read_bytes() == before
 
 
