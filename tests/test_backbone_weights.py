@@ -72,7 +72,6 @@ def test_weights_of_another_variant_name_it(lite0_weights, tmp_path) -> None:
         create_model("efficientdet_d0", image_size=128, backbone_weights="pip:no-such-weights-pkg")
 
 
-@pytest.mark.slow
 def test_timm_format_from_the_reference_port_backbone(tmp_path) -> None:
     """The reference port's backbone is timm's tf_efficientnet_lite0: its keys, saved alone, load."""
     require_reference()
@@ -128,7 +127,6 @@ def test_recipe_field_and_override(tmp_path: Path) -> None:
     assert load_run_config(load_run_config(recipe).to_dict()).train.backbone_weights == LITE0  # stored configs keep it
 
 
-@pytest.mark.slow
 def test_training_starts_from_the_backbone_and_resume_never_reloads(tmp_path: Path, lite0_weights,
                                                                    monkeypatch, capsys) -> None:
     data = make_synthetic_coco(tmp_path / "data", num_train=4, num_val=2, image_size=(128, 128), seed=3)

@@ -256,7 +256,6 @@ def _ddp_worker(rank: int, port: int, run_overrides: dict, out: str, results: st
     Path(results, f"rank{rank}.txt").write_text(outcome)
 
 
-@pytest.mark.slow
 def test_under_ddp_every_rank_stops_when_the_folder_is_in_use(data, tmp_path: Path) -> None:
     import socket
 

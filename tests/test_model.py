@@ -29,7 +29,6 @@ LITE_PARAMS = {
     "efficientdet_lite3": 8_350_862, "efficientdet_lite3x": 9_280_862, "efficientdet_lite4": 15_130_894,
 }
 SMALL_VARIANTS = ["efficientdet_d0", "efficientdet_d1", "efficientdet_d2", "efficientdet_d0_symmetric"]
-LARGE_FORWARD = {"efficientdet_d5", "efficientdet_d6", "efficientdet_d7", "efficientdet_d7x"}  # ~10 CPU-s each: slow
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,8 +66,7 @@ def _small_input(name: str) -> tuple[int, int]:
     return (256, 256) if name.endswith("d7x") else (128, 256)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE_FORWARD else n
-                                  for n in model_names()])
+@pytest.mark.parametrize("name", model_names())
 def test_forward_shapes_every_variant(name: str) -> None:
     h, w = _small_input(name)
     model = create_model(name, num_classes=5, image_size=(h, w)).eval()
@@ -93,8 +91,7 @@ def _check_all_params_get_grad(name: str) -> None:
     assert any(p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", [n if n == "efficientdet_d0" else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in SMALL_VARIANTS])
+@pytest.mark.parametrize("name", SMALL_VARIANTS)
 def test_every_parameter_gets_gradient(name: str) -> None:
     _check_all_params_get_grad(name)
 
