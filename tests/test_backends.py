@@ -186,6 +186,7 @@ def calib_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_export_openvino_fp32_and_int8_then_predict(checkpoint: Path, calib_folder: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("openvino", reason="openvino is an optional extra: pip install effdet[export]")
