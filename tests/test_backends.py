@@ -73,7 +73,7 @@ def test_network_metadata_holds_what_the_runtime_needs(network_onnx: tuple[torch
 
 
 def test_onnxruntime_backend_gives_pytorchs_detections(network_onnx: tuple[torch.nn.Module, Path]) -> None:
-    """The README's usage: ``net = load_exported(path)``; ``Predictor(net)`` names the detections."""
+    """docs/export.md's usage: ``net = load_exported(path)``; ``Predictor(net)`` names the detections."""
     model, path = network_onnx
     images = _images()
     expected = Predictor(model, score_threshold=0.05)(images)
@@ -353,7 +353,7 @@ def test_predictor_optimize_times_both_networks() -> None:
 def test_int8_map_of_a_trained_model(tmp_path: Path, one_thread: None) -> None:
     """int8 accuracy on a trained model, measured through effdet val running each exported file. This
     tiny network (32 BiFPN channels, one cell, trained on 8 images) loses more to int8 than a full-width
-    D0: 0.495 -> 0.427 seen, where the demo D0 lost 0.002 (README); the bound
+    D0: 0.495 -> 0.427 seen, where the demo D0 lost 0.002 (docs/export.md); the bound
     catches a broken quantisation (mAP near 0), not the 0.01 target."""
     pytest.importorskip("nncf", reason="nncf is an optional extra: pip install effdet[export]")
     from effdet.data import make_synthetic_coco

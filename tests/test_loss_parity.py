@@ -103,4 +103,4 @@ def test_labeler_and_loss_match_reference(tmp_path: Path, seed: int, label_smoot
     assert ours_targets.num_positives.tolist() == ref["num_positives"]
 
     for key, ref_key in (("loss", "loss"), ("class_loss", "class_loss"), ("box_loss", "box_loss")):
-        assert ours[key].item() == pytest.approx(ref[ref_key], rel=1e-6), key  # README: within 1e-6 (1.5e-7 seen)
+        assert ours[key].item() == pytest.approx(ref[ref_key], rel=1e-6), key  # docs/training.md: within 1e-6 (1.5e-7 seen)
