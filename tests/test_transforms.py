@@ -169,3 +169,30 @@ def test_reseed_repeats_augmentation():
     again = _run(transform, None)
     np.testing.assert_array_equal(first.image, again.image)
     np.testing.assert_array_equal(first.boxes, again.boxes)
+
+
+def test_loader_workers_fork_from_a_process_whose_opencv_pool_ran():
+    """A DataLoader worker forked after the parent ran OpenCV on several threads must start: without
+    effdet.data.loader's fork guard, the worker's cv2.setNumThreads blocks forever."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import multiprocessing, cv2, numpy as np
+        from effdet.data.loader import worker_init
+        cv2.setNumThreads(2)
+        image = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+        for _ in range(3):
+            cv2.resize(image, (1200, 1200))
+        child = multiprocessing.get_context("fork").Process(target=worker_init, args=(0,))
+        child.start()
+        child.join(60)
+        print("child exit code", child.exitcode, "parent threads", cv2.getNumThreads())
+        if child.is_alive():
+            child.kill()
+            raise SystemExit(1)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "child exit code 0 parent threads 2" in done.stdout

@@ -8,6 +8,7 @@ be smaller than ``batch_size``, or even empty (0 x 3 x 0 x 0 images, no targets)
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 from typing import Any, Sequence
@@ -17,6 +18,31 @@ import numpy as np
 import torch
 
 Sample = tuple[torch.Tensor, dict[str, Any]]
+
+
+class _OpenCVForkGuard:
+    """Forks (DataLoader workers) with OpenCV's thread pool idle: OpenCV's pthreads pool does not
+    survive ``fork``. A child of a process whose pool threads were waiting for work inherits their
+    condition variable with waiters that do not exist in the child, and the child's first
+    ``cv2.setNumThreads`` (:func:`worker_init`) then blocks forever in ``pthread_cond_destroy``.
+    Before each fork the parent shrinks its pool to one thread (no pool threads), and restores its
+    thread count in the parent afterwards; the child starts with no pool. Registered once, at import."""
+
+    def __init__(self) -> None:
+        self.threads = 1
+
+    def before(self) -> None:
+        self.threads = cv2.getNumThreads()
+        if self.threads != 1:
+            cv2.setNumThreads(1)
+
+    def after_in_parent(self) -> None:
+        if self.threads != 1:
+            cv2.setNumThreads(self.threads)
+
+
+_FORK_GUARD = _OpenCVForkGuard()
+os.register_at_fork(before=_FORK_GUARD.before, after_in_parent=_FORK_GUARD.after_in_parent)
 
 
 def collate(batch: Sequence[Sample | None]) -> tuple[torch.Tensor, list[dict[str, Any]], int]:
