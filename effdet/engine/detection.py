@@ -117,17 +117,18 @@ class DetectionTask(Task):
             for line in lines:
                 log(line)
         self.class_names, self.category_ids = self.train_set.class_names, self.train_set.category_ids
-        cfg, batch = self.run.model, self.run.train.batch_size
-        if batch < min_batch_size(cfg):
-            raise ConfigError(f"batch_size {batch} is too small for image_size {cfg.image_size}: level "
-                              f"{cfg.max_level} is 1x1 and BatchNorm needs 2 values per channel; use batch_size >= 2 "
-                              "or a larger image_size")
 
     def collate(self, items: Sequence[Any]) -> tuple[torch.Tensor, Sequence[Any], int]:
         return collate(items)
 
     def build_model(self, resuming: bool) -> nn.Module:
-        return build_train_model(self.run.model, None if resuming else self.weights, self.backbone_init)
+        model = build_train_model(self.run.model, None if resuming else self.weights, self.backbone_init)
+        cfg, batch = self.run.model, self.run.train.batch_size  # after the weights: a broken checkpoint is named first
+        if batch < min_batch_size(cfg):
+            raise ConfigError(f"batch_size {batch} is too small for image_size {cfg.image_size}: level "
+                              f"{cfg.max_level} is 1x1 and BatchNorm needs 2 values per channel; use batch_size >= 2 "
+                              "or a larger image_size")
+        return model
 
     def min_batch_size(self, model: nn.Module) -> int:
         return min_batch_size(self.run.model)
