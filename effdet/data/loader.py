@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 from typing import Any, Sequence
 
 import cv2
@@ -32,13 +33,16 @@ class _OpenCVForkGuard:
         self.threads = 1
 
     def before(self) -> None:
-        self.threads = cv2.getNumThreads()
+        # Only a fork from the main thread (where DataLoaders fork): a fork from another thread may
+        # race with OpenCV work in the main thread, and resizing the pool under it is not safe.
+        self.threads = cv2.getNumThreads() if threading.current_thread() is threading.main_thread() else 1
         if self.threads != 1:
             cv2.setNumThreads(1)
 
     def after_in_parent(self) -> None:
         if self.threads != 1:
             cv2.setNumThreads(self.threads)
+            self.threads = 1
 
 
 _FORK_GUARD = _OpenCVForkGuard()
