@@ -16,7 +16,11 @@ The tools call it at start-up; set ``EFFDET_KEEP_FREED_MEMORY=0`` to leave glibc
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import signal
+import threading
+from typing import Iterator
 import os
 import sys
 import time
@@ -110,5 +114,50 @@ def threads_for_free_cpus(default: int, sample_s: float = 0.25) -> tuple[int, fl
     return max(1, min(default, int(free + 0.5))), free
 
 
+class _SignalStack(ctypes.Structure):  # glibc's stack_t
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def _sigaltstack() -> tuple[ctypes.CDLL, _SignalStack] | None:
+    """(libc, this thread's alternate signal stack) on Linux, else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        stack = _SignalStack()
+        return (libc, stack) if libc.sigaltstack(None, ctypes.byref(stack)) == 0 else None
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def native_runtime_guard() -> Iterator[None]:
+    """Load a native runtime's model (OpenVINO, ONNX Runtime) without it changing how this process
+    takes signals; wrap the call that compiles the model and starts its threads.
+
+    * SIGINT and SIGTERM are blocked while it runs: threads inherit the signal mask of the thread
+      that starts them, and the runtimes' pools outlive the call. A SIGTERM that the kernel handed
+      to one of them would crash a later training in the same process (one that stops itself with
+      SIGTERM, run after OpenVINO inference).
+    * The thread's alternate signal stack is put back afterwards. OpenVINO's ``compile_model``
+      installs a stack of its own and restores the one it found when the compiled model is freed;
+      two compiled models freed in the order they were made leave the first one's stack, already
+      unmapped, installed. CPython runs its signal handlers on that stack, so the next Ctrl-C,
+      SIGTERM or (with PyTorch DataLoader workers) exiting child process killed the process with
+      SIGSEGV and no message (tests/test_runtime.py reproduces it).
+    """
+    stack = _sigaltstack()
+    main = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if main else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if stack is not None:
+            libc, saved = stack
+            libc.sigaltstack(ctypes.byref(saved), None)
+
+
 __all__ = ["ENV_SWITCH", "GLIBC_KEEP_FREED_MEMORY_ENV", "free_cpus", "freed_memory_kept", "keep_freed_memory",
-           "threads_for_free_cpus"]
+           "native_runtime_guard", "threads_for_free_cpus"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 
 import pytest
 import torch
@@ -32,6 +35,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _seeded() -> None:
     """Every test starts from the same torch random state (seed 0), whatever ran before it."""
     torch.manual_seed(0)
+
+
+class _SignalStack(ctypes.Structure):  # glibc's stack_t
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _signal_stack() -> _SignalStack | None:
+    if _LIBC is None:
+        return None
+    stack = _SignalStack()
+    return stack if _LIBC.sigaltstack(None, ctypes.byref(stack)) == 0 else None
+
+
+@pytest.fixture(autouse=True)
+def _signal_state_restored():
+    """Every test leaves this process's signal handling as it found it: the SIGCHLD handler that
+    PyTorch's DataLoader installs (and never removes) and the main thread's alternate signal stack,
+    which native runtimes may replace. CPython runs its handlers on that stack; one left unmapped
+    turns the next exiting child process into a SIGSEGV of the whole suite, as OpenVINO did before
+    ``effdet.runtime.native_runtime_guard`` (tests/test_runtime.py).
+    """
+    stack, sigchld = _signal_stack(), signal.getsignal(signal.SIGCHLD)
+    yield
+    if signal.getsignal(signal.SIGCHLD) is not sigchld and sigchld is not None:
+        signal.signal(signal.SIGCHLD, sigchld)
+    after = _signal_stack()
+    if stack is not None and after is not None and (after.ss_sp, after.ss_size) != (stack.ss_sp, stack.ss_size):
+        _LIBC.sigaltstack(ctypes.byref(stack), None)
 
 
 @pytest.fixture(scope="session")

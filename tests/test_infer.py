@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from effdet import create_model
+from tests.helpers import varied_tiny_model
 from effdet.data.images import OUTPUT_MARKER
 from effdet.weights.checkpoint import save_checkpoint
 from effdet.inference.run import InferenceError, check_outputs, output_names
@@ -36,12 +36,7 @@ def load_tool(path: Path):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("efficientdet_d0", num_classes=4, image_size=128, fpn_channels=16, fpn_cells=1,
-                         head_repeats=1)
-    with torch.no_grad():  # spread-out scores, so that a threshold keeps some but not all
-        model.class_net.predict.conv_pw.weight.normal_(0.0, 3.0)
-        model.class_net.predict.conv_pw.bias.normal_(-1.0, 1.0)
+    model = varied_tiny_model(num_classes=4)  # spread-out scores, so that a threshold keeps some but not all
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, class_names=NAMES,
                            category_ids=[1, 3, 7, 12])
 

@@ -181,3 +181,48 @@ def test_user_errors_are_all_listed() -> None:
 
     assert {DatasetError, ExportError, BackendError, InferenceError, CheckpointError} <= set(common.USER_ERRORS)
     assert set(common.user_errors()) == set(common.USER_ERRORS)  # all loaded now
+
+
+SIGNAL_AFTER_TWO_OPENVINO_MODELS = """
+import faulthandler, signal, subprocess, sys, time
+import torch
+import openvino as ov
+from effdet.runtime import native_runtime_guard
+
+faulthandler.enable()  # an alternate signal stack of its own, as under pytest
+path = sys.argv[1]
+torch.onnx.export(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 8, 8), path, dynamo=False)
+guarded = sys.argv[2] == "guarded"
+models = []
+for _ in range(2):
+    if guarded:
+        with native_runtime_guard():
+            models.append(ov.Core().compile_model(path, "CPU"))
+    else:
+        models.append(ov.Core().compile_model(path, "CPU"))
+del models[0]  # freed in the order they were made
+del models[0]
+signal.signal(signal.SIGCHLD, lambda *_: None)  # what a PyTorch DataLoader with workers installs
+subprocess.run(["true"], check=True)
+time.sleep(0.2)
+print("survived")
+"""
+
+
+def test_openvino_models_freed_in_creation_order_leave_signals_working(tmp_path: Path) -> None:
+    """Two OpenVINO compiled models freed in the order they were made leave an unmapped alternate
+    signal stack installed; the next Python signal handler then kills the process (SIGSEGV, no
+    message). native_runtime_guard, around every compile in effdet, puts the stack back."""
+    pytest.importorskip("openvino", reason="openvino is an optional extra: pip install effdet[export]")
+    pytest.importorskip("onnx", reason="onnx is an optional extra: pip install effdet[export]")
+    script = tmp_path / "signals.py"
+    script.write_text(SIGNAL_AFTER_TWO_OPENVINO_MODELS)
+
+    def run(mode: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), str(tmp_path / f"{mode}.onnx"), mode],
+                              capture_output=True, text=True, timeout=120)
+
+    guarded = run("guarded")
+    assert guarded.returncode == 0 and "survived" in guarded.stdout, guarded.stderr[-2000:]
+    unguarded = run("unguarded")  # the failure the guard prevents still happens without it
+    assert unguarded.returncode == -11, (unguarded.returncode, unguarded.stderr[-2000:])

@@ -29,6 +29,7 @@ from effdet.export.onnx import DEFAULT_OPSET, ExportError, _add_metadata
 from effdet.export.openvino import _openvino, _quantize_in_subprocess, save_ir
 from effdet.fileio import atomic_path, temporary_folder
 from effdet.inference.backends import METADATA_KEY
+from effdet.runtime import native_runtime_guard
 
 PROB_TOLERANCE = 1e-4
 """Largest class-probability difference accepted between an fp32 export and PyTorch."""
@@ -143,7 +144,8 @@ def export_classifier_openvino(graph: ClassifierGraph, path: str | Path, class_n
         model.set_rt_info(json.dumps(info), [METADATA_KEY])
 
         def check(xml: Path) -> ClassifierCheck:
-            compiled = ov.Core().compile_model(str(xml), "CPU")
+            with native_runtime_guard():
+                compiled = ov.Core().compile_model(str(xml), "CPU")
             with torch.no_grad():
                 expected = graph(sample)
             got = np.concatenate([compiled(image[None].numpy())[0] for image in sample])

@@ -26,13 +26,10 @@ parts left in floating point.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
-import threading
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +40,7 @@ from effdet.factory import load_model
 from effdet.inference.litert import LiteRTError, LiteRTInterpreter, detections_from_outputs, read_sidecar
 from effdet.modeling.efficientdet import build_anchors
 from effdet.modeling.postprocess import PostprocessSettings
+from effdet.runtime import native_runtime_guard
 
 _GRAPH_SETTINGS = ("score_threshold", "nms_iou", "max_detections", "max_candidates")
 """The post-processing settings a graph with NMS stores in its metadata (``effdet.export.onnx.graph_metadata``)."""
@@ -127,24 +125,6 @@ def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-@contextlib.contextmanager
-def _runtime_threads_without_signals() -> Iterator[None]:
-    """Create a runtime's worker threads with SIGINT / SIGTERM blocked, so that these signals reach
-    Python's main thread only. Threads inherit the signal mask of the thread that starts them;
-    OpenVINO's and ONNX Runtime's pools live on after a call, and a SIGTERM that the kernel hands to
-    one of them would crash a later training in the same process (one that stops itself with
-    SIGTERM, run after OpenVINO inference)."""
-    signals = {signal.SIGINT, signal.SIGTERM}
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 class ExportedNetwork(nn.Module):
     """An exported network run by ONNX Runtime or OpenVINO, with the interface of :class:`EfficientDet`
     that inference needs: ``forward(x) -> (class maps, box maps)``, ``anchors``, ``config``,
@@ -207,7 +187,7 @@ class ExportedNetwork(nn.Module):
                 raise BackendError("ONNX Runtime here has no CUDA provider (install onnxruntime-gpu), or use "
                                    "--device cpu")
             providers.insert(0, "CUDAExecutionProvider")
-        with _runtime_threads_without_signals():
+        with native_runtime_guard():
             session = ort.InferenceSession(str(self.path), options, providers=providers)
             names = [o.name for o in session.get_outputs()]
             with_sizes = "valid_sizes" in [i.name for i in session.get_inputs()]  # a graph with NMS
@@ -240,7 +220,7 @@ class ExportedNetwork(nn.Module):
             else:
                 model = core.read_model(str(self.path))
                 model.reshape([x.shape[0], x.shape[1], *self.image_size])
-                with _runtime_threads_without_signals():
+                with native_runtime_guard():
                     compiled = core.compile_model(model, "CPU", config)
                     request, outputs = compiled.create_infer_request(), len(compiled.outputs)
                     request.infer([x])  # its threads start here

@@ -19,6 +19,7 @@ from effdet.data.classification_transforms import ClassifyEvalTransform
 from effdet.data.images import ImageReadError, read_image
 from effdet.factory import load_classifier
 from effdet.inference.backends import BackendError, _import, read_metadata
+from effdet.runtime import native_runtime_guard
 
 EXPORTED_SUFFIXES = (".onnx", ".xml")
 """Files :func:`open_classifier` runs as exported classifiers (ONNX Runtime, OpenVINO)."""
@@ -49,7 +50,8 @@ class ExportedClassifier(nn.Module):
         self.class_names, self.image_size = list(meta["class_names"]), int(meta["image_size"][0])
         self.name = meta.get("model")
         if self.path.suffix.lower() == ".xml":
-            compiled = _import("openvino").Core().compile_model(str(self.path), "CPU")
+            with native_runtime_guard():
+                compiled = _import("openvino").Core().compile_model(str(self.path), "CPU")
             self._run = lambda images: compiled(images)[0]
         else:
             ort = _import("onnxruntime")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effdet.modeling.fused import Size
-from effdet.modeling.layers import ConvBnAct, MaxPool2dDown, SeparableConv2d, activation
+from effdet.modeling.layers import ConvBnAct, MaxPool2dDown, SeparableConv2d, activation, glorot_uniform_, init_separable
 
 
 def bifpn_nodes(min_level: int, max_level: int) -> list[tuple[int, tuple[int, ...]]]:
@@ -182,6 +182,23 @@ class BiFpn(nn.Module):
             self.cells.append(BiFpnCell(level_channels if i == 0 else [channels] * len(level_channels), channels,
                                         min_level, max_level, weight_method, padding, redundant_bias, bn_eps,
                                         bn_momentum, act))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The official initialisation: every convolution (the separable ones of the nodes, the 1x1
+        ones that map backbone features to the FPN width) ``glorot_uniform_``, biases zero;
+        BatchNorm weight 1, bias 0; fusion weights 1."""
+        for module in self.modules():
+            if isinstance(module, SeparableConv2d):
+                init_separable(module, glorot_uniform_)
+            elif isinstance(module, ConvBnAct):
+                glorot_uniform_(module[0].weight, groups=module[0].groups)
+                if module[0].bias is not None:
+                    nn.init.zeros_(module[0].bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
+            elif isinstance(module, FusionNode) and module.weight_method == "fastattn":
+                nn.init.ones_(module.edge_weights)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         feats = [features[i] for i in self.used]

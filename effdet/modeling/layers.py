@@ -12,6 +12,8 @@ folded, padding fixed for one input size, convolution + activation as one op; se
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,6 +134,37 @@ class SeparableConv2d(nn.Module):
         self.conv_pw = FusedConv(fold_conv_bn(self.conv_pw, bn), act)
 
 
+def fans(weight: torch.Tensor, groups: int = 1) -> tuple[int, int]:
+    """(fan_in, fan_out) of a convolution weight as the reference port counts them: fan_in =
+    input channels per group x kernel area, fan_out = output channels x kernel area / groups."""
+    receptive = weight[0][0].numel()
+    return weight.shape[1] * receptive, weight.shape[0] * receptive // groups
+
+
+@torch.no_grad()
+def variance_scaling_(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """Normal(0, sqrt(1 / fan_in)): TF's ``variance_scaling`` (scale 1, fan-in), which the official
+    EfficientDet gives the class and box heads' separable convolutions."""
+    return weight.normal_(0.0, (1.0 / max(1.0, fans(weight, groups)[0])) ** 0.5)
+
+
+@torch.no_grad()
+def glorot_uniform_(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """Uniform(-l, l), l = sqrt(3 / mean(fan_in, fan_out)): TF's default kernel initializer, which
+    the official BiFPN convolutions keep."""
+    fan_in, fan_out = fans(weight, groups)
+    limit = (3.0 / max(1.0, (fan_in + fan_out) / 2.0)) ** 0.5
+    return weight.uniform_(-limit, limit)
+
+
+def init_separable(conv: SeparableConv2d, method: Callable[..., torch.Tensor], bias: float = 0.0) -> None:
+    """Initialise both halves of a separable convolution with ``method``; the bias to ``bias``."""
+    method(conv.conv_dw.weight, groups=conv.conv_dw.groups)
+    method(conv.conv_pw.weight)
+    if conv.conv_pw.bias is not None:
+        nn.init.constant_(conv.conv_pw.bias, bias)
+
+
 class MaxPool2dDown(nn.Module):
     """3x3 stride-2 max pool halving the resolution (rounding up), in either padding mode.
 
@@ -159,4 +192,4 @@ class MaxPool2dDown(nn.Module):
 
 
 __all__ = ["Conv2dSame", "ConvBnAct", "MaxPool2dDown", "SeparableConv2d", "activation", "conv2d",
-           "conv_output_size", "same_pad_amounts"]
+           "conv_output_size", "fans", "glorot_uniform_", "init_separable", "same_pad_amounts", "variance_scaling_"]
