@@ -2,9 +2,10 @@
 fine-tuning recipe, from the real ImageNet Lite0 weights, must learn a small easy set.
 
 Seeded, one short run (120 steps at 128 px: about a minute on 2 idle cores). Measured with this
-exact command (2026-12-06): validation mAP@[.5:.95] 0.102 (seed 0) and 0.140 (seed 1) after 10
-epochs; a recipe that stops the model learning (a broken loss, LR or label assignment) stays
-near 0.00x. The floor is half the lower of the two.
+exact command (2026-12-06, with the official head initialisation): validation mAP@[.5:.95] 0.217
+(seed 0) and 0.168 (seed 1) after 10 epochs (0.102 and 0.140 before it); a recipe that stops the
+model learning (a broken loss, LR, label assignment or initialisation) stays near 0.00x. The floor
+is half the lower of the two.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 from effdet.cli.main import main as effdet_main
 
-FLOOR = 0.05
+FLOOR = 0.08
 
 
 @pytest.fixture(scope="module")
