@@ -2,10 +2,11 @@
 fine-tuning recipe, from the real ImageNet Lite0 weights, must learn a small easy set.
 
 Seeded, one short run (120 steps at 128 px: about a minute on 2 idle cores). Measured with this
-exact command (2026-12-06, with the official head initialisation): validation mAP@[.5:.95] 0.217
-(seed 0) and 0.168 (seed 1) after 10 epochs (0.102 and 0.140 before it); a recipe that stops the
-model learning (a broken loss, LR, label assignment or initialisation) stays near 0.00x. The floor
-is half the lower of the two.
+exact command (2026-12-06, with the heads' towers initialised as the official code does and the
+predictors normal(0, 0.01)): validation mAP@[.5:.95] 0.229 (seed 0) and 0.199 (seed 1) after 10
+epochs (0.102 and 0.140 with the earlier all-normal(0, 0.01) heads); a recipe that stops the model
+learning (a broken loss, LR, label assignment or initialisation) stays near 0.00x. The floor is
+half the lower of the two.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 from effdet.cli.main import main as effdet_main
 
-FLOOR = 0.08
+FLOOR = 0.10
 
 
 @pytest.fixture(scope="module")
