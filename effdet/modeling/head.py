@@ -11,7 +11,6 @@ from effdet.modeling.fused import FusedConv, as_conv, fold_conv_bn, stack_convs,
 from effdet.modeling.layers import SeparableConv2d, activation, init_separable, variance_scaling_
 
 
-
 class HeadNet(nn.Module):
     """``repeats`` x (separable conv 3x3, BN, SiLU or ReLU6) then a separable-conv predictor.
 
