@@ -11,6 +11,7 @@ from effdet import create_model
 from effdet.data.letterbox import letterbox, normalize
 from effdet.modeling.postprocess import PostprocessSettings, postprocess
 from effdet.inference.predictor import Predictor
+from tests.helpers import varied_tiny_model
 
 
 def _spread(model) -> None:
@@ -23,11 +24,8 @@ def _spread(model) -> None:
 
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
-    torch.manual_seed(0)
-    model = create_model("efficientdet_d0", num_classes=3, image_size=128, fpn_channels=16, fpn_cells=1,
-                         head_repeats=1)
-    _spread(model)
-    return Predictor(model, class_names=["circle", "square", "triangle"], score_threshold=0.0, batch_size=2)
+    return Predictor(varied_tiny_model(), class_names=["circle", "square", "triangle"], score_threshold=0.0,
+                     batch_size=2)
 
 
 def _image(h: int, w: int, seed: int) -> np.ndarray:
