@@ -160,7 +160,8 @@ def test_tiny_model_overfits_a_few_images(tmp_path: Path) -> None:
         **TINY, "fpn_channels": 32, "drop_path_rate": 0.0, "bn_momentum": 0.1, "backbone_bn_momentum": 0.1,
         "train_ann": str(shapes.train_annotations), "train_images": str(shapes.train_images),
         "val_ann": str(shapes.train_annotations), "val_images": str(shapes.train_images),
-        "epochs": 120, "batch_size": 4, "workers": 0, "optimizer": "adamw", "lr": 0.005, "warmup_epochs": 5,
+        # 200 steps: with the heads' towers initialised as the official code does, 120 reached mAP 0.867
+        "epochs": 200, "batch_size": 4, "workers": 0, "optimizer": "adamw", "lr": 0.005, "warmup_epochs": 5,
         "ema_decay": 0.9, "scale_range": [1.0, 1.0], "hflip": 0.0, "eval_interval": 0, "log_interval": 20})
     result = Trainer(run, tmp_path / "out", progress=False).fit()
     rows = read_checkpoint(tmp_path / "out" / "last.pt")["train_state"]["metrics"]
