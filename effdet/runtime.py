@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import signal
-import threading
-from typing import Iterator
 import os
+import signal
 import sys
+import threading
 import time
+from typing import Iterator
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4
@@ -118,16 +118,23 @@ class _SignalStack(ctypes.Structure):  # glibc's stack_t
     _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
 
 
-def _sigaltstack() -> tuple[ctypes.CDLL, _SignalStack] | None:
-    """(libc, this thread's alternate signal stack) on Linux, else None."""
-    if not sys.platform.startswith("linux"):
-        return None
+@contextlib.contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """Put this thread's alternate signal stack back as it was on entry, on exit (Linux; elsewhere
+    nothing): native code run inside may install a stack of its own that is unmapped later."""
+    libc, saved = None, _SignalStack()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+                libc = None
+        except (OSError, AttributeError):
+            libc = None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        stack = _SignalStack()
-        return (libc, stack) if libc.sigaltstack(None, ctypes.byref(stack)) == 0 else None
-    except (OSError, AttributeError):
-        return None
+        yield
+    finally:
+        if libc is not None:
+            libc.sigaltstack(ctypes.byref(saved), None)
 
 
 @contextlib.contextmanager
@@ -146,18 +153,16 @@ def native_runtime_guard() -> Iterator[None]:
       SIGTERM or (with PyTorch DataLoader workers) exiting child process killed the process with
       SIGSEGV and no message (tests/test_runtime.py reproduces it).
     """
-    stack = _sigaltstack()
     main = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if main else None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        if stack is not None:
-            libc, saved = stack
-            libc.sigaltstack(ctypes.byref(saved), None)
+    with signal_stack_kept():
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if main else None
+        try:
+            yield
+        finally:
+            if previous is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 __all__ = ["ENV_SWITCH", "GLIBC_KEEP_FREED_MEMORY_ENV", "free_cpus", "freed_memory_kept", "keep_freed_memory",
-           "native_runtime_guard", "threads_for_free_cpus"]
+           "native_runtime_guard", "signal_stack_kept",
+           "threads_for_free_cpus"]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import sys
 
 import pytest
 import torch
+
+from effdet.runtime import signal_stack_kept
 
 # Jobs started by the tests (in-process or as subprocesses) run on a fixed thread count, never on
 # the one a busy machine would leave them: the busy-CPU note would otherwise come before the one
@@ -37,20 +37,6 @@ def _seeded() -> None:
     torch.manual_seed(0)
 
 
-class _SignalStack(ctypes.Structure):  # glibc's stack_t
-    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def _signal_stack() -> _SignalStack | None:
-    if _LIBC is None:
-        return None
-    stack = _SignalStack()
-    return stack if _LIBC.sigaltstack(None, ctypes.byref(stack)) == 0 else None
-
-
 @pytest.fixture(autouse=True)
 def _signal_state_restored():
     """Every test leaves this process's signal handling as it found it: the SIGCHLD handler that
@@ -59,13 +45,11 @@ def _signal_state_restored():
     turns the next exiting child process into a SIGSEGV of the whole suite, as OpenVINO did before
     ``effdet.runtime.native_runtime_guard`` (tests/test_runtime.py).
     """
-    stack, sigchld = _signal_stack(), signal.getsignal(signal.SIGCHLD)
-    yield
+    sigchld = signal.getsignal(signal.SIGCHLD)
+    with signal_stack_kept():
+        yield
     if signal.getsignal(signal.SIGCHLD) is not sigchld and sigchld is not None:
         signal.signal(signal.SIGCHLD, sigchld)
-    after = _signal_stack()
-    if stack is not None and after is not None and (after.ss_sp, after.ss_size) != (stack.ss_sp, stack.ss_size):
-        _LIBC.sigaltstack(ctypes.byref(stack), None)
 
 
 @pytest.fixture(scope="session")
