@@ -1,5 +1,6 @@
 """Process-level settings that make PyTorch on CPU faster: keeping freed memory for reuse, and a
-thread count that fits what other processes leave free (:func:`threads_for_free_cpus`).
+thread count that fits what other processes leave free, at start (:func:`threads_for_free_cpus`)
+and while a job runs (:class:`LoadFollower`).
 
 PyTorch's CPU allocator takes every tensor from the C library's ``malloc``. With glibc's
 defaults, blocks above the (adaptive, at most 32 MiB) mmap threshold are mapped fresh for each
@@ -23,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4
@@ -114,6 +115,117 @@ def threads_for_free_cpus(default: int, sample_s: float = 0.25) -> tuple[int, fl
     return max(1, min(default, int(free + 0.5))), free
 
 
+def _process_ticks(pid: int | str) -> tuple[int, list[int]] | None:
+    """(CPU clock ticks used by process ``pid`` and by its reaped children, its live children's pids)
+    from /proc (Linux), or None where the process is gone or /proc cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        ticks = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+        children: list[int] = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as listed:
+                children += [int(v) for v in listed.read().split()]
+    except (OSError, ValueError, IndexError):
+        return None
+    return ticks, children
+
+
+def own_cpu_ticks() -> int | None:
+    """CPU clock ticks used so far by this process and its descendants (data-loader workers), live or
+    reaped, in /proc/stat's unit; None where /proc cannot be read (not Linux)."""
+    total, pending, first = 0, [os.getpid()], True
+    while pending:
+        read = _process_ticks(pending.pop())
+        if read is None:
+            if first:
+                return None
+            continue  # a child that exited between the two reads
+        first = False
+        total += read[0]
+        pending += read[1]
+    return total
+
+
+class LoadFollower:
+    """Keeps this process's intra-op threads to the CPUs that other processes leave free, re-checked
+    while a job runs: load that arrives mid-run (a second training, an evaluation, a notebook) would
+    otherwise leave a team of threads waiting at every barrier for a member the kernel descheduled
+    (docs/speed.md, "A busy machine"; measured there, 15-20x slower).
+
+    Call :meth:`poll` between steps (from the thread that runs the model: PyTorch's thread count is
+    per thread). At most every ``interval_s`` it reads the CPU time the whole machine spent busy
+    (/proc/stat) and subtracts what this process and its workers spent (:func:`own_cpu_ticks`);
+    what is left is the other processes' load. Threads = the CPUs they left free, rounded, at least 1
+    and at most ``max_threads``. Fewer threads are taken at once; more only when two checks in a row
+    agree, so a short burst of someone else's work does not make the count swing.
+    ``set_threads(n)`` applies a new count (and may say so). Where /proc cannot be read, nothing.
+    """
+
+    def __init__(self, max_threads: int, set_threads: Callable[[int], None], interval_s: float = 2.0,
+                 threads: int | None = None) -> None:
+        self.max_threads, self.set_threads, self.interval_s = max(1, max_threads), set_threads, interval_s
+        self.threads = threads if threads is not None else self.max_threads
+        self.cpus = os.cpu_count() or 1
+        self.changes = 0
+        self._raise_votes = 0
+        self._last = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, tuple[int, int] | None, int | None]:
+        return time.monotonic(), _cpu_times(), own_cpu_ticks()
+
+    def free_since_last(self, now: tuple[float, tuple[int, int] | None, int | None]) -> float | None:
+        """CPUs the other processes left free between the last sample and ``now``, or None."""
+        (_, before, own_before), (_, after, own_after) = self._last, now
+        if None in (before, after, own_before, own_after) or after[1] <= before[1]:
+            return None
+        total = after[1] - before[1]
+        busy = total - (after[0] - before[0])
+        others = max(0, busy - max(0, own_after - own_before))
+        return max(0.0, self.cpus * (1.0 - others / total))
+
+    def poll(self) -> int:
+        """Re-check the load when ``interval_s`` has passed; returns the thread count now in use."""
+        if time.monotonic() - self._last[0] < self.interval_s:
+            return self.threads
+        now = self._sample()
+        free = self.free_since_last(now)
+        self._last = now
+        if free is None:
+            return self.threads
+        wanted = max(1, min(self.max_threads, int(free + 0.5)))
+        if wanted > self.threads:
+            self._raise_votes += 1
+            if self._raise_votes < 2:
+                return self.threads
+        self._raise_votes = 0
+        if wanted != self.threads:
+            self.threads = wanted
+            self.changes += 1
+            self.set_threads(wanted)
+        return self.threads
+
+
+_follower: LoadFollower | None = None
+
+
+def follow_load(follower: LoadFollower | None) -> None:
+    """Make ``follower`` the process's :class:`LoadFollower`, which :func:`poll_load` consults (None:
+    stop following). The ``effdet`` jobs install one when they chose their thread count themselves
+    (no ``--threads``, no ``OMP_NUM_THREADS``, one process); library code never does."""
+    global _follower
+    _follower = follower
+
+
+def poll_load() -> None:
+    """Between the steps of a job (training steps, detection batches): let the process's
+    :class:`LoadFollower`, where one is installed, re-check the load (at most every few seconds;
+    otherwise a clock read)."""
+    if _follower is not None:
+        _follower.poll()
+
+
 class _SignalStack(ctypes.Structure):  # glibc's stack_t
     _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
 
@@ -163,6 +275,6 @@ def native_runtime_guard() -> Iterator[None]:
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-__all__ = ["ENV_SWITCH", "GLIBC_KEEP_FREED_MEMORY_ENV", "free_cpus", "freed_memory_kept", "keep_freed_memory",
-           "native_runtime_guard", "signal_stack_kept",
-           "threads_for_free_cpus"]
+__all__ = ["ENV_SWITCH", "GLIBC_KEEP_FREED_MEMORY_ENV", "LoadFollower", "follow_load", "free_cpus",
+           "freed_memory_kept", "keep_freed_memory", "native_runtime_guard", "own_cpu_ticks", "poll_load",
+           "signal_stack_kept", "threads_for_free_cpus"]

@@ -152,6 +152,67 @@ def test_subset_is_restricted_to_its_images(demo: CocoDetection, tmp_path: Path)
     assert metrics["num_images"] == 2 and metrics["map"] == pytest.approx(1.0)
 
 
+def _varied_set(seed: int, images: int = 60) -> tuple[dict, list[dict]]:
+    """Ground truth and detections with what COCOeval treats specially: crowd boxes, empty images, a
+    class without ground truth, boxes of every area range, more than 100 detections on some images,
+    wrong labels, near misses and duplicates."""
+    rng = np.random.default_rng(seed)
+    annotations, results = [], []
+    for image_id in range(1, images + 1):
+        for _ in range(0 if image_id % 7 == 0 else int(rng.integers(1, 9))):
+            w, h = rng.uniform(3, 250, 2)
+            x, y = rng.uniform(0, 400 - w), rng.uniform(0, 400 - h)
+            category = int(rng.choice([1, 2, 3, 5]))
+            annotations.append(dict(id=len(annotations) + 1, image_id=image_id, category_id=category,
+                                    bbox=[x, y, w, h], area=w * h, iscrowd=int(rng.random() < 0.05)))
+            for _ in range(int(rng.integers(0, 3))):  # found (maybe twice), maybe mislabelled
+                jitter = rng.normal(0, 0.08, 4) * [w, h, w, h]
+                label = category if rng.random() < 0.8 else int(rng.integers(1, 6))
+                results.append(dict(image_id=image_id, category_id=label, score=float(rng.random()),
+                                    bbox=[x + jitter[0], y + jitter[1], max(1.0, w + jitter[2]), max(1.0, h + jitter[3])]))
+        for _ in range(int(rng.integers(0, 130 if image_id % 5 == 0 else 20))):  # background
+            w, h = rng.uniform(2, 150, 2)
+            results.append(dict(image_id=image_id, category_id=int(rng.integers(1, 6)), score=float(rng.random() * 0.5),
+                                bbox=[*rng.uniform(0, 300, 2).tolist(), w, h]))
+    gt = dict(images=[dict(id=i, width=400, height=400, file_name=f"{i}.jpg") for i in range(1, images + 1)],
+              categories=[dict(id=c, name=f"class{c}") for c in range(1, 6)], annotations=annotations)
+    return gt, results
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_faster_coco_eval_gives_pycocotools_figures(seed: int) -> None:
+    """The default evaluator (faster-coco-eval's port) against pycocotools, the reference: the 12 summary
+    numbers and every per-class AP equal to floating-point rounding, on all images and on a subset."""
+    pytest.importorskip("faster_coco_eval", reason="faster-coco-eval is a dependency: pip install -e .")
+    gt_dict, results = _varied_set(seed)
+    gt = COCO()
+    gt.dataset = gt_dict
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    kept = json.dumps(gt_dict, sort_keys=True)
+    coco_stats(gt, results, evaluator="faster-coco-eval")
+    assert json.dumps(gt_dict, sort_keys=True) == kept  # the port leaves the ground truth as it was
+    for image_ids in (None, list(range(1, 61, 2))):
+        port = coco_stats(gt, results, image_ids, evaluator="faster-coco-eval")
+        reference = coco_stats(gt, results, image_ids, evaluator="pycocotools")  # marks gt "ignore"
+        assert 0.05 < reference["map"] < 0.95
+        assert port["stats"] == pytest.approx(reference["stats"], abs=1e-12)
+        assert [r["name"] for r in port["per_class"]] == [r["name"] for r in reference["per_class"]]
+        assert reference["per_class"][3]["ap"] is None  # class 4 has no ground truth
+        for ours, theirs in zip(port["per_class"], reference["per_class"]):
+            assert (ours["ap"] is None) == (theirs["ap"] is None)
+            if theirs["ap"] is not None:
+                assert ours["ap"] == pytest.approx(theirs["ap"], abs=1e-12)
+                assert ours["ap50"] == pytest.approx(theirs["ap50"], abs=1e-12)
+    assert coco_stats(gt, results, image_ids)["stats"] == port["stats"]  # "auto" is the port where installed
+    assert coco_stats(gt, [], evaluator="faster-coco-eval")["stats"][:2] == [0.0, 0.0]
+
+
+def test_unknown_evaluator_is_refused(demo: CocoDetection) -> None:
+    with pytest.raises(ValueError, match="use one of auto, faster-coco-eval, pycocotools"):
+        coco_stats(demo.coco_api(), [], evaluator="lvis")
+
+
 def test_no_detections_give_zeros(demo: CocoDetection) -> None:
     model = PooledConvNet(num_classes=4)
     metrics = evaluate_coco(model, demo, batch_size=4, progress=False,

@@ -3,8 +3,10 @@ so that the test process keeps glibc's defaults)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +113,114 @@ def test_jobs_take_fewer_threads_on_a_busy_machine(monkeypatch: pytest.MonkeyPat
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------------
+# load that arrives (or leaves) while a job runs: LoadFollower
+# ------------------------------------------------------------------------------------------------
+
+class _Machine:
+    """Scripted /proc readings for a 2-CPU machine: ``run(seconds, others, own)`` advances the clock
+    with the other processes busy on ``others`` CPUs and this process on ``own``."""
+
+    def __init__(self) -> None:
+        self.clock, self.idle, self.total, self.own = 1000.0, 0, 0, 0
+
+    def run(self, seconds: float, others: float, own: float) -> None:
+        ticks = seconds * 100 * 2
+        self.clock += seconds
+        self.total += int(ticks)
+        self.idle += int(ticks * (2 - others - own) / 2)
+        self.own += int(seconds * 100 * own)
+
+
+def test_load_follower_drops_threads_at_once_and_takes_them_back_after_two_checks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from effdet import runtime
+
+    machine, applied = _Machine(), []
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: machine.clock)
+    monkeypatch.setattr(runtime, "_cpu_times", lambda: (machine.idle, machine.total))
+    monkeypatch.setattr(runtime, "own_cpu_ticks", lambda: machine.own)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    follower = runtime.LoadFollower(2, applied.append, interval_s=2.0)
+    machine.run(1.0, others=0.0, own=2.0)
+    assert follower.poll() == 2 and applied == []  # not due yet: nothing read
+    machine.run(1.5, others=0.0, own=2.0)
+    assert follower.poll() == 2 and applied == []  # idle machine: all threads
+    machine.run(2.5, others=1.2, own=0.8)  # a second job arrives
+    assert follower.poll() == 1 and applied == [1]  # fewer at once
+    machine.run(2.5, others=1.3, own=0.7)
+    assert follower.poll() == 1 and applied == [1]
+    machine.run(2.5, others=0.0, own=1.0)  # it ended
+    assert follower.poll() == 1 and applied == [1]  # one check is not enough to take CPUs back
+    machine.run(2.5, others=0.3, own=1.0)  # a short burst of someone else's work does not count
+    assert follower.poll() == 2 and applied == [1, 2]
+    assert follower.changes == 2
+
+
+def test_load_follower_counts_its_own_workers_as_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy child process (a data-loader worker) is this job's work, not another process's load."""
+    from effdet import runtime
+
+    before = runtime.own_cpu_ticks()
+    assert before is not None, "/proc cannot be read here"
+    child = subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                            "while time.process_time() - t < 0.6: pass"], check=True)
+    assert child.returncode == 0
+    assert runtime.own_cpu_ticks() - before >= 50  # the reaped child's 0.6 CPU seconds, at 100 ticks/s
+
+
+BUSY = "import os, sys, time\nend = time.time() + float(sys.argv[1])\nwhile time.time() < end: pass\n"
+
+
+def test_load_follower_drops_to_one_thread_when_another_process_takes_the_cpus() -> None:
+    """Real /proc readings: processes that are not this job's (started detached, so not its children)
+    busy on every CPU leave this job one thread."""
+    from effdet import runtime
+
+    cpus = os.cpu_count() or 1
+    applied: list[int] = []
+    follower = runtime.LoadFollower(max(2, cpus), applied.append, interval_s=0.5)
+    detached = f"for i in $(seq {cpus}); do {sys.executable} -c \"$0\" 8 & echo $!; done"
+    started = subprocess.run(["sh", "-c", detached, BUSY], check=True, capture_output=True, text=True)
+    pids = [int(v) for v in started.stdout.split()]  # sh has exited: its children are not ours
+    try:
+        import time
+        end = time.monotonic() + 5.0
+        while time.monotonic() < end and follower.threads > 1:
+            follower.poll()  # this process busy as well, as a job between its steps would be
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert follower.threads == 1 and applied[-1] == 1
+
+
+def test_jobs_follow_the_load_only_when_they_chose_their_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from effdet import runtime
+    from effdet.cli import common
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+        monkeypatch.setattr(common, "threads_for_free_cpus", lambda default: (default, float(default)))
+        common.apply_threads(None, follow=True)
+        assert isinstance(runtime._follower, runtime.LoadFollower)
+        runtime.follow_load(None)
+        common.apply_threads(None)  # benchmark, export: no following
+        assert runtime._follower is None
+        common.apply_threads(1, follow=True)  # --threads: the user's count stands
+        assert runtime._follower is None
+        monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun: the ranks share the CPUs on purpose
+        common.apply_threads(None, follow=True)
+        assert runtime._follower is None
+    finally:
+        runtime.follow_load(None)
+        torch.set_num_threads(before)
+    assert common.LOAD_FOLLOWING_JOBS == {"train", "val", "predict", "track", "classify"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,16 @@ wall-clock seconds, or the figures they print):
   D0 at 512 px, random weights, 2 threads: the fused and the plain network, alternating;
 * ``predict start-up``: which network ``effdet predict`` keeps after timing fused and plain at
   start-up (D0 at 512 px, random weights, one image, 2 threads);
-* ``train step 1 / 2 threads``: ``effdet benchmark --tasks train --image-size 128 --train-batch-size 8``.
+* ``train step 1 / 2 threads``: ``effdet benchmark --tasks train --image-size 128 --train-batch-size 8``;
+* ``epoch`` / ``epoch_fixed``: one epoch of ``effdet train`` (D0 from scratch, 256 px, batch 8, the data's
+  train split, then its validation), with the thread count chosen by the job and following the load
+  (``epoch``), or fixed at start with ``--threads 2`` (``epoch_fixed``, how every job ran before the
+  threads followed the load).
+
+With ``--competitor-after S`` the competitor starts S seconds after the job instead of 2 s before it:
+load that arrives mid-run. The table then adds what a fair share of the machine would give, the idle
+time with everything after S taking twice as long (two processes, half the machine each), and
+loaded / fair.
 
 Prints one table (median of the repeats per condition, and loaded / idle).
 """
@@ -26,6 +35,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +71,10 @@ def jobs(args: argparse.Namespace) -> dict[str, callable]:
     forward = [*effdet, "benchmark", "--threads", "2", "--tasks", "forward", "--runs", "6", "--rounds", "3"]
     train = [*effdet, "benchmark", "--tasks", "train", "--image-size", "128", "--train-batch-size", "8",
              "--runs", "4", "--rounds", "2", "--no-eager"]
+    epoch = [*effdet, "train", "--model", "efficientdet_d0", "--backbone-weights", "none", "--image-size", "256",
+             "--epochs", "1", "--batch-size", "8", "--train-ann", str(data / "annotations" / "train.json"),
+             "--train-images", str(data / "train"), "--val-ann", str(data / "annotations" / "val.json"),
+             "--val-images", str(data / "val"), "--output", str(args.work / "epoch"), "--exist-ok", "--no-progress"]
     choice = [*effdet, "predict", "--weights", str(args.work / "d0_random.pt"), str(sorted((data / "val").glob("*.jpg"))[0]),
               "--no-images", "--quiet", "--threads", "2", "--output", str(args.work / "pred")]
 
@@ -86,7 +100,9 @@ def jobs(args: argparse.Namespace) -> dict[str, callable]:
     return {"val": lambda: {"effdet val (s)": run(val)[0]},
             "predict": lambda: {"effdet predict (s)": run(predict)[0]},
             "forward": forward_figures, "choice": choice_figures,
-            "train1": lambda: train_figures(1), "train2": lambda: train_figures(2)}
+            "train1": lambda: train_figures(1), "train2": lambda: train_figures(2),
+            "epoch": lambda: {"train epoch, threads follow the load (s)": run(epoch)[0]},
+            "epoch_fixed": lambda: {"train epoch, --threads 2 (s)": run([*epoch, "--threads", "2"])[0]}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="demo_data")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--competitor-threads", type=int, default=2)
+    parser.add_argument("--competitor-after", type=float, metavar="S",
+                        help="start the competitor S seconds after each loaded job (default: 2 s before it)")
     parser.add_argument("--jobs", default="val,predict,forward,choice,train1,train2")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
@@ -105,26 +123,44 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.jobs.split(","):
         for repeat in range(args.repeats):
             for condition in ("idle", "loaded"):
-                competitor = None
-                if condition == "loaded":
-                    competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR, str(args.competitor_threads)])
+                started: list[subprocess.Popen] = []
+
+                def start_competitor() -> None:
+                    started.append(subprocess.Popen([sys.executable, "-c", COMPETITOR, str(args.competitor_threads)]))
+
+                timer = None
+                if condition == "loaded" and args.competitor_after is None:
+                    start_competitor()
                     time.sleep(2.0)
+                elif condition == "loaded":
+                    timer = threading.Timer(args.competitor_after, start_competitor)
+                    timer.start()
                 try:
                     figures = available[name]()
                 finally:
-                    if competitor is not None:
+                    if timer is not None:
+                        timer.cancel()
+                        timer.join()
+                    for competitor in started:
                         competitor.kill()
                         competitor.wait()
                 for key, value in figures.items():
                     table.setdefault(key, {"idle": [], "loaded": []})[condition].append(value)
                 print(f"{name} {condition} #{repeat + 1}: {figures}", flush=True)
-    print(f"\n{'figure':42s}{'idle':>10s}{'loaded':>10s}{'loaded/idle':>13s}")
+    after = args.competitor_after
+    print(f"\n{'figure':42s}{'idle':>10s}{'loaded':>10s}{'loaded/idle':>13s}"
+          + (f"{'fair':>10s}{'loaded/fair':>13s}" if after is not None else ""))
     summary = {}
     for key, values in table.items():
         idle, loaded = statistics.median(values["idle"]), statistics.median(values["loaded"])
         summary[key] = {"idle": values["idle"], "loaded": values["loaded"], "idle_median": idle,
                         "loaded_median": loaded}
-        print(f"{key:42s}{idle:10.2f}{loaded:10.2f}{loaded / idle if idle else float('nan'):13.2f}")
+        line = f"{key:42s}{idle:10.2f}{loaded:10.2f}{loaded / idle if idle else float('nan'):13.2f}"
+        if after is not None and key.endswith("(s)"):  # a duration: what half the machine after S gives
+            fair = min(idle, after) + 2 * max(0.0, idle - after)
+            summary[key].update(fair=fair, competitor_after_s=after)
+            line += f"{fair:10.2f}{loaded / fair:13.2f}"
+        print(line)
     if args.json:
         write_json(summary, args.json, indent=1)
     return 0

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from effdet.config import ConfigError, PostprocessSettings
 from effdet.fileio import WriteError
-from effdet.runtime import keep_freed_memory, threads_for_free_cpus
+from effdet.runtime import LoadFollower, follow_load, keep_freed_memory, threads_for_free_cpus
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +27,10 @@ class DeviceError(ValueError):
 
 MODEL_JOBS = frozenset({"train", "val", "predict", "track", "benchmark", "export", "classify"})
 """The jobs that run a network: they get the thread settings (and the busy-CPU note); data jobs do not."""
+
+LOAD_FOLLOWING_JOBS = MODEL_JOBS - {"benchmark", "export"}
+"""The jobs whose thread count follows the load while they run (:class:`effdet.runtime.LoadFollower`): not
+the benchmark, whose figures are compared at one thread count, nor export, whose checks are short."""
 
 _USER_ERRORS = (("effdet.inference.run", "InferenceError"), ("effdet.weights.checkpoint", "CheckpointError"),
                 ("effdet.data.coco", "DatasetError"), ("effdet.data.results", "ResultsError"),
@@ -93,7 +97,7 @@ def run_job(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     (on the main process only, under torchrun) with exit code 2."""
     keep_freed_memory()  # reuse freed activations instead of page-faulting fresh memory in
     if args.job in MODEL_JOBS:
-        apply_threads(getattr(args, "threads", None))
+        apply_threads(getattr(args, "threads", None), follow=args.job in LOAD_FOLLOWING_JOBS)
     with plain_warnings():
         try:
             return run(args)
@@ -103,6 +107,8 @@ def run_job(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
             if int(os.environ.get("RANK", "0")) == 0:
                 print(f"effdet {args.job}: error: {user_message(error, args)}", file=sys.stderr)
             return 2
+        finally:
+            follow_load(None)  # the job is over (the tests run several in one process)
 
 
 def user_message(error: Exception, args: argparse.Namespace) -> str:
@@ -122,28 +128,43 @@ def user_message(error: Exception, args: argparse.Namespace) -> str:
     return error.for_flag("--" + field.replace("_", "-"), text)
 
 
-def apply_threads(threads: int | None) -> None:
+def apply_threads(threads: int | None, follow: bool = False) -> None:
     """``--threads N``: N intra-op threads for PyTorch and N for OpenCV in this process (data-loader
     workers use one each, see :func:`effdet.data.loader.worker_init`). ``None``: ``OMP_NUM_THREADS``
     where it is set, else PyTorch's choice (one per core) reduced to the CPUs that other processes
-    leave idle at start (:func:`effdet.runtime.threads_for_free_cpus`), with a note saying so."""
+    leave idle at start (:func:`effdet.runtime.threads_for_free_cpus`), with a note saying so, and,
+    with ``follow``, kept to them while the job runs (:class:`effdet.runtime.LoadFollower`; one process
+    only, not under torchrun), with a note at each change."""
     import cv2  # noqa: PLC0415
     import torch  # noqa: PLC0415
+
+    def set_threads(n: int) -> None:
+        torch.set_num_threads(n)
+        cv2.setNumThreads(n)
 
     if threads is None:
         if "OMP_NUM_THREADS" in os.environ:
             return
         default = torch.get_num_threads()
         threads, free = threads_for_free_cpus(default)
+        if follow and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            follow_load(LoadFollower(default, lambda n: (set_threads(n), _load_note(n, default)), threads=threads))
         if threads == default:
             return
         print(f"note: other processes keep {(os.cpu_count() or 1) - free:.1f} of {os.cpu_count()} CPUs busy: "
               f"running on {threads} thread(s) instead of {default} (--threads N or OMP_NUM_THREADS to choose)",
               file=sys.stderr)
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
+    set_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # for subprocesses this job starts
 
 
-__all__ = ["DeviceError", "MODEL_JOBS", "USER_ERRORS", "apply_threads", "check_device", "plain_warnings",
+def _load_note(threads: int, default: int) -> None:
+    from tqdm import tqdm  # noqa: PLC0415
+
+    why = "other processes' load changed" if threads < default else "the CPUs are free again"
+    tqdm.write(f"note: {why}: now on {threads} thread(s) of {default} (--threads N to fix the count)",
+               file=sys.stderr)
+
+
+__all__ = ["DeviceError", "LOAD_FOLLOWING_JOBS", "MODEL_JOBS", "USER_ERRORS", "apply_threads", "check_device", "plain_warnings",
            "postprocess_settings", "run_job", "user_errors", "user_message"]

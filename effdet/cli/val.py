@@ -163,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{metrics['num_images']} images, {metrics['num_detections']} detections, "
           f"{metrics['seconds']:.1f} s; mAP@[.5:.95] {format_ap(metrics['map'])}, AP50 {format_ap(metrics['map50'])}"
           + (" (no ground-truth boxes in the evaluated images)" if metrics["map"] < 0 else ""))
+    if "time_s" in metrics:
+        parts = metrics["time_s"]
+        print(f"time: data loading {parts['data']:.1f} s (waiting for the loader), network and post-processing "
+              f"{parts['network']:.1f} s, COCOeval {parts['cocoeval']:.1f} s")
     print(f"metrics written to {output}")
     for picture in pictures:
         print(f"picture written to {picture}")

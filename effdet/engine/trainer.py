@@ -55,6 +55,7 @@ from effdet.engine.setup import RunFolderLock, amp_settings, build_train_loader,
 from effdet.engine.step import make_train_step
 from effdet.engine.task import Task
 from effdet.engine.train_config import RunConfig
+from effdet.runtime import poll_load
 
 
 class TrainingDiverged(RuntimeError):
@@ -235,6 +236,7 @@ class Trainer:
                 if stop:
                     return False
                 lr = self.schedule(state.global_step)
+                poll_load()  # keep to the CPUs other processes leave free
                 self._in_step = True  # a KeyboardInterrupt now leaves no consistent state to save
                 values = [math.nan] * (len(names) + 1) if unusable else self._step(images, targets, lr)
                 self._count(values, 0 if unusable else len(targets), skipped, len(targets))

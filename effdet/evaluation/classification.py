@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from effdet.data.loader import worker_init
+from effdet.runtime import poll_load
 
 
 @dataclass
@@ -109,6 +110,7 @@ def evaluate_classifier(model: torch.nn.Module, dataset: Any, batch_size: int = 
         for images, labels, indices, dropped in tqdm(loader, desc="classify val", unit="batch", disable=not progress,
                                                      leave=False, dynamic_ncols=True):
             skipped += dropped
+            poll_load()
             if not len(labels):
                 continue
             x = (images.to(device).float() - mean) / std

@@ -19,7 +19,7 @@ from effdet.data.classification_transforms import ClassifyEvalTransform
 from effdet.data.images import ImageReadError, read_image
 from effdet.factory import load_classifier
 from effdet.inference.backends import BackendError, _import, read_metadata
-from effdet.runtime import native_runtime_guard
+from effdet.runtime import native_runtime_guard, poll_load
 
 EXPORTED_SUFFIXES = (".onnx", ".xml")
 """Files :func:`open_classifier` runs as exported classifiers (ONNX Runtime, OpenVINO)."""
@@ -117,6 +117,7 @@ class ClassifierPredictor:
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N x 3 x S x S -> N x C float32 softmax probabilities (on the CPU)."""
+        poll_load()
         x = (images.to(self.device).float() - self._mean) / self._std
         return self.model(x).float().softmax(1).cpu()
 

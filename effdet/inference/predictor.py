@@ -24,6 +24,7 @@ from effdet.factory import load_model
 from effdet.inference.timing import time_calls
 from effdet.modeling.efficientdet import EfficientDet
 from effdet.modeling.postprocess import PostprocessSettings, postprocess
+from effdet.runtime import poll_load
 
 ImageLike = Any  # path | PIL.Image.Image | np.ndarray (H x W x 3 uint8) | torch.Tensor (3 x H x W) | ReducedImage
 
@@ -77,6 +78,7 @@ def detect_batch(model: EfficientDet, images: torch.Tensor, valid_sizes: torch.T
     An exported graph with NMS inside (:class:`effdet.inference.backends.ExportedNetwork` with
     ``has_nms``) returns its own detections (:meth:`~effdet.inference.backends.ExportedNetwork.detect`).
     """
+    poll_load()  # keep to the CPUs other processes leave free (where the job follows the load)
     takes_uint8 = getattr(model, "takes_uint8", False)  # an exported network that normalises itself
     x = normalize(images, *input_statistics(model)) if images.dtype == torch.uint8 and not takes_uint8 else images
     if getattr(model, "has_nms", False):
