@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import effdet.cli.benchmark as bench_tool
-from effdet.benchmarking.compare import add_ratios, detections_agreement
+from effdet.benchmarking.compare import add_ratios, detections_agreement, recommend_runtime
 from effdet.benchmarking.inputs import make_jpegs, make_train_batch
 from effdet.benchmarking.measure import Measurement, interleave, peak_memory
 from effdet.benchmarking.settings import BenchmarkError, BenchmarkSettings
@@ -151,7 +151,7 @@ def test_cli_tiny_run_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture)
 
 
 @pytest.mark.slow
-def test_cli_onnx_and_runtimes_figures(tmp_path: Path) -> None:
+def test_cli_onnx_and_runtimes_figures(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The exported detector under ONNX Runtime, and the exported network in every runtime, each checked
     against PyTorch before it is timed."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is an optional extra: pip install effdet[export]")
@@ -168,6 +168,24 @@ def test_cli_onnx_and_runtimes_figures(tmp_path: Path) -> None:
     for name, message in report["checks"]["runtimes_vs_pytorch"].items():
         compared, matched = message.split(" detections compared: ")[0], message.split(": ")[1].split(" matched")[0]
         assert int(compared) > 0 and matched == compared, (name, message)
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if line.startswith("recommendation for "))
+    assert line == recommend_runtime(runtimes, report["settings"]["cpu"])
+
+
+def test_runtime_recommendation_is_the_fastest_exact_one_and_names_a_faster_int8() -> None:
+    ms = lambda t: {"median_ms_per_image": t}  # noqa: E731
+    runtimes = {"ours": ms(50.0), "onnxruntime": ms(40.0), "openvino": ms(45.0), "openvino-int8": ms(30.0),
+                "reference": ms(20.0), "ratios": {}}  # the reference is not a way to run our model
+    line = recommend_runtime(runtimes, "Some CPU")
+    assert line == ("recommendation for Some CPU: onnxruntime (.onnx) 40.0 ms, 1.25x as fast as PyTorch fused, the "
+                    "same detections; openvino-int8 is 1.33x faster still (30.0 ms) if its mAP is within tolerance: "
+                    "check it with effdet val --weights on the int8 file")
+    runtimes["openvino-int8"] = ms(41.0)
+    assert recommend_runtime(runtimes, "Some CPU").endswith("; no int8 export is faster on this CPU")
+    runtimes["ours"] = ms(20.0)
+    assert recommend_runtime(runtimes, "Some CPU").startswith(
+        "recommendation for Some CPU: ours (PyTorch, the fused checkpoint) 20.0 ms, the fastest with the same detections")
 
 
 def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:

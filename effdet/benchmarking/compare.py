@@ -95,5 +95,52 @@ def add_ratios(report: dict[str, Any]) -> None:
             res["memory_ratio"] = mem_o / mem_r
 
 
-__all__ = ["AMP_LOSS_RTOL", "DETECTION_BOX_TOL_PX", "FIRST_LOSS_RTOL", "TRAIN_LOSS_RTOL", "add_ratios",
-           "detections_agreement", "losses_agreement", "max_output_diff"]
+RUNTIME_FILES = {"ours": "PyTorch, the fused checkpoint", "onnxruntime": ".onnx", "openvino": ".xml",
+                 "openvino-int8": ".xml (int8)", "litert": ".tflite", "litert-int8": ".tflite (int8)"}
+"""What ``effdet predict --weights`` is given to run each runtime of ``--tasks runtimes``."""
+
+
+def recommend_runtime(runtimes: dict[str, Any], cpu: str) -> str:
+    """One line: the fastest way to run the model on this CPU, from the ``runtimes_b1`` figures.
+
+    fp32 exports are only timed after their check against PyTorch passed (the same detections), so
+    the fastest of them and PyTorch's fused network is recommended as is. An int8 export is timed
+    only; where it is faster still, the line says how much and that its mAP must be checked with
+    ``effdet val`` (docs/export.md gives the tolerance) before it replaces the fp32 choice."""
+    times = {k: v["median_ms_per_image"] for k, v in runtimes.items()
+             if isinstance(v, dict) and "median_ms_per_image" in v and k != "reference"}
+    exact = {k: t for k, t in times.items() if not k.endswith("-int8")}
+    if not exact:
+        return "recommendation: no runtime was timed"
+    best = min(exact, key=exact.get)
+    line = (f"recommendation for {cpu}: {best} ({RUNTIME_FILES.get(best, best)}) {exact[best]:.1f} ms, "
+            f"{times['ours'] / exact[best]:.2f}x as fast as PyTorch fused, the same detections" if "ours" in times and best != "ours"
+            else f"recommendation for {cpu}: {best} ({RUNTIME_FILES.get(best, best)}) {exact[best]:.1f} ms, "
+                 "the fastest with the same detections")
+    quantised = {k: t for k, t in times.items() if k.endswith("-int8") and t < exact[best]}
+    if quantised:
+        fastest = min(quantised, key=quantised.get)
+        line += (f"; {fastest} is {exact[best] / quantised[fastest]:.2f}x faster still ({quantised[fastest]:.1f} ms) if "
+                 "its mAP is within tolerance: check it with effdet val --weights on the int8 file")
+    else:
+        line += "; no int8 export is faster on this CPU"
+    return line
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else the platform's), e.g. "AMD EPYC 7B13"."""
+    import platform  # noqa: PLC0415
+
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "this CPU"
+
+
+__all__ = ["AMP_LOSS_RTOL", "DETECTION_BOX_TOL_PX", "FIRST_LOSS_RTOL", "RUNTIME_FILES", "TRAIN_LOSS_RTOL",
+           "add_ratios", "cpu_model", "detections_agreement", "losses_agreement", "max_output_diff",
+           "recommend_runtime"]

@@ -30,7 +30,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from effdet.benchmarking.compare import add_ratios, detections_agreement, losses_agreement, max_output_diff
+from effdet.benchmarking.compare import add_ratios, cpu_model, detections_agreement, losses_agreement, max_output_diff
 from effdet.benchmarking.inputs import make_jpegs, make_train_batch, random_input
 from effdet.benchmarking.measure import LocalRunner, Runner, interleave
 from effdet.benchmarking.settings import BenchmarkError, BenchmarkSettings
@@ -286,7 +286,7 @@ def run_benchmark(settings: BenchmarkSettings, reference: Reference | None = Non
             "settings": {"model": cfg.name, "image_size": list(cfg.image_size), "num_classes": cfg.num_classes,
                          "device": str(device), "threads": torch.get_num_threads(), "amp": settings.amp,
                          "batch_size": batch_size, "train_batch_size": train_batch, "runs": settings.runs,
-                         "rounds": settings.rounds, "warmup": settings.warmup, "torch": torch.__version__,
+                         "rounds": settings.rounds, "warmup": settings.warmup, "torch": torch.__version__, "cpu": cpu_model(),
                          "score_threshold": pp.score_threshold, "nms_iou": pp.nms_iou,
                          "max_candidates": pp.max_candidates, "max_detections": pp.max_detections,
                          "reference": reference.name if reference is not None else None,

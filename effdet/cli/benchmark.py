@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from effdet.benchmarking.compare import recommend_runtime
 from effdet.benchmarking.settings import BenchmarkError, BenchmarkSettings
 from effdet.benchmarking.suite import Reference, run_benchmark
 from effdet.cli.common import check_device, postprocess_settings
@@ -99,6 +100,8 @@ def print_report(report: dict[str, Any]) -> None:
     s = report["settings"]
     print(f"\n{s['model']} {s['image_size'][0]}x{s['image_size'][1]}, {s['device']}, {s['threads']} threads, "
           f"amp {s['amp'] or 'off'}, torch {s['torch']}; medians of {s['runs']} runs in {s['rounds']} rounds")
+    if s.get("cpu"):
+        print(f"CPU: {s['cpu']}")
     kept = s.get("keep_freed_memory", {})
     print("freed memory kept for reuse (effdet.runtime): "
           + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in kept.items()))
@@ -137,6 +140,7 @@ def print_report(report: dict[str, Any]) -> None:
                 ratio = f"{ratios[name]:8.2f}" if name in ratios else ""
                 label = "ours (PyTorch, fused)" if name == "ours" else name
                 print(f"  {label:30s}{res['median_ms_per_image']:10.1f}{ratio}")
+        print(recommend_runtime(runtimes, s.get("cpu", "this CPU")))
     for name, check in report["checks"].items():
         print(f"check {name}: {json.dumps(check)}")
     for key, error in report.get("errors", {}).items():
