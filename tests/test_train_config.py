@@ -90,7 +90,7 @@ def test_training_recipes_for_a_bare_model() -> None:
     assert load_run_config("efficientdet_lite0").train == TrainConfig()  # the Python API: official values
     run = load_run_config("efficientdet_lite0", {"epochs": 3}, recipe="finetune")
     assert run.train == dataclasses.replace(TRAIN_RECIPES["finetune"], epochs=3)
-    assert run.train.optimizer == "adamw" and run.train.scale_range == (0.8, 1.2) and run.train.lr == 4e-3
+    assert run.train.optimizer == "adamw" and run.train.scale_range == (0.8, 1.2) and run.train.lr == 8e-3
     with pytest.raises(ConfigError, match="unknown training recipe 'fast'"):
         load_run_config("efficientdet_d0", recipe="fast")
 

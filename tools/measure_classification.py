@@ -11,7 +11,7 @@ Ways (EfficientNet-Lite0 unless --model says otherwise, all at the same size, ep
 * ``freeze``: the same, final layer only for the first ``--freeze-epochs`` (default 2) epochs, then all;
 * ``scratch``: the same recipe from random weights (``weights="none"``);
 * ``timm``: timm's training components on the same model, weights, data and size: ``timm.data.create_transform``
-  (RandomResizedCrop 0.25-1, flip, RandAugment ``rand-m9-mstd0.5-inc1``), ``timm.optim.create_optimizer_v2``
+  (RandomResizedCrop 0.25-1, flip, RandAugment ``rand-m9-mstd0.5``), ``timm.optim.create_optimizer_v2``
   (AdamW, LR 1e-3, weight decay 0.05), ``timm.scheduler.create_scheduler_v2`` (cosine, per-step updates,
   warm-up), ``timm.loss.LabelSmoothingCrossEntropy(0.1)`` and ``timm.utils.ModelEmaV3``, in the loop of timm's
   ``train.py`` (``train_one_epoch``: forward, loss, backward, step, EMA update, LR update). timm's
@@ -37,6 +37,11 @@ from typing import Any
 import torch
 
 WAYS = ("imagenet", "freeze", "scratch", "timm")
+
+TIMM_RANDAUGMENT = "rand-m9-mstd0.5"
+"""timm's EfficientNet RandAugment. Its ``-inc1`` variant (used until 2026-12-06) posterizes to 0 bits at
+magnitudes of 10 and over, which magnitude noise reaches and Pillow 12+ refuses (ValueError: bits must be
+between or equal to 1 and 8), so the run crashed at random."""
 
 
 def run_ours(way: str, data: Path, out: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -79,7 +84,7 @@ def run_timm(data: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
                               weights=default_classifier_weights(args.model)).to(device)
     size = args.image_size or model.resolution
     transform = create_transform(size, is_training=True, scale=(0.25, 1.0), hflip=0.5, color_jitter=None,
-                                 auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic",
+                                 auto_augment=TIMM_RANDAUGMENT, interpolation="bicubic",
                                  mean=model.mean, std=model.std)
     dataset = ImageDataset(str(data / "train"), transform=transform)
     assert dataset.reader.class_to_idx == {n: i for i, n in enumerate(train_index.class_names)}

@@ -177,7 +177,7 @@ class TrainConfig:
 # the README's "Training recipes").
 TRAIN_RECIPES: dict[str, TrainConfig] = {
     "coco": TrainConfig(),
-    "finetune": TrainConfig(epochs=50, batch_size=8, lr=4e-3, optimizer="adamw", weight_decay=1e-2,
+    "finetune": TrainConfig(epochs=50, batch_size=8, lr=8e-3, optimizer="adamw", weight_decay=1e-2,
                             warmup_epochs=1.0, min_lr_ratio=0.01, ema_decay=0.999, scale_range=(0.8, 1.2),
                             workers=2),
 }
