@@ -158,9 +158,13 @@ def test_unreadable_calibration_images_get_one_line(checkpoint: Path, tmp_path: 
                      "--calib-images", str(calib)])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("effdet export: error:")]
-    assert code == 1 and len(errors) == 1 and "no readable calibration images" in errors[0] and str(calib) in errors[0]
+    assert code == 2 and len(errors) == 1 and "no readable calibration images" in errors[0] and str(calib) in errors[0]
     assert "Traceback" not in err
     assert not out.exists() and not sidecar_path(out).exists()
+    code = cli.main(["export", "--weights", str(checkpoint), "--output", str(out), "--int8",
+                     "--calib-images", str(tmp_path / "missing")])  # a folder that is not there: the same
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "calibration images" in err and "missing" in err
 
 
 @needs_litert

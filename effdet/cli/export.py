@@ -57,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
         if args.format in ("openvino", "tflite"):
             calibration = None
             if args.int8:
-                calibration = calibration_images(args.calib_images, size, args.calib_count)
+                try:
+                    calibration = calibration_images(args.calib_images, size, args.calib_count)
+                except ExportError as error:  # the input cannot be used: exit code 2, not an export failure
+                    print(f"effdet export: error: {error}", file=sys.stderr)
+                    return 2
                 if args.input == "float":
                     calibration = [((torch.from_numpy(a).float() - graph.mean) / graph.std).numpy()
                                    for a in calibration]
