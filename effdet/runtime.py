@@ -178,11 +178,11 @@ class LoadFollower:
     def free_since_last(self, now: tuple[float, tuple[int, int] | None, int | None]) -> float | None:
         """CPUs the other processes left free between the last sample and ``now``, or None."""
         (_, before, own_before), (_, after, own_after) = self._last, now
-        if None in (before, after, own_before, own_after) or after[1] <= before[1]:
-            return None
+        if None in (before, after, own_before, own_after) or after[1] <= before[1] or own_after < own_before:
+            return None  # unreadable, or a worker that exited and is not yet reaped took its time out of sight
         total = after[1] - before[1]
         busy = total - (after[0] - before[0])
-        others = max(0, busy - max(0, own_after - own_before))
+        others = max(0, busy - (own_after - own_before))
         return max(0.0, self.cpus * (1.0 - others / total))
 
     def poll(self) -> int:

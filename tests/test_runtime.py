@@ -157,6 +157,9 @@ def test_load_follower_drops_threads_at_once_and_takes_them_back_after_two_check
     machine.run(2.5, others=0.3, own=1.0)  # a short burst of someone else's work does not count
     assert follower.poll() == 2 and applied == [1, 2]
     assert follower.changes == 2
+    machine.run(2.5, others=0.0, own=2.0)
+    machine.own -= 2000  # a worker exited and is not reaped yet: its CPU time is out of sight for a moment
+    assert follower.poll() == 2 and applied == [1, 2]  # an unreadable interval changes nothing
 
 
 def test_load_follower_counts_its_own_workers_as_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
