@@ -86,11 +86,17 @@ def free_cpus(sample_s: float = 0.25) -> float | None:
     if first is None:
         return None
     time.sleep(sample_s)
-    second = _cpu_times()
-    if second is None or second[1] <= first[1]:
+    return _free_between(first, _cpu_times())
+
+
+def _free_between(before: tuple[int, int] | None, after: tuple[int, int] | None, own_ticks: int = 0) -> float | None:
+    """CPUs that processes other than this one (which used ``own_ticks`` of the time) left free between
+    two /proc/stat readings (:func:`_cpu_times`); None where either is missing or no time passed."""
+    if before is None or after is None or after[1] <= before[1]:
         return None
-    idle_fraction = (second[0] - first[0]) / (second[1] - first[1])
-    return idle_fraction * (os.cpu_count() or 1)
+    total = after[1] - before[1]
+    others = max(0, total - (after[0] - before[0]) - own_ticks)
+    return max(0.0, (os.cpu_count() or 1) * (1.0 - others / total))
 
 
 _UNSAMPLED = object()
@@ -166,7 +172,6 @@ class LoadFollower:
                  threads: int | None = None) -> None:
         self.max_threads, self.set_threads, self.interval_s = max(1, max_threads), set_threads, interval_s
         self.threads = threads if threads is not None else self.max_threads
-        self.cpus = os.cpu_count() or 1
         self.changes = 0
         self._raise_votes = 0
         self._last = self._sample()
@@ -178,12 +183,9 @@ class LoadFollower:
     def free_since_last(self, now: tuple[float, tuple[int, int] | None, int | None]) -> float | None:
         """CPUs the other processes left free between the last sample and ``now``, or None."""
         (_, before, own_before), (_, after, own_after) = self._last, now
-        if None in (before, after, own_before, own_after) or after[1] <= before[1] or own_after < own_before:
+        if own_before is None or own_after is None or own_after < own_before:
             return None  # unreadable, or a worker that exited and is not yet reaped took its time out of sight
-        total = after[1] - before[1]
-        busy = total - (after[0] - before[0])
-        others = max(0, busy - (own_after - own_before))
-        return max(0.0, self.cpus * (1.0 - others / total))
+        return _free_between(before, after, own_after - own_before)
 
     def poll(self) -> int:
         """Re-check the load when ``interval_s`` has passed; returns the thread count now in use."""

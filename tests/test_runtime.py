@@ -210,15 +210,15 @@ def test_jobs_follow_the_load_only_when_they_chose_their_threads(monkeypatch: py
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         monkeypatch.delenv("WORLD_SIZE", raising=False)
         monkeypatch.setattr(common, "threads_for_free_cpus", lambda default: (default, float(default)))
-        common.apply_threads(None, follow=True)
+        common.apply_threads(None, follow_the_load=True)
         assert isinstance(runtime._follower, runtime.LoadFollower)
         runtime.follow_load(None)
         common.apply_threads(None)  # benchmark, export: no following
         assert runtime._follower is None
-        common.apply_threads(1, follow=True)  # --threads: the user's count stands
+        common.apply_threads(1, follow_the_load=True)  # --threads: the user's count stands
         assert runtime._follower is None
         monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun: the ranks share the CPUs on purpose
-        common.apply_threads(None, follow=True)
+        common.apply_threads(None, follow_the_load=True)
         assert runtime._follower is None
     finally:
         runtime.follow_load(None)

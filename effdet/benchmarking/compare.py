@@ -113,10 +113,9 @@ def recommend_runtime(runtimes: dict[str, Any], cpu: str) -> str:
     if not exact:
         return "recommendation: no runtime was timed"
     best = min(exact, key=exact.get)
-    line = (f"recommendation for {cpu}: {best} ({RUNTIME_FILES.get(best, best)}) {exact[best]:.1f} ms, "
-            f"{times['ours'] / exact[best]:.2f}x as fast as PyTorch fused, the same detections" if "ours" in times and best != "ours"
-            else f"recommendation for {cpu}: {best} ({RUNTIME_FILES.get(best, best)}) {exact[best]:.1f} ms, "
-                 "the fastest with the same detections")
+    line = f"recommendation for {cpu}: {best} ({RUNTIME_FILES.get(best, best)}) {exact[best]:.1f} ms, "
+    line += (f"{times['ours'] / exact[best]:.2f}x as fast as PyTorch fused, the same detections"
+             if "ours" in times and best != "ours" else "the fastest with the same detections")
     quantised = {k: t for k, t in times.items() if k.endswith("-int8") and t < exact[best]}
     if quantised:
         fastest = min(quantised, key=quantised.get)

@@ -97,7 +97,7 @@ def run_job(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     (on the main process only, under torchrun) with exit code 2."""
     keep_freed_memory()  # reuse freed activations instead of page-faulting fresh memory in
     if args.job in MODEL_JOBS:
-        apply_threads(getattr(args, "threads", None), follow=args.job in LOAD_FOLLOWING_JOBS)
+        apply_threads(getattr(args, "threads", None), follow_the_load=args.job in LOAD_FOLLOWING_JOBS)
     with plain_warnings():
         try:
             return run(args)
@@ -128,12 +128,12 @@ def user_message(error: Exception, args: argparse.Namespace) -> str:
     return error.for_flag("--" + field.replace("_", "-"), text)
 
 
-def apply_threads(threads: int | None, follow: bool = False) -> None:
+def apply_threads(threads: int | None, follow_the_load: bool = False) -> None:
     """``--threads N``: N intra-op threads for PyTorch and N for OpenCV in this process (data-loader
     workers use one each, see :func:`effdet.data.loader.worker_init`). ``None``: ``OMP_NUM_THREADS``
     where it is set, else PyTorch's choice (one per core) reduced to the CPUs that other processes
     leave idle at start (:func:`effdet.runtime.threads_for_free_cpus`), with a note saying so, and,
-    with ``follow``, kept to them while the job runs (:class:`effdet.runtime.LoadFollower`; one process
+    with ``follow_the_load``, kept to them while the job runs (:class:`effdet.runtime.LoadFollower`; one process
     only, not under torchrun), with a note at each change."""
     import cv2  # noqa: PLC0415
     import torch  # noqa: PLC0415
@@ -142,13 +142,17 @@ def apply_threads(threads: int | None, follow: bool = False) -> None:
         torch.set_num_threads(n)
         cv2.setNumThreads(n)
 
+    def follow(n: int) -> None:  # a change of the load mid-run
+        set_threads(n)
+        _load_note(n, default)
+
     if threads is None:
         if "OMP_NUM_THREADS" in os.environ:
             return
         default = torch.get_num_threads()
         threads, free = threads_for_free_cpus(default)
-        if follow and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            follow_load(LoadFollower(default, lambda n: (set_threads(n), _load_note(n, default)), threads=threads))
+        if follow_the_load and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            follow_load(LoadFollower(default, follow, threads=threads))
         if threads == default:
             return
         print(f"note: other processes keep {(os.cpu_count() or 1) - free:.1f} of {os.cpu_count()} CPUs busy: "
