@@ -16,6 +16,8 @@ anchor counts. With float boxes exact zeros are rare and the two agree.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,26 +26,85 @@ from effdet.modeling.anchors import flatten_outputs
 from effdet.modeling.labeler import IGNORED, LabeledTargets
 
 
-def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float,
-               label_smoothing: float = 0.0) -> torch.Tensor:
-    """Element-wise sigmoid focal loss (no reduction), as in the official EfficientDet.
+class _FocalLossSum(torch.autograd.Function):
+    """Sum of the sigmoid focal loss with its gradient computed in the forward pass.
 
-    ``alpha_t * (1 - p_t) ** gamma * BCE(logits, smoothed targets)``, where p_t and alpha_t use
-    the hard 0/1 ``targets`` and only the cross entropy sees the smoothed targets
-    ``t * (1 - s) + s / 2``. With ``label_smoothing == 0`` this equals
-    ``torchvision.ops.sigmoid_focal_loss(..., reduction="none")``, which cannot smooth this way.
+    Every logit is first treated as a negative (target 0) in a few whole-tensor passes, then the
+    few positive logits (one per positive anchor) are corrected by index. The gradient is the
+    closed form of the loss's derivative, kept for the backward pass, which only scales it:
+    autograd's graph of the element-wise formula would keep about ten (B, M, C) intermediates and
+    run some thirty passes over them; this keeps one and runs about eight.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, cls_targets: torch.Tensor, alpha: float, gamma: float,
+                label_smoothing: float) -> torch.Tensor:
+        x = logits.detach()
+        t0, t1 = 0.5 * label_smoothing, 1.0 - 0.5 * label_smoothing  # smoothed targets of 0 and 1
+        p = torch.sigmoid(x)
+        ce = F.softplus(x)  # cross entropy with target t is softplus(x) - t * x
+        if t0:
+            ce.sub_(x, alpha=t0)
+        w = p.pow(gamma)  # (1 - p_t) ** gamma of a negative
+        w[cls_targets == IGNORED] = 0.0  # whole rows: an ignored anchor adds nothing
+        terms = w * ce  # a negative's loss without its (1 - alpha); del ce: one buffer fewer at the peak
+        del ce
+        loss = (1.0 - alpha) * terms.sum()  # pairwise summation: a dot product loses 1e-4 on 1e7 terms
+
+        b, m = (cls_targets >= 0).nonzero(as_tuple=True)
+        c = cls_targets[b, m]
+        xp, pp = x[b, m, c], p[b, m, c]
+        sp = F.softplus(xp)
+        neg = (1.0 - alpha) * pp.pow(gamma) * (sp - t0 * xp)  # what the negative pass counted there
+        qp = (1.0 - pp).pow(gamma)
+        ce1 = sp - t1 * xp
+        loss = loss + (alpha * qp * ce1).sum() - neg.sum()
+
+        if ctx.needs_input_grad[0]:
+            # d/dx of a negative's loss: (1 - alpha) * p**gamma * ((p - t0) + gamma * (1 - p) * ce),
+            # that is gamma * (1 - p) * terms + w * (p - t0), built in place over terms; the
+            # (1 - alpha) factor is applied in backward
+            grad = terms.addcmul_(p, terms, value=-1.0).mul_(gamma)
+            grad.addcmul_(w, p.sub_(t0) if t0 else p)
+            # of a positive's: alpha * (1 - p)**gamma * ((p - t1) - gamma * p * ce)
+            ctx.positive_grad = alpha * qp * ((pp - t1) - gamma * pp * ce1)
+            ctx.positive_index, ctx.negative_scale = (b, m, c), 1.0 - alpha
+            ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        out = grad * (grad_output * ctx.negative_scale)
+        out[ctx.positive_index] = ctx.positive_grad * grad_output
+        return out, None, None, None, None
+
+
+def focal_loss_sum(logits: torch.Tensor, cls_targets: torch.Tensor, alpha: float, gamma: float,
+                   label_smoothing: float = 0.0) -> torch.Tensor:
+    """Sigmoid focal loss of the official EfficientDet, summed over the anchors that are not ignored.
+
+    For logit x of class c at an anchor labelled k (target t = 1 if c == k else 0):
+    ``alpha_t * (1 - p_t) ** gamma * BCE(x, t * (1 - s) + s / 2)`` with p = sigmoid(x),
+    ``p_t = p if t else 1 - p``, ``alpha_t = alpha if t else 1 - alpha``: only the cross entropy sees
+    the smoothed target. With ``s == 0`` each term equals
+    ``torchvision.ops.sigmoid_focal_loss(..., reduction="none")`` on the one-hot targets. Computed
+    with a closed-form gradient (:class:`_FocalLossSum`): several times faster than autograd on the
+    element-wise formula, and one (B, M, C) tensor kept for backward instead of about ten.
 
     Args:
-        logits: float tensor of any shape.
-        targets: 0/1 float tensor of the same shape.
+        logits: (B, M, C) float logits, M anchors, C classes.
+        cls_targets: (B, M) integer class per anchor: >= 0 positive (that class), -1 negative
+            (background), :data:`~effdet.modeling.labeler.IGNORED` ignored (no loss, no gradient).
+        alpha, gamma: focal weighting and focusing parameters; label_smoothing: s in [0, 1).
+
+    Returns:
+        A scalar of ``logits``' dtype (not normalised).
     """
-    p = torch.sigmoid(logits)
-    p_t = targets * p + (1 - targets) * (1 - p)
-    alpha_t = targets * alpha + (1 - targets) * (1 - alpha)
-    if label_smoothing > 0:
-        targets = targets * (1 - label_smoothing) + 0.5 * label_smoothing
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return alpha_t * (1 - p_t) ** gamma * ce
+    if logits.dim() != 3 or cls_targets.shape != logits.shape[:2]:
+        raise ValueError(f"focal_loss_sum: logits (B, M, C) and cls_targets (B, M) expected, got "
+                         f"{tuple(logits.shape)} and {tuple(cls_targets.shape)}")
+    return _FocalLossSum.apply(logits.contiguous(), cls_targets, alpha, gamma, label_smoothing)
 
 
 class DetectionLoss(nn.Module):
@@ -92,14 +153,9 @@ class DetectionLoss(nn.Module):
                                  f"image size and levels")
             normalizer = targets.num_positives.to(logits.device).float().sum() + 1.0
 
-            positive = cls_targets >= 0
-            one_hot = torch.zeros_like(logits).scatter_(-1, cls_targets.clamp(min=0)[..., None],
-                                                        positive[..., None].float())  # (B, M, C)
-            cls_loss = focal_loss(logits, one_hot, self.alpha, self.gamma, self.label_smoothing)
-            cls_loss = torch.where((cls_targets != IGNORED)[..., None], cls_loss, torch.zeros_like(cls_loss))
-            class_loss = cls_loss.sum() / normalizer
+            class_loss = focal_loss_sum(logits, cls_targets, self.alpha, self.gamma, self.label_smoothing) / normalizer
 
             huber = F.huber_loss(deltas, box_targets, reduction="none", delta=self.delta)
-            huber = torch.where(positive[..., None], huber, torch.zeros_like(huber))
+            huber = torch.where((cls_targets >= 0)[..., None], huber, torch.zeros_like(huber))
             box_loss = huber.sum() / (4.0 * normalizer)
         return {"loss": class_loss + self.box_loss_weight * box_loss, "class_loss": class_loss, "box_loss": box_loss}
