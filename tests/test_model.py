@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from effdet import count_parameters, create_model, model_names
-from effdet.modeling.backbone import round_channels, scaled_stages
+from effdet.modeling.backbone import round_channels, scaled_stages, spatial_mean
 from effdet.modeling.bifpn import bifpn_nodes
 from effdet.config import ConfigError, get_config
 
@@ -187,3 +187,19 @@ def test_yaml_configs_match_table(tmp_path) -> None:
     (tmp_path / "y.yaml").write_text("base: efficientdet_d2\nimage_size: 384\n")
     assert resolve(tmp_path / "y.yaml").image_size == (384, 384)
     assert resolve(tmp_path / "y.yaml").fpn_channels == 112
+
+
+def test_spatial_mean_gives_autograd_means_values_and_gradient() -> None:
+    """The squeeze-excite mean: the same output and the same gradient as ``x.mean((2, 3))``, the
+    gradient as a broadcast view (what keeps the channels_last backward of the gate fast)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 7, 6, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    upstream = torch.randn(2, 5, generator=g)
+    ours = spatial_mean(x)
+    (ours_grad,) = torch.autograd.grad(ours, x, upstream)
+    plain = x.mean((2, 3))
+    (plain_grad,) = torch.autograd.grad(plain, x, upstream)
+    assert torch.equal(ours, plain) and torch.equal(ours_grad, plain_grad)
+    assert ours_grad.stride()[2:] == (0, 0)
+    with torch.no_grad():
+        assert torch.equal(spatial_mean(x), plain)

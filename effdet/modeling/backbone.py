@@ -13,6 +13,7 @@ ImageNet state dicts load directly.
 from __future__ import annotations
 
 import math
+from typing import Any
 from dataclasses import dataclass
 from functools import partial
 
@@ -107,6 +108,33 @@ def head_channels(name: str) -> int:
     return HEAD_CHANNELS if is_lite(name) else round_channels(HEAD_CHANNELS, SCALING[name][0])
 
 
+class _SpatialMean(torch.autograd.Function):
+    """``x.mean((2, 3))`` whose gradient stays a broadcast view of the (N, C) gradient.
+
+    Autograd's own mean writes a full N x C x H x W gradient in the default memory format, which
+    the engine then adds to the channels_last gradient of the gate's product, a slow mixed-format
+    add over the block's largest tensor; a broadcast view is added in place in one pass. The values
+    are the same (each element ``grad / (H * W)``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        return x.mean((2, 3))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = ctx.shape
+        return (grad / (h * w))[:, :, None, None].expand(n, c, h, w)
+
+
+def spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """N x C x H x W -> N x C mean over H and W (:class:`_SpatialMean` when a gradient is needed)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _SpatialMean.apply(x)
+    return x.mean((2, 3))
+
+
 class SqueezeExcite(nn.Module):
     """Squeeze-excite gate: N x C x H x W -> N x C x 1 x 1 = sigmoid(fc2(act(fc1(mean_HW(x))))).
 
@@ -123,7 +151,7 @@ class SqueezeExcite(nn.Module):
         self.act = activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = F.linear(x.mean((2, 3)), self.fc1.weight.flatten(1), self.fc1.bias)
+        s = F.linear(spatial_mean(x), self.fc1.weight.flatten(1), self.fc1.bias)
         s = F.linear(self.act(s), self.fc2.weight.flatten(1), self.fc2.bias)
         return torch.sigmoid(s)[:, :, None, None]
 

@@ -26,6 +26,13 @@ from effdet.modeling.anchors import flatten_outputs
 from effdet.modeling.labeler import IGNORED, LabeledTargets
 
 
+def _power(p: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``p ** gamma``; the official gamma 1.5 as ``p * sqrt(p)``, a third of ``pow``'s time."""
+    if gamma == 1.5:
+        return torch.sqrt(p).mul_(p)
+    return p.pow(gamma)
+
+
 class _FocalLossSum(torch.autograd.Function):
     """Sum of the sigmoid focal loss with its gradient computed in the forward pass.
 
@@ -45,8 +52,9 @@ class _FocalLossSum(torch.autograd.Function):
         ce = F.softplus(x)  # cross entropy with target t is softplus(x) - t * x
         if t0:
             ce.sub_(x, alpha=t0)
-        w = p.pow(gamma)  # (1 - p_t) ** gamma of a negative
-        w[cls_targets == IGNORED] = 0.0  # whole rows: an ignored anchor adds nothing
+        w = _power(p, gamma)  # (1 - p_t) ** gamma of a negative
+        ignored = (cls_targets == IGNORED).view(-1).nonzero().view(-1)
+        w.view(-1, w.shape[-1]).index_fill_(0, ignored, 0.0)  # whole rows: an ignored anchor adds nothing
         terms = w * ce  # a negative's loss without its (1 - alpha); del ce: one buffer fewer at the peak
         del ce
         loss = (1.0 - alpha) * terms.sum()  # pairwise summation: a dot product loses 1e-4 on 1e7 terms
@@ -55,8 +63,8 @@ class _FocalLossSum(torch.autograd.Function):
         c = cls_targets[b, m]
         xp, pp = x[b, m, c], p[b, m, c]
         sp = F.softplus(xp)
-        neg = (1.0 - alpha) * pp.pow(gamma) * (sp - t0 * xp)  # what the negative pass counted there
-        qp = (1.0 - pp).pow(gamma)
+        neg = (1.0 - alpha) * _power(pp, gamma) * (sp - t0 * xp)  # what the negative pass counted there
+        qp = _power(1.0 - pp, gamma)
         ce1 = sp - t1 * xp
         loss = loss + (alpha * qp * ce1).sum() - neg.sum()
 
