@@ -10,6 +10,7 @@ import torch
 from effdet import count_parameters, create_model, model_names
 from effdet.modeling.backbone import round_channels, scaled_stages, spatial_mean
 from effdet.modeling.bifpn import bifpn_nodes
+from effdet.modeling.layers import activation
 from effdet.config import ConfigError, get_config
 
 # Parameter counts of the reference port (effdet 0.4.1, tf_efficientdet_dN, 90 classes).
@@ -203,3 +204,20 @@ def test_spatial_mean_gives_autograd_means_values_and_gradient() -> None:
     assert ours_grad.stride()[2:] == (0, 0)
     with torch.no_grad():
         assert torch.equal(spatial_mean(x), plain)
+
+
+def test_silu_is_in_place_only_without_autograd() -> None:
+    """Under autograd the activation leaves its input alone (an in-place SiLU would make autograd
+    copy it) and gives F.silu's values and gradient; without a gradient it works in place."""
+    act = activation("silu")
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    y = act(x)
+    assert y.data_ptr() != x.data_ptr() and torch.equal(y, torch.nn.functional.silu(x))
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    (expected,) = torch.autograd.grad(torch.nn.functional.silu(x).sum(), x)
+    assert torch.equal(grad, expected)
+    with torch.no_grad():
+        z = x.detach().clone()
+        expected_z = torch.nn.functional.silu(z)
+        out = act(z)
+        assert out.data_ptr() == z.data_ptr() and torch.equal(out, expected_z)

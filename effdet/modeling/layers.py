@@ -21,10 +21,22 @@ from torch import nn
 from effdet.modeling.fused import FusedConv, Size, fold_conv_bn, same_pad_amounts, static_conv
 
 
+class SiLU(nn.SiLU):
+    """``nn.SiLU`` that works in place only where autograd does not record it.
+
+    SiLU's gradient needs its input, so an in-place SiLU under autograd makes autograd copy the
+    input first: a full extra pass over every activation of a training step, dearer than writing
+    a fresh output. Without a gradient (inference, export) it stays in place.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
+
+
 def activation(name: str | None) -> nn.Module:
     """The activation module of a name: ``silu`` (EfficientNet/EfficientDet), ``relu6`` (Lite), None."""
     if name == "silu":
-        return nn.SiLU(inplace=True)
+        return SiLU()
     if name == "relu6":
         return nn.ReLU6(inplace=True)
     if name is None:
@@ -191,5 +203,5 @@ class MaxPool2dDown(nn.Module):
         return F.max_pool2d(x, 3, 2, 1)
 
 
-__all__ = ["Conv2dSame", "ConvBnAct", "MaxPool2dDown", "SeparableConv2d", "activation", "conv2d",
+__all__ = ["Conv2dSame", "ConvBnAct", "MaxPool2dDown", "SeparableConv2d", "SiLU", "activation", "conv2d",
            "conv_output_size", "fans", "glorot_uniform_", "init_separable", "same_pad_amounts", "variance_scaling_"]
