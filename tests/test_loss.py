@@ -12,6 +12,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from effdet.modeling.anchors import generate_anchors
 from effdet.modeling.labeler import IGNORED, AnchorLabeler, LabeledTargets
+from effdet.modeling import loss as loss_module
 from effdet.modeling.loss import DetectionLoss, focal_loss_sum
 from effdet.factory import create_model
 
@@ -116,6 +117,19 @@ def test_focal_loss_sum_and_gradient_equal_autograd_on_the_formula(smoothing: fl
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(got_grad, expected_grad, rtol=1e-10, atol=1e-14)
     assert (got_grad[cls == IGNORED] == 0).all() and (got_grad[cls != IGNORED] != 0).any()
+
+
+@pytest.mark.parametrize("chunk", [1, 13, 10 ** 6])
+def test_focal_loss_sum_is_the_same_in_any_slicing(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slices of one row, of two rows (13 logits of 6 classes, the last slice shorter) and one slice."""
+    monkeypatch.setattr(loss_module, "_CHUNK", chunk)
+    logits, cls = random_case(5)
+    got = focal_loss_sum(logits, cls, 0.25, 1.5, 0.1)
+    (got_grad,) = torch.autograd.grad(got, logits)
+    expected = focal_by_autograd(logits, cls, 0.25, 1.5, 0.1)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-10, atol=1e-14)
 
 
 def test_focal_loss_sum_passes_gradcheck() -> None:
