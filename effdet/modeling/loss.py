@@ -78,7 +78,8 @@ class _FocalLossSum(torch.autograd.Function):
         rows = x.reshape(-1, x.shape[-1])
         keep = (cls_targets != IGNORED).reshape(-1).to(x.dtype)
         grad = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
-        step = max(1, _CHUNK // rows.shape[1])
+        # slices on the CPU only: a GPU has no cache to keep them in, and would pay a launch per op and slice
+        step = max(1, _CHUNK // rows.shape[1]) if x.device.type == "cpu" else max(1, rows.shape[0])
         sums = [_negative_slice(rows[i:i + step], keep[i:i + step], gamma, t0,
                                 None if grad is None else grad[i:i + step]) for i in range(0, rows.shape[0], step)]
         loss = (1.0 - alpha) * torch.stack(sums).sum() if sums else x.new_zeros(())
