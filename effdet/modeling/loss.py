@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from effdet.modeling.anchors import flatten_outputs
 from effdet.modeling.labeler import IGNORED, LabeledTargets
@@ -63,8 +64,8 @@ class _FocalLossSum(torch.autograd.Function):
     """Sum of the sigmoid focal loss with its gradient computed in the forward pass.
 
     Every logit is first scored as a negative (target 0), in slices of :data:`_CHUNK` logits whose
-    intermediates stay in cache (and never exist at full size); then the few positive logits (one per positive anchor) are
-    corrected by index. The gradient is the closed form of the loss's derivative, kept for the
+    intermediates stay in cache (and never exist at full size); then the few positive logits (one
+    per positive anchor) are corrected by index. The gradient is the closed form of the loss's derivative, kept for the
     backward pass, which only scales it: autograd's graph of the element-wise formula would keep
     about ten (B, M, C) intermediates and run some thirty passes over them through memory; this
     reads the logits once and writes the gradient once.
@@ -101,6 +102,7 @@ class _FocalLossSum(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable  # the kept gradient is a constant: no second derivative
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
         out = grad * (grad_output * ctx.negative_scale)
