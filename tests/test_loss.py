@@ -108,7 +108,8 @@ def random_case(seed: int, batch: int = 3, anchors: int = 40, classes: int = 6, 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("alpha,gamma", [(0.25, 1.5), (0.25, 2.0), (0.5, 0.0), (1.0, 1.5)])
-def test_focal_loss_sum_and_gradient_equal_autograd_on_the_formula(smoothing: float, alpha: float, gamma: float) -> None:
+def test_focal_loss_sum_and_gradient_equal_autograd_on_the_formula(smoothing: float, alpha: float,
+                                                                   gamma: float) -> None:
     logits, cls = random_case(0)
     got = focal_loss_sum(logits, cls, alpha, gamma, smoothing)
     (got_grad,) = torch.autograd.grad(2.5 * got, logits)  # a grad_output other than 1 reaches every term

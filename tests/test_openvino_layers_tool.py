@@ -4,6 +4,8 @@ exports and quantises a small D0)."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,8 +31,9 @@ def test_kind_of_sorts_layers() -> None:
 @pytest.mark.slow  # ~40 s on 2 CPU cores: two exports (one quantised) and the timed runs
 def test_profiles_fp32_and_int8_layer_by_layer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "layers.json"
-    assert tool.main(["--image-size", "128", "--runs", "2", "--threads", "1", "--work", str(tmp_path / "ir"),
-                      "--json", str(out)]) == 0
+    assert tool.main(["--image-size", "128", "--runs", "2", "--threads", "1", "--json", str(out)]) == 0
+    # without --work the IR files went to a temporary folder of this process, removed at the end
+    assert not list(Path(tempfile.gettempdir()).glob(f"effdet-ov-layers-{os.getpid()}-*"))
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"fp32", "int8"}
     for precision, result in report["results"].items():

@@ -27,7 +27,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -43,7 +42,9 @@ from effdet.data.results import write_json
 from effdet.export.onnx import NetworkGraph, example_input
 from effdet.export.openvino import calibration_images, export_openvino
 from effdet.factory import create_model
+from effdet.fileio import temporary_folder
 from effdet.inference import optimize_for_inference
+from effdet.inference.backends import openvino_config
 from effdet.runtime import keep_freed_memory
 
 KINDS = ("depthwise conv", "other conv", "element-wise", "quantise / reorder", "pooling / resize", "other")
@@ -81,9 +82,7 @@ def profile(xml: Path, precision: str, threads: int) -> Any:
     """A compiled model's infer request with performance counters on, for a 1-image uint8 input."""
     import openvino as ov
 
-    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
-    if precision == "fp32":
-        config["INFERENCE_PRECISION_HINT"] = "f32"
+    config = {**openvino_config(threads, precision), "PERF_COUNT": True}
     return ov.Core().compile_model(str(xml), "CPU", config).create_infer_request()
 
 
@@ -102,16 +101,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--work", type=Path, default=None, help="folder for the IR files (default: a temporary one)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the IR files, kept (default: a temporary one, removed at the end)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     keep_freed_memory()
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+        return measure(args, args.work)
+    with temporary_folder("effdet-ov-layers") as work:
+        return measure(args, work)
+
+
+def measure(args: argparse.Namespace, work: Path) -> int:
+    """Export, profile and print (``main``'s steps 1-3), with the IR files in ``work``."""
     torch.manual_seed(0)
     size = (args.image_size, args.image_size)
     model = create_model(args.model, image_size=args.image_size).eval()
     graph = NetworkGraph(optimize_for_inference(model, size, channels_last=False), size)
-    work = args.work or Path(tempfile.mkdtemp(prefix="effdet-ov-layers-"))
-    work.mkdir(parents=True, exist_ok=True)
     calibration = calibration_images(make_jpegs(work / "calibration", list(JPEG_SIZES) * 4), size, progress=False)
     files = {"fp32": work / "network.xml", "int8": work / "network_int8.xml"}
     print(f"exporting {args.model} at {args.image_size} px to {work} ...", file=sys.stderr)

@@ -125,6 +125,16 @@ def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def openvino_config(threads: int, precision: str) -> dict[str, Any]:
+    """OpenVINO CPU compile settings for an exported network: ``threads`` intra-op threads, latency
+    hint, and f32 arithmetic for an fp32 file (``precision`` from its metadata; OpenVINO would
+    otherwise run bf16 where the CPU has it)."""
+    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if precision == "fp32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    return config
+
+
 class ExportedNetwork(nn.Module):
     """An exported network run by ONNX Runtime or OpenVINO, with the interface of :class:`EfficientDet`
     that inference needs: ``forward(x) -> (class maps, box maps)``, ``anchors``, ``config``,
@@ -206,9 +216,7 @@ class ExportedNetwork(nn.Module):
             raise BackendError("the openvino backend runs on the CPU here: use --device cpu")
         ov = _import("openvino")
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-        if self.precision == "fp32":
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+        config = openvino_config(threads, self.precision)
         requests: dict[int, Any] = {}
 
         def run(x: np.ndarray) -> list[np.ndarray]:
@@ -347,4 +355,4 @@ def load_network(weights: str | Path, model: str | None = None, device: str | to
 
 
 __all__ = ["BACKENDS", "BackendError", "ExportedNetwork", "backend_for", "decode_metadata", "exported_info",
-           "load_exported", "load_network", "read_metadata"]
+           "load_exported", "load_network", "openvino_config", "read_metadata"]

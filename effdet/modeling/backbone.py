@@ -13,9 +13,9 @@ ImageNet state dicts load directly.
 from __future__ import annotations
 
 import math
-from typing import Any
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F

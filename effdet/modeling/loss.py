@@ -65,10 +65,10 @@ class _FocalLossSum(torch.autograd.Function):
 
     Every logit is first scored as a negative (target 0), in slices of :data:`_CHUNK` logits whose
     intermediates stay in cache (and never exist at full size); then the few positive logits (one
-    per positive anchor) are corrected by index. The gradient is the closed form of the loss's derivative, kept for the
-    backward pass, which only scales it: autograd's graph of the element-wise formula would keep
-    about ten (B, M, C) intermediates and run some thirty passes over them through memory; this
-    reads the logits once and writes the gradient once.
+    per positive anchor) are corrected by index. The gradient is the closed form of the loss's
+    derivative, kept for the backward pass, which only scales it: autograd's graph of the
+    element-wise formula would keep about ten (B, M, C) intermediates and run some thirty passes
+    over them through memory; this reads the logits once and writes the gradient once.
     """
 
     @staticmethod
